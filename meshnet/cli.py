@@ -1,0 +1,290 @@
+"""The `meshnet` command. `main(argv) -> exit code`; every subcommand talks to the router's
+local API except `launch` (which starts it) and `lab` (which builds simulated hosts)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from meshnet.errors import MeshnetError
+from meshnet.runtime.api import ApiClient, ApiError, RouterUnavailable
+from meshnet.runtime.config import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, RouterConfig, default_socket
+
+LAUNCH_TIMEOUT = 15.0  # seconds to wait for a background router to answer on its socket
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"MESHNET_{name}", default)
+
+
+def _add_socket_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default=_env("RUN_DIR", DEFAULT_RUN_DIR), help="router run dir [MESHNET_RUN_DIR] (default %(default)s)")
+    p.add_argument("--socket", default=_env("SOCKET"), help="API socket [MESHNET_SOCKET] (default RUN_DIR/meshnet.sock)")
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.socket or default_socket(args.run_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshnet",
+        description="meshnet: a self-configuring container overlay network. One router per host; "
+        "routers find each other from one seed and carry container traffic over the kernel's VXLAN "
+        "or the userspace sleeve.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("launch", help="start the router on this host (in the background unless --foreground)")
+    p.add_argument("peers", nargs="*", metavar="PEER", help="HOST[:PORT] of routers to connect to [MESHNET_PEERS, space separated]")
+    _add_socket_flags(p)
+    p.add_argument("--foreground", action="store_true", help="run in the foreground (systemd, containers)")
+    p.add_argument("--state-dir", default=_env("STATE_DIR", DEFAULT_STATE_DIR), help="persistent state [MESHNET_STATE_DIR] (default %(default)s)")
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="address to bind the control and sleeve sockets [MESHNET_HOST]")
+    p.add_argument("--port", type=int, default=int(_env("PORT", 6783)), help="TCP control port [MESHNET_PORT] (default %(default)s)")
+    p.add_argument("--udp-port", type=int, default=int(_env("UDP_PORT", 6783)), help="UDP sleeve port [MESHNET_UDP_PORT] (default %(default)s)")
+    p.add_argument("--bridge", default=_env("BRIDGE", "meshnet"), help="bridge name [MESHNET_BRIDGE] (default %(default)s)")
+    p.add_argument("--tap", default=_env("TAP", "mntap"), help="sleeve TAP device name [MESHNET_TAP] (default %(default)s)")
+    p.add_argument("--mtu", type=int, default=_env("MTU"), help="container MTU [MESHNET_MTU] (default: underlay MTU minus the largest encapsulation overhead)")
+    p.add_argument("--nickname", default=_env("NICKNAME", ""), help="name shown to other peers [MESHNET_NICKNAME] (default: hostname)")
+    p.add_argument("--password", default=_env("PASSWORD"), help="shared secret: encrypts and authenticates the mesh [MESHNET_PASSWORD]")
+    p.add_argument("--password-file", default=_env("PASSWORD_FILE"), help="read the shared secret from a file [MESHNET_PASSWORD_FILE]")
+    p.add_argument("--conn-limit", type=int, default=int(_env("CONN_LIMIT", 100)), help="most control connections [MESHNET_CONN_LIMIT] (default %(default)s)")
+    p.add_argument("--pure-python-pump", action="store_true", default=_env("PUREPYTHON") == "1", help="use the slow pure-Python pump (debugging) [MESHNET_PUREPYTHON=1]")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"], help="[MESHNET_LOG_LEVEL]")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("stop", help="stop the router (containers and the bridge stay)")
+    _add_socket_flags(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("status", help="this router, its peers, connections and data-plane modes")
+    _add_socket_flags(p)
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_status)
+
+    for name, help_text in (("connect", "add a peer to connect to (kept across restarts)"), ("forget", "stop reconnecting to a peer address")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("address", metavar="HOST[:PORT]")
+        _add_socket_flags(p)
+        p.set_defaults(func=cmd_connect if name == "connect" else cmd_forget)
+
+    p = sub.add_parser("attach", help="put a network namespace on the overlay (veth into the bridge)")
+    p.add_argument("netns", metavar="NETNS", help="namespace name (ip netns) or path, e.g. /proc/PID/ns/net")
+    p.add_argument("cidrs", nargs="*", metavar="IP/CIDR", help="addresses to give it, e.g. 10.32.1.5/12")
+    p.add_argument("--ifname", default="mesh0", help="interface name inside the namespace (default %(default)s)")
+    _add_socket_flags(p)
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("detach", help="take a network namespace off the overlay")
+    p.add_argument("netns", metavar="NETNS")
+    _add_socket_flags(p)
+    p.set_defaults(func=cmd_detach)
+
+    from meshnet import lab
+
+    lab.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RouterUnavailable as exc:
+        print(f"meshnet: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"meshnet: {exc.message}", file=sys.stderr)
+        return 1
+    except (MeshnetError, OSError, ValueError) as exc:
+        print(f"meshnet: {exc}", file=sys.stderr)
+        return 1
+
+
+# -- launch / stop -------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> RouterConfig:
+    password = args.password
+    if args.password_file:
+        with open(args.password_file, "rb") as f:
+            password = f.read().strip()
+    if isinstance(password, str):
+        password = password.encode()
+    peers = list(args.peers) or (_env("PEERS", "").split())
+    return RouterConfig(
+        state_dir=args.state_dir,
+        run_dir=args.run_dir,
+        host=args.host,
+        port=args.port,
+        udp_port=args.udp_port,
+        bridge=args.bridge,
+        tap=args.tap,
+        mtu=int(args.mtu) if args.mtu else None,
+        nickname=args.nickname,
+        password=password or None,
+        peers=peers,
+        conn_limit=args.conn_limit,
+        pure_python_pump=args.pure_python_pump,
+        socket_path=args.socket,
+    )
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.foreground:
+        from meshnet.runtime.router import Router
+
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+        asyncio.run(Router(config).run())
+        return 0
+    return _launch_background(args, config)
+
+
+def _launch_background(args: argparse.Namespace, config: RouterConfig) -> int:
+    os.makedirs(config.run_dir, exist_ok=True)
+    argv = [sys.executable, "-m", "meshnet", "launch", "--foreground", *config.peers]
+    for flag in ("run_dir", "state_dir", "host", "port", "udp_port", "bridge", "tap", "nickname", "conn_limit", "log_level"):
+        argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.mtu:
+        argv += ["--mtu", str(args.mtu)]
+    if args.socket:
+        argv += ["--socket", args.socket]
+    if args.pure_python_pump:
+        argv.append("--pure-python-pump")
+    env = dict(os.environ)
+    if config.password:  # through the environment: a command line is readable by every user
+        env["MESHNET_PASSWORD"] = config.password.decode()
+    with open(config.log_file, "ab") as log_file:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env, start_new_session=True)
+    client = ApiClient(args.socket or config.socket, timeout=2)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            print(f"meshnet: the router exited at start (code {child.returncode}):", file=sys.stderr)
+            print(_tail(config.log_file), file=sys.stderr)
+            return 1
+        try:
+            status = client.get("/status")
+        except (RouterUnavailable, ApiError, OSError):
+            time.sleep(0.1)
+            continue
+        if status["router"]["name"] and _pid_matches(config, child.pid):
+            print(f"meshnet router {status['router']['nick']} ({status['router']['name']}) started, pid {child.pid}; log {config.log_file}")
+            return 0
+        time.sleep(0.1)
+    print(f"meshnet: the router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {config.log_file}", file=sys.stderr)
+    return 1
+
+
+def _pid_matches(config: RouterConfig, pid: int) -> bool:
+    try:
+        with open(config.pid_file) as f:
+            return int(f.read().strip()) == pid
+    except (OSError, ValueError):
+        return False
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    client = _client(args)
+    pid_file = os.path.join(args.run_dir, "meshnet.pid")
+    try:
+        client.post("/stop")
+    except RouterUnavailable:
+        pid = _read_pid(pid_file)
+        if pid is None:
+            print("meshnet: no router is running", file=sys.stderr)
+            return 1
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not os.path.exists(client.path) and not os.path.exists(pid_file):
+            print("meshnet router stopped")
+            return 0
+        time.sleep(0.1)
+    print("meshnet: the router did not stop within 10s", file=sys.stderr)
+    return 1
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+# -- API commands --------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).get("/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def format_status(s: dict[str, Any]) -> str:
+    r = s["router"]
+    lines = [
+        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s",
+        f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
+        f"Crypto   {r['encryption']}",
+        f"Pump     {s['dataplane']['pump']}",
+        "",
+        f"Peers ({len(s['peers'])}):",
+    ]
+    for p in s["peers"]:
+        state = "self" if p["name"] == r["name"] else ("reachable" if p["reachable"] else "UNREACHABLE")
+        via = f" via {p['via'][:8]}" if p.get("via") else ""
+        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}  connections {p['connections']}  endpoints {p['endpoints']}")
+    lines += ["", f"Connections ({len(s['connections'])}):"]
+    for c in s["connections"]:
+        if c.get("state") == "established":
+            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']}")
+        else:
+            lines.append(f"  {'?':<16} {c['address']:<22} {c['state']}: {c['last_error']}")
+    if s.get("refusals"):
+        lines += ["", "Refused handshakes (newest last):"]
+        lines += [f"  {x['address']} {x['nick'] or '?'}: {x['reason']}" for x in s["refusals"][-5:]]
+    return "\n".join(lines)
+
+
+def _print_json(result: dict[str, Any]) -> int:
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _post(path: str, body_of: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        return _print_json(_client(args).post(path, body_of(args)))
+
+    return command
+
+
+cmd_connect = _post("/connect", lambda a: {"address": a.address})
+cmd_forget = _post("/forget", lambda a: {"address": a.address})
+cmd_attach = _post("/attach", lambda a: {"netns": a.netns, "cidrs": a.cidrs, "ifname": a.ifname})
+cmd_detach = _post("/detach", lambda a: {"netns": a.netns})

@@ -1,0 +1,270 @@
+"""`meshnet lab`: simulated hosts as network namespaces on one shared underlay.
+
+::
+
+      {prefix}-h1              {prefix}-h2              {prefix}-h3        hosts: a router each,
+     [router, bridge]        [router, bridge]        [router, bridge]      own state and run dirs
+      |eth0 .11               |eth0 .12               |eth0 .13
+      +-----------------------+-----------------------+---- bridge ulbr in {prefix}-ul
+                         underlay 192.168.90.0/24 (only inside these namespaces)
+
+    containers: {prefix}-hN-cM, attached to hN's router with 10.32.N.M/12
+
+The routers run under `ip netns exec` (they need no cgroups), are started and stopped
+through the meshnet CLI itself, and are stopped by the PID they wrote. `down` removes
+exactly what `up` recorded in the lab file, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+UNDERLAY = "192.168.90"
+LAB_RUN = "/run/meshnet-lab"
+LAB_STATE = "/var/lib/meshnet-lab"
+
+
+def run(cmd: list[str], *, check: bool = True, timeout: float = 60, capture: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, timeout=timeout, text=True, capture_output=capture)
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+@dataclass
+class Lab:
+    prefix: str = "mnlab"
+    hosts: int = 3
+    password: str | None = None
+    extra_flags: list[str] = field(default_factory=list)
+    containers: dict[str, str] = field(default_factory=dict)  # netns -> address
+
+    # -- names -------------------------------------------------------------------------
+    @property
+    def underlay_ns(self) -> str:
+        return f"{self.prefix}-ul"
+
+    def host_ns(self, i: int) -> str:
+        return f"{self.prefix}-h{i}"
+
+    def host_ip(self, i: int) -> str:
+        return f"{UNDERLAY}.{10 + i}"
+
+    def run_dir(self, i: int) -> str:
+        return f"{LAB_RUN}/{self.prefix}/h{i}"
+
+    def state_dir(self, i: int) -> str:
+        return f"{LAB_STATE}/{self.prefix}/h{i}"
+
+    @property
+    def lab_file(self) -> str:
+        return f"{LAB_RUN}/{self.prefix}/lab.json"
+
+    def meshnet(self, i: int, *args: str) -> list[str]:
+        """The meshnet CLI aimed at host i's router."""
+        return [sys.executable, "-m", "meshnet", *args[:1], "--run-dir", self.run_dir(i), *args[1:]]
+
+    # -- building ----------------------------------------------------------------------
+    def up(self) -> None:
+        for name in [self.underlay_ns] + [self.host_ns(i) for i in range(1, self.hosts + 1)]:
+            if netns_exists(name):
+                raise RuntimeError(f"namespace {name} already exists: run `meshnet lab down --prefix {self.prefix}` first")
+        self._save()
+        try:
+            run(["ip", "netns", "add", self.underlay_ns])
+            ul = ["ip", "-n", self.underlay_ns]
+            run([*ul, "link", "add", "ulbr", "type", "bridge"])
+            run([*ul, "link", "set", "ulbr", "up"])
+            for i in range(1, self.hosts + 1):
+                self._add_host(i)
+            for i in range(1, self.hosts + 1):
+                self.start_router(i)
+        except BaseException:
+            self.down()
+            raise
+
+    def _add_host(self, i: int) -> None:
+        ns = self.host_ns(i)
+        run(["ip", "netns", "add", ns])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        peer = f"ul{i}"
+        run(["ip", "-n", self.underlay_ns, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "-n", self.underlay_ns, "link", "set", peer, "master", "ulbr", "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{self.host_ip(i)}/24", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+    def start_router(self, i: int, *, seed: bool = True) -> None:
+        peers = [self.host_ip(1)] if i > 1 and seed else []
+        cmd = ["ip", "netns", "exec", self.host_ns(i), *self.meshnet(i, "launch", "--state-dir", self.state_dir(i))]
+        cmd += ["--nickname", f"{self.prefix}-h{i}", *self.extra_flags, *peers]
+        env = dict(os.environ)
+        if self.password:
+            env["MESHNET_PASSWORD"] = self.password
+        result = subprocess.run(cmd, text=True, capture_output=True, timeout=60, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"router on h{i} did not start: {result.stderr.strip()}")
+
+    def stop_router(self, i: int) -> None:
+        run(self.meshnet(i, "stop"), check=False)
+
+    def kill_router(self, i: int, sig: int = 9) -> None:
+        """Kill host i's router by the pid it wrote (a crash, not a clean stop)."""
+        with open(f"{self.run_dir(i)}/meshnet.pid") as f:
+            pid = int(f.read())
+        os.kill(pid, sig)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def add_container(self, i: int, j: int, address: str | None = None) -> tuple[str, str]:
+        ns = f"{self.host_ns(i)}-c{j}"
+        address = address or f"10.32.{i}.{j}/12"
+        run(["ip", "netns", "add", ns])
+        self.containers[ns] = address
+        self._save()
+        result = run(self.meshnet(i, "attach", ns, address), check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"attach {ns} failed: {result.stderr.strip()}")
+        return ns, address.split("/")[0]
+
+    def status(self, i: int) -> dict:
+        return json.loads(run(self.meshnet(i, "status", "--json")).stdout)
+
+    def _save(self) -> None:
+        os.makedirs(os.path.dirname(self.lab_file), exist_ok=True)
+        with open(self.lab_file, "w") as f:
+            json.dump({"prefix": self.prefix, "hosts": self.hosts, "containers": self.containers}, f)
+
+    @classmethod
+    def load(cls, prefix: str) -> Lab:
+        with open(f"{LAB_RUN}/{prefix}/lab.json") as f:
+            data = json.load(f)
+        return cls(prefix=prefix, hosts=data["hosts"], containers=data["containers"])
+
+    def down(self) -> None:
+        """Remove every router, namespace and dir of this lab; safe to run twice."""
+        for i in range(1, self.hosts + 1):
+            if os.path.exists(f"{self.run_dir(i)}/meshnet.pid"):
+                self.stop_router(i)
+                if os.path.exists(f"{self.run_dir(i)}/meshnet.pid"):
+                    try:
+                        self.kill_router(i)
+                    except (OSError, ValueError):
+                        pass
+        for ns in list(self.containers) + [self.host_ns(i) for i in range(1, self.hosts + 1)] + [self.underlay_ns]:
+            if netns_exists(ns):
+                run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(f"{LAB_RUN}/{self.prefix}", ignore_errors=True)
+        shutil.rmtree(f"{LAB_STATE}/{self.prefix}", ignore_errors=True)
+
+    # -- checks ------------------------------------------------------------------------
+    def ping(self, ns: str, ip: str, *, count: int = 1, wait: float = 2) -> bool:
+        result = run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", str(wait), "-q", ip], check=False)
+        return result.returncode == 0
+
+    def wait_mesh(self, timeout: float = 20) -> None:
+        """Wait until every router sees every other one reachable."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(
+                    sum(p["reachable"] for p in self.status(i)["peers"]) == self.hosts for i in range(1, self.hosts + 1)
+                ):
+                    return
+            except (subprocess.CalledProcessError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"the lab's {self.hosts} routers did not form a mesh within {timeout}s")
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="simulated hosts as network namespaces, each with a router (root)")
+    lab_sub = p.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    for name, help_text in (
+        ("up", "create the underlay and N hosts, start a router on each"),
+        ("down", "stop the lab's routers and remove its namespaces"),
+        ("demo", "3 hosts x 2 containers: all-pairs ping, iperf3 across hosts, status; then down"),
+    ):
+        q = lab_sub.add_parser(name, help=help_text)
+        q.add_argument("--prefix", default="mnlab", help="namespace name prefix (default %(default)s)")
+        if name != "down":
+            q.add_argument("--hosts", type=int, default=3, help="number of hosts (default %(default)s)")
+            q.add_argument("--password", default=None, help="run the lab mesh encrypted with this password")
+        if name == "demo":
+            q.add_argument("--containers", type=int, default=2, help="containers per host (default %(default)s)")
+            q.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+        q.set_defaults(func=cmd_lab)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("meshnet lab needs root (it creates network namespaces)", file=sys.stderr)
+        return 1
+    if args.lab_command == "down":
+        try:
+            lab = Lab.load(args.prefix)
+        except OSError:
+            lab = Lab(prefix=args.prefix, hosts=16)
+        lab.down()
+        print(f"lab {args.prefix} removed")
+        return 0
+    lab = Lab(prefix=args.prefix, hosts=args.hosts, password=args.password)
+    lab.up()
+    print(f"lab {lab.prefix}: {lab.hosts} hosts up; try: meshnet status --run-dir {lab.run_dir(1)}")
+    if args.lab_command == "up":
+        return 0
+    try:
+        return demo(lab, args.containers)
+    finally:
+        if not args.keep:
+            lab.down()
+            print(f"lab {lab.prefix} removed (use --keep to keep it)")
+
+
+def demo(lab: Lab, per_host: int) -> int:
+    lab.wait_mesh()
+    containers = [lab.add_container(i, j) for i in range(1, lab.hosts + 1) for j in range(1, per_host + 1)]
+    print(f"\n{len(containers)} containers attached; all-pairs ping:")
+    failures = 0
+    for src, _ in containers:
+        row = []
+        for dst, ip in containers:
+            if src == dst:
+                continue
+            ok = lab.ping(src, ip, wait=3)
+            failures += not ok
+            row.append(f"{ip}:{'ok' if ok else 'FAIL'}")
+        print(f"  {src:<14} -> " + " ".join(row))
+    (server, server_ip), (client, _) = containers[0], containers[per_host]
+    print(f"\niperf3 TCP {client} -> {server} ({server_ip}), 3 s:")
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = run(["ip", "netns", "exec", client, "iperf3", "-c", server_ip, "-t", "3", "-J"], check=False, timeout=30)
+        if out.returncode == 0:
+            bps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+            print(f"  {bps / 1e9:.2f} Gbit/s")
+        else:
+            failures += 1
+            print(f"  iperf3 failed: {out.stderr.strip() or out.stdout[-300:]}")
+    finally:
+        srv.kill()
+        srv.wait()
+    print(f"\nmeshnet status on {lab.host_ns(1)}:")
+    print(run(lab.meshnet(1, "status")).stdout)
+    print("demo: " + ("all checks passed" if not failures else f"{failures} checks FAILED"))
+    return 0 if not failures else 1

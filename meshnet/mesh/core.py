@@ -1,0 +1,405 @@
+"""The mesh router's sans-IO core: established connections, gossip, liveness, relaying.
+
+Drivers: `add_connection` / `remove_connection` (the runtime finished or lost a
+handshake), `receive` (a message arrived), `tick` (the clock passed `next_deadline()`),
+and the app calls `broadcast`, `unicast`, `set_data`. Each returns a list of events for
+the runtime: `Send`, `Close`, `Deliver`, `Changed`. No sockets, no clock of its own.
+
+Gossip, in three parts:
+1. Deltas. When our entry changes we send it down our own shortest-path spanning tree;
+   a peer that learns something new from a TOPOLOGY message passes it down the owner's
+   tree. One change therefore costs about N-1 messages of one entry each, not N².
+2. Anti-entropy. Every `gossip_interval` we send one random neighbour a 16-byte hash of
+   our digest; if theirs differs they answer with their digest, and each side sends
+   what the other lacks (REQUEST / TOPOLOGY). In sync, that is 16 bytes per interval.
+3. New connections exchange digests at once, so a joining peer learns everything.
+Trees are computed from each peer's own view; while views differ a delta may miss
+someone, and anti-entropy repairs it.
+
+Liveness: a HEARTBEAT goes out on every connection that sent nothing for `heartbeat`
+seconds; a connection that received nothing for `timeout` seconds is closed. Peers that
+stay unreachable for `gc_after` seconds are forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from meshnet.errors import RemoteProtocolError
+from meshnet.mesh.targets import normalize
+from meshnet.mesh.topology import Link, PeerEntry, Topology
+from meshnet.mesh.wire import MAX_FRAME, Message, Msg
+
+ENTRY_BUDGET = MAX_FRAME // 2  # bytes of entries per TOPOLOGY message (estimate)
+SEEN_BROADCASTS = 8192  # (source, seq) pairs remembered to drop duplicate broadcasts
+
+
+@dataclass(frozen=True)
+class Send:
+    conn: int
+    kind: Msg
+    fields: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Close:
+    conn: int
+    reason: str
+    retry: bool = True
+
+
+@dataclass(frozen=True)
+class Deliver:
+    channel: str
+    src: bytes
+    payload: bytes
+    unicast: bool
+
+
+@dataclass(frozen=True)
+class Changed:
+    """The topology changed (reachability, routes or someone's data)."""
+
+
+Event = Send | Close | Deliver | Changed
+
+
+@dataclass
+class Conn:
+    peer: bytes
+    nick: str
+    uid: int
+    ip: str
+    port: int
+    udp_port: int
+    outbound: bool
+    since: float
+    last_rx: float
+    last_tx: float
+    features: dict[str, Any]
+
+
+def _approx_size(entry: PeerEntry) -> int:
+    return 64 + 40 * len(entry.links) + 64 * sum(len(v) if isinstance(v, list) else 1 for v in entry.data.values())
+
+
+class MeshCore:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        nick: str,
+        uid: int,
+        port: int,
+        udp_port: int,
+        now: float,
+        conn_limit: int = 100,
+        heartbeat: float = 2.0,
+        timeout: float = 8.0,
+        gossip_interval: float = 5.0,
+        gc_after: float = 60.0,
+        rng: random.Random | None = None,
+    ):
+        local = PeerEntry(name, nick, uid, int(now * 1000), port, udp_port)
+        self.name = name
+        self.topology = Topology(local)
+        self.conns: dict[int, Conn] = {}
+        self.conn_limit = conn_limit
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.gossip_interval = gossip_interval
+        self.gc_after = gc_after
+        self._rng = rng or random.Random()
+        self._next_gossip = now + gossip_interval * self._rng.uniform(0.5, 1.0)
+        self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
+        self._unreachable_since: dict[bytes, float] = {}
+        self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0}
+
+    # -- connections -------------------------------------------------------------------
+
+    def by_peer(self) -> dict[bytes, int]:
+        return {c.peer: conn for conn, c in self.conns.items()}
+
+    def add_connection(
+        self, conn: int, *, remote: dict[str, Any], ip: str, outbound: bool, now: float
+    ) -> tuple[str | None, list[Event]]:
+        """Admit an established connection; return (refusal reason or None, events)."""
+        peer, uid = remote["name"], remote["uid"]
+        if peer == self.name:
+            if uid == self.topology.local.uid:
+                return self._refused("connection to ourselves")
+            return self._refused(f"duplicate peer name {peer.hex()}: another router uses our name")
+        events: list[Event] = []
+        existing = self.by_peer().get(peer)
+        if existing is not None:
+            old = self.conns[existing]
+            if old.uid != uid:
+                return self._refused(
+                    f"duplicate peer name {peer.hex()}: already connected to {old.nick!r} at {old.ip} "
+                    f"(another incarnation); refusing {remote.get('nick')!r} at {ip}"
+                )
+            # Both sides dialled at once: keep the connection the lower-named side started.
+            new_initiator = self.name if outbound else peer
+            old_initiator = self.name if old.outbound else peer
+            if new_initiator >= old_initiator:
+                return "duplicate connection", []
+            events.append(Close(existing, "duplicate connection"))
+            del self.conns[existing]
+        if len(self.conns) >= self.conn_limit:
+            return self._refused(f"connection limit ({self.conn_limit}) reached")
+        self.conns[conn] = Conn(
+            peer,
+            remote.get("nick", ""),
+            uid,
+            ip,
+            remote["port"],
+            remote["udp_port"],
+            outbound,
+            now,
+            now,
+            now,
+            remote.get("features", {}) or {},
+        )
+        events += self._publish_links(now)
+        events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
+        return None, events
+
+    def _refused(self, reason: str) -> tuple[str, list[Event]]:
+        self.counters["refused"] += 1
+        return reason, []
+
+    def remove_connection(self, conn: int, *, now: float) -> list[Event]:
+        if self.conns.pop(conn, None) is None:
+            return []
+        return self._publish_links(now)
+
+    def _publish_links(self, now: float) -> list[Event]:
+        links = tuple(sorted((Link(c.peer, c.ip, c.outbound) for c in self.conns.values()), key=lambda l: l.peer))
+        self.topology.update_local(now_ms=int(now * 1000), links=links)
+        return self._publish_local(now)
+
+    def set_data(self, key: str, value: Any, *, now: float) -> list[Event]:
+        """Set a piece of our entry's data (e.g. our endpoints) and gossip it."""
+        data = dict(self.topology.local.data)
+        if data.get(key) == value:
+            return []
+        data[key] = value
+        self.topology.update_local(now_ms=int(now * 1000), data=data)
+        return self._publish_local(now)
+
+    def _publish_local(self, now: float) -> list[Event]:
+        events = self._down_tree(self.name, [self.topology.local], exclude=None, now=now)
+        events.append(Changed())
+        self._track_reachability(now)
+        return events
+
+    # -- messages ----------------------------------------------------------------------
+
+    def receive(self, conn: int, message: Message, *, now: float) -> list[Event]:
+        """Handle one message from an established connection.
+
+        Raises:
+            RemoteProtocolError: malformed content; the runtime closes the connection.
+        """
+        c = self.conns.get(conn)
+        if c is None:
+            return []
+        c.last_rx = now
+        self.counters["messages_in"] += 1
+        kind, fields = message.kind, message.fields
+        if kind is Msg.HEARTBEAT:
+            return []
+        if kind is Msg.TOPOLOGY:
+            return self._on_topology(c, fields[0], now)
+        if kind is Msg.SUMMARY:
+            if fields[0] != self._summary():
+                return [self._send(conn, Msg.DIGEST, self.topology.digest(), now=now)]
+            return []
+        if kind is Msg.DIGEST:
+            return self._on_digest(conn, fields[0], now)
+        if kind is Msg.REQUEST:
+            wanted = [self.topology.entries[n] for n in fields[0] if isinstance(n, bytes) and n in self.topology.entries]
+            return self._send_entries(conn, wanted, now)
+        if kind is Msg.BROADCAST:
+            return self._on_broadcast(c, *fields, now=now)
+        if kind is Msg.UNICAST:
+            return self._on_unicast(*fields, now=now)
+        raise RemoteProtocolError(f"unexpected {kind.name} on an established connection")
+
+    def _on_topology(self, c: Conn, raw: list[Any], now: float) -> list[Event]:
+        entries = [PeerEntry.decode(obj) for obj in raw]
+        events: list[Event] = []
+        ours = [e for e in entries if e.name == self.name]
+        if ours and max(e.version for e in ours) >= self.topology.local.version:
+            # Someone holds an entry under our name that outranks ours: a previous
+            # incarnation of us. Outrank it so our current entry wins everywhere.
+            self.topology.update_local(now_ms=max(e.version for e in ours) + 1)
+            events += self._publish_local(now)
+        news = self.topology.merge(entries)
+        if not news:
+            return events
+        by_owner: dict[bytes, list[PeerEntry]] = {}
+        for entry in news:
+            by_owner.setdefault(entry.name, []).append(entry)
+        for owner, owned in by_owner.items():
+            events += self._down_tree(owner, owned, exclude=c.peer, now=now)
+        self._track_reachability(now)
+        events.append(Changed())
+        return events
+
+    def _on_digest(self, conn: int, pairs: list[Any], now: float) -> list[Event]:
+        theirs: dict[bytes, int] = {}
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], bytes) and type(pair[1]) is int):
+                raise RemoteProtocolError("malformed DIGEST")
+            theirs[pair[0]] = pair[1]
+        mine = self.topology.entries
+        give = [e for n, e in mine.items() if theirs.get(n, -1) < e.version]
+        want = [n for n, v in theirs.items() if n != self.name and (n not in mine or mine[n].version < v)]
+        events = self._send_entries(conn, give, now)
+        if want:
+            events.append(self._send(conn, Msg.REQUEST, want, now=now))
+        return events
+
+    def _on_broadcast(self, c: Conn, channel: str, src: bytes, seq: int, payload: bytes, *, now: float) -> list[Event]:
+        key = (src, seq)
+        if src == self.name or key in self._seen:
+            return []
+        self._seen[key] = None
+        if len(self._seen) > SEEN_BROADCASTS:
+            self._seen.popitem(last=False)
+        events: list[Event] = [Deliver(channel, src, payload, unicast=False)]
+        events += self._forward_broadcast(channel, src, seq, payload, exclude=c.peer, now=now)
+        return events
+
+    def _on_unicast(self, channel: str, src: bytes, dst: bytes, payload: bytes, *, now: float) -> list[Event]:
+        if dst == self.name:
+            return [Deliver(channel, src, payload, unicast=True)]
+        return self._route(Msg.UNICAST, (channel, src, dst, payload), dst, now)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def broadcast(self, channel: str, payload: bytes, *, now: float) -> list[Event]:
+        self._seq += 1
+        return self._forward_broadcast(channel, self.name, self._seq, payload, exclude=None, now=now)
+
+    def unicast(self, dst: bytes, channel: str, payload: bytes, *, now: float) -> list[Event]:
+        return self._route(Msg.UNICAST, (channel, self.name, dst, payload), dst, now)
+
+    def _route(self, kind: Msg, fields: tuple[Any, ...], dst: bytes, now: float) -> list[Event]:
+        hop = self.topology.routes().get(dst)
+        conn = self.by_peer().get(hop) if hop is not None else None
+        if conn is None:
+            self.counters["no_route"] += 1
+            return []
+        if fields[1] != self.name:
+            self.counters["relayed"] += 1
+        return [self._send(conn, kind, fields, now=now)]
+
+    def _forward_broadcast(
+        self, channel: str, src: bytes, seq: int, payload: bytes, *, exclude: bytes | None, now: float
+    ) -> list[Event]:
+        return [
+            self._send(conn, Msg.BROADCAST, (channel, src, seq, payload), now=now)
+            for conn in self._tree_conns(src, exclude)
+        ]
+
+    def _down_tree(self, owner: bytes, entries: list[PeerEntry], *, exclude: bytes | None, now: float) -> list[Event]:
+        events: list[Event] = []
+        for conn in self._tree_conns(owner, exclude):
+            events += self._send_entries(conn, entries, now)
+        return events
+
+    def _tree_conns(self, source: bytes, exclude: bytes | None) -> list[int]:
+        """Connections to our children in source's spanning tree (all neighbours if we can't tell)."""
+        by_peer = self.by_peer()
+        children = self.topology.tree_children(source)
+        peers = by_peer.keys() if children is None else children
+        return [by_peer[p] for p in peers if p != exclude and p in by_peer]
+
+    def _send_entries(self, conn: int, entries: list[PeerEntry], now: float) -> list[Event]:
+        """TOPOLOGY messages carrying entries, split to stay under the frame limit."""
+        events: list[Event] = []
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for entry in entries:
+            cost = _approx_size(entry)
+            if batch and size + cost > ENTRY_BUDGET:
+                events.append(self._send(conn, Msg.TOPOLOGY, batch, now=now))
+                batch, size = [], 0
+            batch.append(entry.encode())
+            size += cost
+        if batch:
+            events.append(self._send(conn, Msg.TOPOLOGY, batch, now=now))
+        return events
+
+    def _send(self, conn: int, kind: Msg, fields: Any, *, now: float) -> Send:
+        if kind in (Msg.TOPOLOGY, Msg.DIGEST, Msg.REQUEST, Msg.SUMMARY):
+            fields = (fields,)
+        self.counters["messages_out"] += 1
+        c = self.conns.get(conn)
+        if c is not None:
+            c.last_tx = now
+        return Send(conn, kind, tuple(fields))
+
+    def _summary(self) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for name, version in self.topology.digest():
+            h.update(name + version.to_bytes(8, "big", signed=True))
+        return h.digest()
+
+    # -- time --------------------------------------------------------------------------
+
+    def tick(self, *, now: float) -> list[Event]:
+        events: list[Event] = []
+        for conn, c in list(self.conns.items()):
+            if now - c.last_rx >= self.timeout:
+                events.append(Close(conn, f"no message from {c.nick!r} for {now - c.last_rx:.1f}s"))
+            elif now - c.last_tx >= self.heartbeat:
+                events.append(self._send(conn, Msg.HEARTBEAT, (), now=now))
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.gossip_interval * self._rng.uniform(0.75, 1.25)
+            if self.conns:
+                conn = self._rng.choice(sorted(self.conns))
+                events.append(self._send(conn, Msg.SUMMARY, self._summary(), now=now))
+        forgotten = [n for n, since in self._unreachable_since.items() if now - since >= self.gc_after]
+        for name in forgotten:
+            self.topology.remove(name)
+            del self._unreachable_since[name]
+        if forgotten:
+            events.append(Changed())
+        return events
+
+    def next_deadline(self) -> float:
+        times = [self._next_gossip]
+        for c in self.conns.values():
+            times += [c.last_rx + self.timeout, c.last_tx + self.heartbeat]
+        times += [since + self.gc_after for since in self._unreachable_since.values()]
+        return min(times)
+
+    def _track_reachability(self, now: float) -> None:
+        reachable = self.topology.reachable()
+        for name in self.topology.entries:
+            if name == self.name or name in reachable:
+                self._unreachable_since.pop(name, None)
+            else:
+                self._unreachable_since.setdefault(name, now)
+
+    # -- views -------------------------------------------------------------------------
+
+    def discovered_targets(self) -> dict[str, bytes]:
+        """{"ip:port": peer} for reachable peers we have no connection to."""
+        connected = set(self.by_peer())
+        reachable = self.topology.reachable()
+        out: dict[str, bytes] = {}
+        for entry in self.topology.entries.values():
+            for link in entry.links:
+                target = self.topology.entries.get(link.peer)
+                if link.peer in reachable and link.peer not in connected and target is not None:
+                    out.setdefault(normalize(f"{link.ip}:{target.port}"), link.peer)
+        return out

@@ -1,0 +1,566 @@
+"""The router daemon: wires the sans-IO mesh core to sockets, timers, the kernel and the pump.
+
+Threads: the asyncio loop owns every core and all kernel calls (blocking netlink calls
+run in the default executor but are issued only from the loop); the pump owns its own
+struct and runs in one thread without the GIL. They meet only through the pump's
+locked table setters (`set_peer`, `set_mac`, ...).
+
+Start order: state-dir lock (a second router on the same state dir stops here), bridge
+and TAP, UDP socket and pump thread, TCP listener, API socket, then dialling. Stop runs
+it backwards; the bridge and attached containers stay, so a restart picks them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from meshnet.dataplane import layout
+from meshnet.dataplane.pump import load_pump
+from meshnet.errors import HandshakeRefused, RemoteProtocolError, UsageError
+from meshnet.kernel.errors import KernelError
+from meshnet.kernel.links import Links
+from meshnet.mesh import targets as targets_mod
+from meshnet.mesh.connection import ControlConnection, State
+from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
+from meshnet.mesh.targets import Targets
+from meshnet.runtime.api import ApiError, ApiServer
+from meshnet.runtime.config import RouterConfig
+from meshnet.runtime.state import StateDir
+
+log = logging.getLogger("meshnet.router")
+
+DUPLICATE = "duplicate connection"  # MeshCore's reason when both sides dialled at once
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a dialled or accepted connection to finish its handshake
+
+
+class _Link:
+    """Runtime side of one TCP control connection."""
+
+    def __init__(self, conn_id: int, proto: ControlConnection, writer: asyncio.StreamWriter, address: str | None):
+        self.id = conn_id
+        self.proto = proto
+        self.writer = writer
+        self.address = address  # the target we dialled, None for inbound
+
+    def flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class Router:
+    def __init__(self, config: RouterConfig):
+        self.config = config
+        self.state: StateDir | None = None
+        self.links: Links | None = None
+        self.core: MeshCore | None = None
+        self.targets = Targets()
+        self._conns: dict[int, _Link] = {}
+        self._next_conn = 1
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pump: Any = None
+        self._pump_thread: threading.Thread | None = None
+        self._udp: socket.socket | None = None
+        self._tap_fd: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._api: ApiServer | None = None
+        self._pump_peers: dict[int, tuple[Any, int]] = {}
+        self._pump_macs: dict[bytes, int] = {}
+        self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
+        self.counters = {"handshake_failures": 0, "wrong_password": 0}
+        self.started = time.time()
+        # pyroute2 runs an event loop of its own, so every kernel call is made from this
+        # one thread, never from the asyncio loop's thread.
+        self._kernel_thread = ThreadPoolExecutor(1, thread_name_prefix="meshnet-kernel")
+
+    async def _kernel(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._kernel_thread, lambda: fn(*args, **kwargs))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.state = StateDir(cfg.state_dir)
+        try:
+            await self._start_rest()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_rest(self) -> None:
+        cfg = self.config
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        with open(cfg.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        name = self.state.peer_name()
+        self.links = await self._kernel(Links)
+        underlay = await self._kernel(self.links.underlay_mtu)
+        self.mtu = cfg.mtu or layout.overlay_mtu(underlay)
+        if self.mtu > layout.overlay_mtu(underlay):
+            log.warning("MTU %d exceeds what the underlay (MTU %d) carries in every mode", self.mtu, underlay)
+        await self._kernel(self.links.ensure_bridge, cfg.bridge, self.mtu)
+        self._tap_fd = await self._kernel(self.links.open_tap, cfg.tap, cfg.bridge, self.mtu)
+
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        try:
+            self._udp.bind((cfg.host, cfg.udp_port))
+        except OSError as exc:
+            raise UsageError(f"cannot bind UDP {cfg.host}:{cfg.udp_port} for the sleeve: {exc.strerror}") from None
+        self._udp.setblocking(False)
+        pump_cls, self.pump_compiled = load_pump(prefer_compiled=not cfg.pure_python_pump)
+        if not self.pump_compiled:
+            log.warning("the compiled pump is NOT in use: the sleeve runs the slow pure-Python twin")
+        self._pump = pump_cls(self._tap_fd, self._udp.fileno(), layout.peer_id(name))
+        self._pump_thread = threading.Thread(target=self._pump.run, name="meshnet-pump", daemon=True)
+        self._pump_thread.start()
+
+        now = time.monotonic()
+        self.core = MeshCore(
+            name=name,
+            nick=cfg.nickname or socket.gethostname(),
+            uid=secrets.randbits(63),
+            port=cfg.port,
+            udp_port=cfg.udp_port,
+            now=now,
+            conn_limit=cfg.conn_limit,
+        )
+        for address in [*self.state.get("direct_peers", []), *cfg.peers]:
+            self.targets.add_direct(targets_mod.normalize(address))
+        # Peers we knew before a restart: dial them at once rather than wait to be found.
+        self.targets.add_known(self.state.get("known_peers", []))
+        self._persist_targets()
+        try:
+            self._server = await asyncio.start_server(self._accept, cfg.host, cfg.port, reuse_address=True)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on TCP {cfg.host}:{cfg.port}: {exc.strerror}") from None
+        self._api = ApiServer(cfg.socket, self._routes())
+        await self._api.start()
+        await self._restore_attachments()
+        self._spawn(self._timer())
+        log.info(
+            "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
+            name.hex(),
+            self.core.topology.local.nick,
+            cfg.port,
+            cfg.udp_port,
+            cfg.bridge,
+            self.mtu,
+            "encrypted" if cfg.password else "UNENCRYPTED (no password)",
+            "compiled" if self.pump_compiled else "pure-Python twin",
+        )
+
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        for link in list(self._conns.values()):
+            link.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        if self._api is not None:
+            await self._api.close()
+        if self._pump is not None:
+            self._pump.stop()
+            if self._pump_thread is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._pump_thread.join, 5)
+        if self._udp is not None:
+            self._udp.close()
+        if self._tap_fd is not None:
+            os.close(self._tap_fd)
+            self._tap_fd = None
+        if self.links is not None:
+            await self._kernel(self.links.close)
+        self._kernel_thread.shutdown(wait=False)
+        if os.path.exists(self.config.pid_file):
+            os.unlink(self.config.pid_file)
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+        log.info("router stopped")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _features(self) -> dict[str, Any]:
+        local = self.core.topology.local
+        return {
+            "name": local.name,
+            "nick": local.nick,
+            "uid": local.uid,
+            "port": self.config.port,
+            "udp_port": self.config.udp_port,
+            "features": {"sleeve": 1},
+        }
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._run_connection(reader, writer, address=None)
+
+    async def _dial(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.targets.dialling(address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), HANDSHAKE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.targets.failed(address, f"connect: {exc.__class__.__name__} {exc}", now=time.monotonic())
+            self._wake.set()
+            return
+        await self._run_connection(reader, writer, address=address)
+
+    async def _run_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, address: str | None
+    ) -> None:
+        peer_ip = writer.get_extra_info("peername")[0]
+        proto = ControlConnection(initiator=address is not None, password=self.config.password, features=self._features())
+        link = _Link(self._next_conn, proto, writer, address)
+        self._next_conn += 1
+        admitted = False
+        benign = False  # ended on purpose, nothing to retry or report
+        error = ""
+        retry = True
+        try:
+            link.flush()
+            await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
+            reason, events = self.core.add_connection(
+                link.id, remote=proto.remote, ip=peer_ip, outbound=address is not None, now=time.monotonic()
+            )
+            if reason == DUPLICATE:  # both sides dialled at once; the other connection stays
+                proto.refuse(reason)
+                link.flush()
+                if address is not None:
+                    self.targets.succeeded(address, proto.remote["name"])
+                    benign = True
+                return
+            if reason is not None:
+                self._note_refusal(peer_ip, proto.remote, reason)
+                proto.refuse(reason, retry="duplicate peer name" not in reason)
+                link.flush()
+                error, retry = f"refused by us: {reason}", "connection to ourselves" not in reason
+                return
+            admitted = True
+            self._conns[link.id] = link
+            if address is not None:
+                self.targets.succeeded(address, proto.remote["name"])
+            log.info(
+                "connected to %s (%s) at %s, %s%s",
+                proto.remote["nick"],
+                proto.remote["name"].hex(),
+                peer_ip,
+                "outbound" if address else "inbound",
+                ", encrypted" if proto.encrypted else "",
+            )
+            self._handle(events)
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    error = "connection closed by peer"
+                    break
+                for message in proto.receive_data(data):
+                    self._handle(self.core.receive(link.id, message, now=time.monotonic()))
+                link.flush()
+        except HandshakeRefused as exc:
+            error, retry = exc.reason, exc.retry
+            if DUPLICATE in exc.reason:
+                benign = address is not None
+                if benign:
+                    self.targets.succeeded(address, proto.remote["name"])
+                return
+            self.counters["handshake_failures"] += 1
+            if "wrong password" in exc.reason:
+                self.counters["wrong_password"] += 1
+            self._note_refusal(peer_ip, proto.remote, exc.reason)
+            log.warning("connection with %s refused: %s", peer_ip, exc.reason)
+        except RemoteProtocolError as exc:
+            error = f"protocol error: {exc}"
+            if proto.state is not State.ESTABLISHED or not admitted:
+                self.counters["handshake_failures"] += 1
+            log.warning("closing connection with %s: %s", peer_ip, error)
+        except asyncio.TimeoutError:
+            error = "handshake timed out"
+            self.counters["handshake_failures"] += 1
+        except (ConnectionError, OSError) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+        finally:
+            writer.close()
+            now = time.monotonic()
+            if admitted:
+                self._conns.pop(link.id, None)
+                log.info("disconnected from %s at %s: %s", proto.remote.get("nick"), peer_ip, error)
+                self._handle(self.core.remove_connection(link.id, now=now))
+            if address is not None and not benign:
+                if admitted:
+                    self.targets.disconnected(address, now=now)
+                else:
+                    self.targets.failed(address, error, now=now, retry=retry)
+            self._wake.set()
+
+    async def _handshake(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        while link.proto.state is not State.ESTABLISHED:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionResetError("closed during handshake")
+            early = link.proto.receive_data(data)
+            link.flush()
+            if early:  # messages that arrived with the handshake's last bytes
+                raise RemoteProtocolError("peer sent messages before the handshake completed")
+
+    def _note_refusal(self, ip: str, remote: dict[str, Any], reason: str) -> None:
+        self.refusals.append(
+            {"time": time.time(), "address": ip, "peer": remote.get("name", b"").hex(), "nick": remote.get("nick", ""), "reason": reason}
+        )
+        del self.refusals[:-20]
+
+    # -- events ------------------------------------------------------------------------
+
+    def _handle(self, events: list[Any]) -> None:
+        changed = False
+        for event in events:
+            if isinstance(event, Send):
+                link = self._conns.get(event.conn)
+                if link is not None and link.proto.state is State.ESTABLISHED:
+                    link.proto.send(event.kind, *event.fields)
+                    link.flush()
+            elif isinstance(event, Close):
+                link = self._conns.get(event.conn)
+                if link is not None:
+                    log.info("closing connection %d: %s", event.conn, event.reason)
+                    link.proto.refuse(event.reason, retry=event.retry)
+                    link.flush()
+                    link.writer.close()
+            elif isinstance(event, Deliver):
+                self._on_deliver(event)
+            elif isinstance(event, Changed):
+                changed = True
+        if changed:
+            self._topology_changed()
+        self._wake.set()
+
+    def _on_deliver(self, event: Deliver) -> None:
+        log.debug("no handler for channel %r from %s", event.channel, event.src.hex())
+
+    def _topology_changed(self) -> None:
+        self._program_pump()
+        self.targets.set_discovered(self.core.discovered_targets())
+        self._persist_targets()
+
+    def _persist_targets(self) -> None:
+        known = sorted(self.core.discovered_targets()) if self.core else []
+        if self.state is not None:
+            self.state.put("direct_peers", self.targets.direct())
+            if known:
+                self.state.put("known_peers", known)
+
+    def _program_pump(self) -> None:
+        """Mirror reachability, routes and gossiped endpoints into the pump's tables."""
+        topo = self.core.topology
+        routes = topo.routes()
+        direct = {c.peer: c for c in self.core.conns.values()}
+        wanted: dict[int, tuple[Any, int]] = {}
+        macs: dict[bytes, int] = {}
+        for peer, hop in routes.items():
+            pid = layout.peer_id(peer)
+            if pid == layout.peer_id(self.core.name) or pid in wanted:
+                log.error("peer id collision for %s; its traffic is not forwarded", peer.hex())
+                continue
+            conn = direct.get(peer)
+            addr = (conn.ip, conn.udp_port) if conn is not None else None
+            wanted[pid] = (addr, layout.peer_id(hop))
+            for mac, *_ in topo.entries[peer].data.get("eps", []):
+                macs[bytes.fromhex(mac.replace(":", ""))] = pid
+        # Direct peers first, so a relayed peer's next hop already exists.
+        for pid, (addr, via) in sorted(wanted.items(), key=lambda kv: kv[1][0] is None):
+            if self._pump_peers.get(pid) != (addr, via):
+                self._pump.set_peer(pid, addr, via)
+        for pid in set(self._pump_peers) - set(wanted):
+            self._pump.remove_peer(pid)
+        for mac, pid in macs.items():
+            if self._pump_macs.get(mac) != pid:
+                self._pump.set_mac(mac, pid)
+        for mac in set(self._pump_macs) - set(macs):
+            self._pump.forget_mac(mac)
+        self._pump_peers, self._pump_macs = wanted, macs
+
+    async def _timer(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._handle(self.core.tick(now=now))
+            connected = set(self.core.by_peer())
+            for address in self.targets.due(now, connected):
+                self._spawn(self._dial(address))
+            deadlines = [self.core.next_deadline(), self.targets.next_deadline(connected) or now + 60]
+            self._wake.clear()
+            delay = max(0.05, min(deadlines) - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- attachments -------------------------------------------------------------------
+
+    def _publish_endpoints(self) -> None:
+        eps = [[a["mac"], a["cidrs"]] for a in self.state.get("attachments", {}).values()]
+        self._handle(self.core.set_data("eps", eps, now=time.monotonic()))
+
+    async def _restore_attachments(self) -> None:
+        attachments = self.state.get("attachments", {})
+        ports = set(await self._kernel(self.links.ports, self.config.bridge))
+        alive = {k: a for k, a in attachments.items() if a["host_if"] in ports}
+        if alive != attachments:
+            self.state.put("attachments", alive)
+        self._publish_endpoints()
+
+    async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
+        netns = body.get("netns")
+        cidrs = body.get("cidrs") or []
+        if not isinstance(netns, str) or not netns:
+            raise ApiError(400, "attach needs a network namespace (name or path)")
+        if not isinstance(cidrs, list) or not cidrs:
+            raise ApiError(400, "attach needs at least one IP/CIDR (automatic allocation comes with IPAM)")
+        try:
+            att = await self._kernel(
+                self.links.attach, netns, bridge=self.config.bridge, cidrs=cidrs, mtu=self.mtu, ifname=body.get("ifname") or "mesh0"
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except KernelError as exc:
+            raise ApiError(400 if exc.errno in (2, 17) else 500, exc.strerror or str(exc)) from None
+        attachments = self.state.get("attachments", {})
+        attachments[att.netns] = {"host_if": att.host_if, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs)}
+        self.state.put("attachments", attachments)
+        self._publish_endpoints()
+        return {"netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.mtu}
+
+    async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
+        netns = body.get("netns")
+        if not isinstance(netns, str) or not netns:
+            raise ApiError(400, "detach needs a network namespace (name or path)")
+        path = netns if "/" in netns else f"/run/netns/{netns}"
+        removed = await self._kernel(self.links.detach, path)
+        attachments = self.state.get("attachments", {})
+        known = attachments.pop(path, None) is not None
+        self.state.put("attachments", attachments)
+        self._publish_endpoints()
+        if not (removed or known):
+            raise ApiError(404, f"{netns!r} is not attached")
+        return {"netns": path, "detached": True}
+
+    # -- API ---------------------------------------------------------------------------
+
+    def _routes(self) -> dict[tuple[str, str], Any]:
+        return {
+            ("GET", "/status"): self._status,
+            ("POST", "/connect"): self._connect,
+            ("POST", "/forget"): self._forget,
+            ("POST", "/attach"): self._attach,
+            ("POST", "/detach"): self._detach,
+            ("POST", "/stop"): self._stop_request,
+        }
+
+    async def _stop_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        asyncio.get_running_loop().call_later(0.05, self._stopping.set)
+        return {"stopping": True}
+
+    async def _connect(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            address = targets_mod.normalize(str(body.get("address", "")))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        self.targets.add_direct(address)
+        self._persist_targets()
+        self._wake.set()
+        return {"direct_peers": self.targets.direct()}
+
+    async def _forget(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            address = targets_mod.normalize(str(body.get("address", "")))
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        if not self.targets.forget(address):
+            raise ApiError(404, f"{address} is not a known peer address")
+        self._persist_targets()
+        return {"direct_peers": self.targets.direct()}
+
+    async def _status(self, body: dict[str, Any]) -> dict[str, Any]:
+        core = self.core
+        topo = core.topology
+        reachable = topo.reachable()
+        routes = topo.routes()
+        encrypted = self.config.password is not None
+        mode = "sleeve+encrypted" if encrypted else "sleeve"
+        conns = [
+            {
+                "peer": c.peer.hex(),
+                "nick": c.nick,
+                "address": c.ip,
+                "direction": "outbound" if c.outbound else "inbound",
+                "state": "established",
+                "mode": mode,
+                "since": round(time.monotonic() - c.since, 1),
+            }
+            for c in core.conns.values()
+        ]
+        pending = [
+            {"address": t["address"], "state": "retrying" if t["failures"] else "connecting", "last_error": t["last_error"]}
+            for t in self.targets.status()
+            if t["failures"] or t["last_error"]
+        ]
+        peers = [
+            {
+                "name": e.name.hex(),
+                "nick": e.nick,
+                "id": layout.peer_id(e.name),
+                "reachable": e.name == core.name or e.name in reachable,
+                "via": None if e.name == core.name or routes.get(e.name) in (None, e.name) else routes[e.name].hex(),
+                "connections": len(e.links),
+                "endpoints": len(e.data.get("eps", [])),
+            }
+            for e in sorted(topo.entries.values(), key=lambda e: e.nick)
+        ]
+        local = topo.local
+        return {
+            "router": {
+                "name": local.name.hex(),
+                "nick": local.nick,
+                "id": layout.peer_id(local.name),
+                "uptime": round(time.time() - self.started, 1),
+                "port": self.config.port,
+                "udp_port": self.config.udp_port,
+                "bridge": self.config.bridge,
+                "mtu": self.mtu,
+                "encryption": "enabled (X25519 + HKDF + AES-256-GCM on control connections)"
+                if encrypted
+                else "DISABLED: the mesh is unencrypted (no --password)",
+            },
+            "dataplane": {
+                "pump": "compiled" if self.pump_compiled else "PURE-PYTHON TWIN (slow; the compiled pump is not built)",
+                "stats": self._pump.stats(),
+            },
+            "peers": peers,
+            "connections": conns + pending,
+            "targets": self.targets.status(),
+            "refusals": self.refusals,
+            "counters": {**core.counters, **self.counters},
+        }

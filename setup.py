@@ -1,0 +1,31 @@
+"""Build the Cython sleeve pump `meshnet._fastpath`.
+
+Metadata lives in pyproject.toml; this file only declares the extension.
+MESHNET_PUREPYTHON=1 skips it: the router then runs the pure-Python twin of the
+pump and says so loudly in `meshnet status`.
+"""
+import os
+import sys
+
+from setuptools import setup
+
+if not sys.platform.startswith("linux"):
+    sys.exit("meshnet needs Linux (TAP devices, netlink, network namespaces)")
+
+ext_modules = []
+if os.environ.get("MESHNET_PUREPYTHON") != "1":
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    ext_modules = cythonize(
+        [
+            Extension(
+                "meshnet._fastpath",
+                ["meshnet/_fastpath.pyx"],
+                extra_compile_args=["-O2"],
+            )
+        ],
+        compiler_directives={"language_level": 3},
+    )
+
+setup(ext_modules=ext_modules)
