@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from meshnet.docker import cli as docker_cli
 from meshnet.errors import MeshnetError
 from meshnet.runtime.api import ApiClient, ApiError, RouterUnavailable
 from meshnet.runtime.config import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, RouterConfig, default_socket
@@ -58,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", default=_env("PASSWORD"), help="shared secret: encrypts and authenticates the mesh [MESHNET_PASSWORD]")
     p.add_argument("--password-file", default=_env("PASSWORD_FILE"), help="read the shared secret from a file [MESHNET_PASSWORD_FILE]")
     p.add_argument("--conn-limit", type=int, default=int(_env("CONN_LIMIT", 100)), help="most control connections [MESHNET_CONN_LIMIT] (default %(default)s)")
+    p.add_argument("--no-fastdp", action="store_true", default=_env("NO_FASTDP", "") not in ("", "0"), help="never use the kernel VXLAN path; everything rides the sleeve [MESHNET_NO_FASTDP=1]")
     p.add_argument("--pure-python-pump", action="store_true", default=_env("PUREPYTHON") == "1", help="use the slow pure-Python pump (debugging) [MESHNET_PUREPYTHON=1]")
+    p.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1:6782"), help="Prometheus /metrics HOST:PORT, empty disables [MESHNET_METRICS_ADDR] (default %(default)s)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"], help="[MESHNET_LOG_LEVEL]")
+    docker_cli.add_launch_flags(p)
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("stop", help="stop the router (containers and the bridge stay)")
@@ -77,17 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_socket_flags(p)
         p.set_defaults(func=cmd_connect if name == "connect" else cmd_forget)
 
-    p = sub.add_parser("attach", help="put a network namespace on the overlay (veth into the bridge)")
-    p.add_argument("netns", metavar="NETNS", help="namespace name (ip netns) or path, e.g. /proc/PID/ns/net")
+    p = sub.add_parser("attach", help="put a Docker container or a network namespace on the overlay (veth into the bridge)")
+    p.add_argument("netns", metavar="CONTAINER|NETNS", help="container name or id, or namespace name (ip netns) or path, e.g. /proc/PID/ns/net")
     p.add_argument("cidrs", nargs="*", metavar="IP/CIDR", help="addresses to give it, e.g. 10.32.1.5/12")
     p.add_argument("--ifname", default="mesh0", help="interface name inside the namespace (default %(default)s)")
     _add_socket_flags(p)
-    p.set_defaults(func=cmd_attach)
+    p.set_defaults(func=lambda a: docker_cli.cmd_attach(a, cmd_attach))
 
-    p = sub.add_parser("detach", help="take a network namespace off the overlay")
-    p.add_argument("netns", metavar="NETNS")
+    p = sub.add_parser("detach", help="take a Docker container (its addresses are released) or a network namespace off the overlay")
+    p.add_argument("netns", metavar="CONTAINER|NETNS")
     _add_socket_flags(p)
-    p.set_defaults(func=cmd_detach)
+    p.set_defaults(func=lambda a: docker_cli.cmd_detach(a, cmd_detach))
+    docker_cli.add_parsers(sub, _add_socket_flags)
 
     from meshnet import lab
 
@@ -134,8 +139,11 @@ def _config(args: argparse.Namespace) -> RouterConfig:
         password=password or None,
         peers=peers,
         conn_limit=args.conn_limit,
+        no_fastdp=args.no_fastdp,
         pure_python_pump=args.pure_python_pump,
         socket_path=args.socket,
+        metrics_addr=args.metrics_addr,
+        **docker_cli.launch_config(args),
     )
 
 
@@ -163,6 +171,10 @@ def _launch_background(args: argparse.Namespace, config: RouterConfig) -> int:
         argv += ["--socket", args.socket]
     if args.pure_python_pump:
         argv.append("--pure-python-pump")
+    argv.append(f"--metrics-addr={args.metrics_addr}")
+    argv += docker_cli.launch_argv(args)
+    if args.no_fastdp:
+        argv.append("--no-fastdp")
     env = dict(os.environ)
     if config.password:  # through the environment: a command line is readable by every user
         env["MESHNET_PASSWORD"] = config.password.decode()
@@ -253,17 +265,19 @@ def format_status(s: dict[str, Any]) -> str:
         f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
         f"Crypto   {r['encryption']}",
         f"Pump     {s['dataplane']['pump']}",
+        f"fastdp   {s['dataplane']['fastdp']}",
         "",
         f"Peers ({len(s['peers'])}):",
     ]
     for p in s["peers"]:
         state = "self" if p["name"] == r["name"] else ("reachable" if p["reachable"] else "UNREACHABLE")
         via = f" via {p['via'][:8]}" if p.get("via") else ""
-        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}  connections {p['connections']}  endpoints {p['endpoints']}")
+        mode = f"  {p['mode']}" if p.get("mode") and state != "self" else ""
+        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}")
     lines += ["", f"Connections ({len(s['connections'])}):"]
     for c in s["connections"]:
         if c.get("state") == "established":
-            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']}")
+            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']:<16} ({c['mode_reason']})")
         else:
             lines.append(f"  {'?':<16} {c['address']:<22} {c['state']}: {c['last_error']}")
     if s.get("refusals"):

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshnet.kernel.errors import KernelError
+from meshnet.kernel.netns import in_netns
 
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
@@ -133,6 +134,21 @@ class Links:
             raise KernelError(exc.code, f"cannot read links: {exc}") from None
         return max(mtus) if mtus else 1500
 
+    def underlay_ip(self) -> str | None:
+        """Our IPv4 underlay address: the default route's source, else the first global one."""
+        try:
+            for route in self.ipr.get_default_routes(family=2):
+                if route.get("prefsrc"):
+                    return route.get("prefsrc")
+            for addr in self.ipr.get_addr(family=2):
+                if addr.get("scope") == 0:
+                    link = self.ipr.get_links(addr.get("index"))[0]
+                    if link.get("kind") not in ("bridge", "tun", "vxlan"):
+                        return addr.get("address")
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"cannot read addresses: {exc}") from None
+        return None
+
     def attach(self, netns: str, *, bridge: str, cidrs: list[str], mtu: int, ifname: str = "mesh0") -> Attachment:
         """Put a namespace on the bridge through a veth, with addresses; all or nothing.
 
@@ -154,7 +170,9 @@ class Links:
                 self.ipr.link("set", index=self._index(temp), net_ns_fd=nsfd, mtu=mtu)
             finally:
                 os.close(nsfd)
-            with IPRoute(netns=path) as inner:
+            with in_netns(path):
+                inner = IPRoute()
+            with inner:
                 found = inner.link_lookup(ifname=temp)
                 if not found:
                     raise KernelError(errno.ENODEV, f"veth end vanished while moving into {netns!r}")
@@ -194,6 +212,183 @@ class Links:
 
     def delete_link(self, ifname: str) -> bool:
         return self._delete(ifname)
+
+    def add_pod_veth(
+        self,
+        netns: str,
+        *,
+        host_if: str,
+        ifname: str,
+        bridge: str,
+        cidrs: list[str],
+        mtu: int,
+        mac: str | None = None,
+        routes: tuple[tuple[str, str | None], ...] = (),
+    ) -> Attachment:
+        """The CNI plugin's attach: a veth named by the caller (`host_if` on the bridge,
+        `ifname` made directly inside `netns`), addresses, then `(dst, gateway|None)` routes;
+        all or nothing (both ends go if any step fails; a stale `host_if` is replaced).
+
+        Raises:
+            ValueError: a CIDR or route is malformed.
+            KernelError: no such namespace or bridge, or the kernel refused a step.
+        """
+        addresses = parse_cidrs(cidrs)
+        wanted = [(ipaddress.ip_network(dst, strict=False), gw) for dst, gw in routes]
+        path = netns_path(netns)
+        bridge_index = self._index(bridge)
+        if bridge_index is None:
+            raise KernelError(errno.ENODEV, f"bridge {bridge!r} does not exist (is the meshnet router running?)")
+        self._delete(host_if)
+        created = False
+        try:
+            peer: dict = {"ifname": ifname, "mtu": mtu}
+            if mac:
+                peer["address"] = mac
+            nsfd = os.open(path, os.O_RDONLY)
+            try:
+                peer["net_ns_fd"] = nsfd
+                self.ipr.link("add", ifname=host_if, kind="veth", mtu=mtu, peer=peer)
+                created = True
+            finally:
+                os.close(nsfd)
+            self.ipr.link("set", index=self._index(host_if), master=bridge_index, state="up")
+            with in_netns(path):
+                inner = IPRoute()
+            with inner:
+                found = inner.link_lookup(ifname=ifname)
+                if not found:
+                    raise KernelError(errno.ENODEV, f"{ifname} did not appear in {netns!r}")
+                index = found[0]
+                for addr in addresses:
+                    inner.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+                inner.link("set", index=index, state="up")
+                for lo in inner.link_lookup(ifname="lo"):
+                    inner.link("set", index=lo, state="up")
+                for dst, gw in wanted:
+                    spec = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index}
+                    if gw:
+                        spec["gateway"] = gw
+                    inner.route("add", **spec)
+                mac = inner.get_links(index)[0].get("address")
+        except (NetlinkError, OSError) as exc:
+            if created:
+                self._delete(host_if)
+            if isinstance(exc, KernelError):
+                raise
+            code = getattr(exc, "code", None) or getattr(exc, "errno", 0)
+            if code == errno.EEXIST and not created:
+                raise KernelError(code, f"{netns!r} already has an interface named {ifname}") from None
+            raise KernelError(code, f"cannot attach {ifname} in {netns!r}: {exc}") from None
+        return Attachment(path, host_if, ifname, mac, tuple(str(a) for a in addresses))
+
+    def pod_interface(self, netns: str, ifname: str) -> dict | None:
+        """`{"mac", "mtu", "cidrs", "routes": [(dst, gw)]}` of `ifname` inside `netns`, None if absent.
+
+        Raises:
+            KernelError: no such namespace.
+        """
+        path = netns_path(netns)
+        try:
+            with in_netns(path):
+                inner = IPRoute()
+            with inner:
+                found = inner.link_lookup(ifname=ifname)
+                if not found:
+                    return None
+                link = inner.get_links(found[0])[0]
+                cidrs = [
+                    f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in inner.get_addr(index=found[0]) if a["family"] == 2
+                ]
+                routes = [
+                    (f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY"))
+                    for r in inner.get_routes(family=2, oif=found[0], table=254)
+                ]
+                return {"mac": link.get("address"), "mtu": link.get("mtu"), "up": link["flags"] & 1 == 1, "cidrs": cidrs, "routes": routes}
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"cannot inspect {ifname} in {netns!r}: {exc}") from None
+
+    def mac_of(self, ifname: str) -> str | None:
+        index = self._index(ifname)
+        return self.ipr.get_links(index)[0].get("address") if index is not None else None
+
+    def master_of(self, ifname: str) -> str | None:
+        """Name of the bridge `ifname` is enslaved to; None if it is absent or has none."""
+        index = self._index(ifname)
+        if index is None:
+            return None
+        master = self.ipr.get_links(index)[0].get("master")
+        return self.ipr.get_links(master)[0].get("ifname") if master else None
+
+    # -- Docker network plugin and expose/hide (meshnet/docker, docs/docker.md) -------------
+
+    def add_veth_pair(self, host: str, peer: str, *, bridge: str, mtu: int, mac: str | None = None) -> str:
+        """A veth pair in this namespace, `host` on the bridge and up, `peer` left for Docker to
+        move into the container (CNM Join). Replaces a stale pair of the same name. Returns
+        the peer's MAC. All or nothing: raises KernelError with nothing left behind."""
+        self._delete(host)
+        self._delete(peer)
+        try:
+            self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+            peer_index = self._index(peer)
+            extra = {"address": mac} if mac else {}
+            self.ipr.link("set", index=peer_index, mtu=mtu, **extra)
+            self.ipr.link("set", index=self._index(host), master=self._index(bridge), mtu=mtu, state="up")
+            return self.ipr.get_links(peer_index)[0].get("address")
+        except (NetlinkError, OSError, TypeError) as exc:
+            self._delete(host)
+            code = getattr(exc, "code", None) or getattr(exc, "errno", 0) or 0
+            raise KernelError(code, f"cannot create veth {host}/{peer}: {exc}") from None
+
+    def bridge_addresses(self, bridge: str) -> list[str]:
+        """IPv4 addresses (CIDR) on the bridge."""
+        index = self._index(bridge)
+        if index is None:
+            return []
+        return [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=index, family=2)]
+
+    def set_bridge_address(self, bridge: str, cidr: str, present: bool) -> bool:
+        """Add (present) or remove an address on the bridge; idempotent; True if it changed."""
+        (addr,) = parse_cidrs([cidr])
+        index = self._index(bridge)
+        if index is None:
+            raise KernelError(errno.ENODEV, f"bridge {bridge} does not exist")
+        have = cidr in self.bridge_addresses(bridge)
+        if have == present:
+            return False
+        try:
+            if present:  # pin the bridge's MAC: by default it follows the lowest port MAC
+                self.ipr.link("set", index=index, address=self.ipr.get_links(index)[0].get("address"))
+            self.ipr.addr("add" if present else "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"cannot {'add' if present else 'remove'} {cidr} on {bridge}: {exc}") from None
+        return True
+
+    def set_nat(self, table: str, overlay: str, bridge: str, enabled: bool) -> None:
+        """Masquerade traffic from the overlay range that leaves through any interface but the
+        bridge (nftables table `ip <table>`, replaced whole; gone when disabled), and turn on
+        IPv4 forwarding in this namespace. Raises KernelError if nft fails."""
+        import subprocess
+
+        net = ipaddress.ip_network(overlay)
+        script = f"table ip {table}\ndelete table ip {table}\n"
+        if enabled:
+            script += (
+                f"table ip {table} {{\n"
+                f"  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
+                f'    ip saddr {net} ip daddr != {net} oifname != "{bridge}" masquerade\n  }}\n}}\n'
+            )
+            try:
+                with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                    f.write("1\n")
+            except OSError as exc:
+                raise KernelError(exc.errno or 0, f"cannot enable IPv4 forwarding: {exc}") from None
+        try:
+            result = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise KernelError(errno.ENOENT, f"cannot run nft (install nftables): {exc}") from None
+        if result.returncode != 0:
+            raise KernelError(errno.EINVAL, f"nft failed: {result.stderr.strip()}")
 
     def ports(self, bridge: str) -> list[str]:
         index = self._index(bridge)

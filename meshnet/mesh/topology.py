@@ -16,6 +16,7 @@ one side has already dropped is not used for routing.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
@@ -23,6 +24,7 @@ from typing import Any, Iterable
 from meshnet.errors import RemoteProtocolError
 
 NAME_LEN = 16
+BFS_CACHE = 64  # spanning trees kept per graph version (the busiest sources)
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,31 @@ class PeerEntry:
             for peer, ip, outbound in raw_links:
                 if not (isinstance(peer, bytes) and len(peer) == NAME_LEN and isinstance(outbound, bool)):
                     raise ValueError
+                if not isinstance(ip, str):
+                    raise ValueError
                 ipaddress.ip_address(ip)
                 links.append(Link(peer, ip, outbound))
+            _check_endpoints(data.get("eps", []))
         except (KeyError, TypeError, ValueError):
             raise RemoteProtocolError("malformed peer entry") from None
         return cls(name, nick, uid, version, port, udp_port, tuple(links), data)
+
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _check_endpoints(eps: Any) -> None:
+    """`eps`: [[mac, [cidr, ...], name], ...]; raises ValueError otherwise."""
+    if not isinstance(eps, list):
+        raise ValueError
+    for ep in eps:
+        mac, cidrs, name = ep
+        if not (isinstance(mac, str) and _MAC.match(mac) and isinstance(cidrs, list) and isinstance(name, str)):
+            raise ValueError
+        for cidr in cidrs:
+            if not isinstance(cidr, str):
+                raise ValueError
+            ipaddress.ip_interface(cidr)
 
 
 class Topology:
@@ -93,6 +115,7 @@ class Topology:
         self.local_name = local.name
         self.entries: dict[bytes, PeerEntry] = {local.name: local}
         self._graph_cache: dict[bytes, list[bytes]] | None = None
+        self._bfs_cache: dict[bytes, dict[bytes, bytes | None]] = {}
 
     @property
     def local(self) -> PeerEntry:
@@ -102,8 +125,12 @@ class Topology:
         entry = self.local
         version = max(entry.version + 1, now_ms)
         self.entries[self.local_name] = replace(entry, version=version, **changes)
-        self._graph_cache = None
+        self._invalidate()
         return self.entries[self.local_name]
+
+    def _invalidate(self) -> None:
+        self._graph_cache = None
+        self._bfs_cache.clear()
 
     def merge(self, entries: Iterable[PeerEntry]) -> list[PeerEntry]:
         """Keep the newer of ours and theirs per peer; return the entries that were news.
@@ -113,6 +140,7 @@ class Topology:
         outrank it with our next update (the caller does that).
         """
         news = []
+        graph_changed = False
         for entry in entries:
             if entry.name == self.local_name:
                 continue
@@ -120,13 +148,14 @@ class Topology:
             if known is None or entry.version > known.version:
                 self.entries[entry.name] = entry
                 news.append(entry)
-        if news:
-            self._graph_cache = None
+                graph_changed = graph_changed or known is None or known.links != entry.links
+        if graph_changed:
+            self._invalidate()
         return news
 
     def remove(self, name: bytes) -> None:
         if name != self.local_name and self.entries.pop(name, None) is not None:
-            self._graph_cache = None
+            self._invalidate()
 
     def digest(self) -> list[list[Any]]:
         return [[name, entry.version] for name, entry in sorted(self.entries.items())]
@@ -141,7 +170,15 @@ class Topology:
         return self._graph_cache
 
     def _bfs(self, root: bytes) -> dict[bytes, bytes | None]:
-        """Parent of every node reachable from root (root's parent is None)."""
+        """Parent of every node reachable from root (root's parent is None); cached."""
+        cached = self._bfs_cache.get(root)
+        if cached is None:
+            if len(self._bfs_cache) >= BFS_CACHE:
+                self._bfs_cache.clear()
+            cached = self._bfs_cache[root] = self._compute_bfs(root)
+        return cached
+
+    def _compute_bfs(self, root: bytes) -> dict[bytes, bytes | None]:
         graph = self.graph()
         parent: dict[bytes, bytes | None] = {root: None}
         queue = deque([root])

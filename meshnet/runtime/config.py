@@ -27,8 +27,17 @@ class RouterConfig:
     password: bytes | None = None
     peers: list[str] = field(default_factory=list)
     conn_limit: int = 100
+    no_fastdp: bool = False  # carry every peer's traffic on the sleeve
     pure_python_pump: bool = False
     socket_path: str | None = None  # local API socket; RUN_DIR/meshnet.sock when None
+    metrics_addr: str = "127.0.0.1:6782"  # Prometheus /metrics; "" disables
+    # Docker (meshnet/docker, docs/docker.md)
+    docker_socket: str | None = None  # Engine API: path or URL; None: DOCKER_HOST, /var/run/docker.sock; "none": off
+    plugin_dir: str | None = None  # network plugin socket dir; None: /run/docker/plugins
+    docker_network: str = "meshnet"  # network made in each dockerd (driver+IPAM meshnet); "" for none
+    dns_domain: str = "meshnet.local"  # containers are NAME.DNS_DOMAIN
+    dns_port: int = 53  # the resolver listens on the host's exposed overlay addresses
+    dns_upstream: str = ""  # servers for other names ("IP[:PORT] ..."); "" answers REFUSED
 
     @property
     def socket(self) -> str:

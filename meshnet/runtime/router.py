@@ -13,6 +13,7 @@ it backwards; the bridge and attached containers stay, so a restart picks them u
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 from meshnet.dataplane import layout
@@ -34,6 +36,9 @@ from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.api import ApiError, ApiServer
 from meshnet.runtime.config import RouterConfig
+from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
+from meshnet.runtime.metrics import MetricsServer
+from meshnet.runtime.fastdp_driver import FastdpDriver
 from meshnet.runtime.state import StateDir
 
 log = logging.getLogger("meshnet.router")
@@ -77,6 +82,7 @@ class Router:
         self._api: ApiServer | None = None
         self._pump_peers: dict[int, tuple[Any, int]] = {}
         self._pump_macs: dict[bytes, int] = {}
+        self.fastdp: FastdpDriver | None = None
         self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
         self.counters = {"handshake_failures": 0, "wrong_password": 0}
         self.started = time.time()
@@ -111,6 +117,18 @@ class Router:
             log.warning("MTU %d exceeds what the underlay (MTU %d) carries in every mode", self.mtu, underlay)
         await self._kernel(self.links.ensure_bridge, cfg.bridge, self.mtu)
         self._tap_fd = await self._kernel(self.links.open_tap, cfg.tap, cfg.bridge, self.mtu)
+        self.fastdp = FastdpDriver(
+            self._kernel,
+            peer_id=layout.peer_id(name),
+            bridge=cfg.bridge,
+            tap=cfg.tap,
+            mtu=self.mtu,
+            no_fastdp=cfg.no_fastdp,
+            encrypted=cfg.password is not None,
+        )
+        self.fastdp.on_modes_changed = self._program_pump
+        underlay_ip = cfg.host if cfg.host not in ("0.0.0.0", "") else await self._kernel(self.links.underlay_ip)
+        await self.fastdp.start(underlay_ip)
 
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -148,7 +166,14 @@ class Router:
             raise UsageError(f"cannot listen on TCP {cfg.host}:{cfg.port}: {exc.strerror}") from None
         self._api = ApiServer(cfg.socket, self._routes())
         await self._api.start()
-        await self._restore_attachments()
+        self._metrics = MetricsServer(cfg.metrics_addr, self._metrics_snapshot)
+        self._metrics.start()
+        self.endpoints = EndpointRegistry(self.state)
+        await self._restore_endpoints()
+        from meshnet.docker.service import DockerService  # plugin socket, Docker events, DNS, expose
+
+        self.docker = DockerService(self)
+        await self.docker.start()
         self._spawn(self._timer())
         log.info(
             "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
@@ -171,6 +196,8 @@ class Router:
         await self.stop()
 
     async def stop(self) -> None:
+        if getattr(self, "docker", None) is not None:
+            await self.docker.stop()
         for link in list(self._conns.values()):
             link.writer.close()
         for task in list(self._tasks):
@@ -179,10 +206,15 @@ class Router:
             self._server.close()
         if self._api is not None:
             await self._api.close()
+        if getattr(self, "_metrics", None) is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._metrics.stop)
+            self._metrics = None
         if self._pump is not None:
             self._pump.stop()
             if self._pump_thread is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self._pump_thread.join, 5)
+        if self.fastdp is not None:
+            await self.fastdp.stop()
         if self._udp is not None:
             self._udp.close()
         if self._tap_fd is not None:
@@ -243,7 +275,7 @@ class Router:
         retry = True
         try:
             link.flush()
-            await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
+            early = await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
             reason, events = self.core.add_connection(
                 link.id, remote=proto.remote, ip=peer_ip, outbound=address is not None, now=time.monotonic()
             )
@@ -273,6 +305,8 @@ class Router:
                 ", encrypted" if proto.encrypted else "",
             )
             self._handle(events)
+            for message in early:
+                self._handle(self.core.receive(link.id, message, now=time.monotonic()))
             while True:
                 data = await reader.read(65536)
                 if not data:
@@ -317,15 +351,15 @@ class Router:
                     self.targets.failed(address, error, now=now, retry=retry)
             self._wake.set()
 
-    async def _handshake(self, link: _Link, reader: asyncio.StreamReader) -> None:
+    async def _handshake(self, link: _Link, reader: asyncio.StreamReader) -> list[Any]:
+        """Run the handshake; return messages that arrived in the same read as its end."""
         while link.proto.state is not State.ESTABLISHED:
             data = await reader.read(65536)
             if not data:
                 raise ConnectionResetError("closed during handshake")
             early = link.proto.receive_data(data)
             link.flush()
-            if early:  # messages that arrived with the handshake's last bytes
-                raise RemoteProtocolError("peer sent messages before the handshake completed")
+        return early
 
     def _note_refusal(self, ip: str, remote: dict[str, Any], reason: str) -> None:
         self.refusals.append(
@@ -363,6 +397,7 @@ class Router:
 
     def _topology_changed(self) -> None:
         self._program_pump()
+        self._spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints()))
         self.targets.set_discovered(self.core.discovered_targets())
         self._persist_targets()
 
@@ -372,6 +407,19 @@ class Router:
             self.state.put("direct_peers", self.targets.direct())
             if known:
                 self.state.put("known_peers", known)
+
+    def _direct_ips(self) -> dict[int, str | None]:
+        """Every reachable peer's id, with its underlay IP when we connect to it directly."""
+        direct = {c.peer: c.ip for c in self.core.conns.values()}
+        return {layout.peer_id(p): direct.get(p) for p in self.core.topology.reachable()}
+
+    def _remote_endpoints(self) -> dict[str, int]:
+        topo = self.core.topology
+        return {
+            mac: layout.peer_id(peer)
+            for peer in topo.reachable()
+            for mac, *_ in topo.entries[peer].data.get("eps", [])
+        }
 
     def _program_pump(self) -> None:
         """Mirror reachability, routes and gossiped endpoints into the pump's tables."""
@@ -410,7 +458,9 @@ class Router:
             connected = set(self.core.by_peer())
             for address in self.targets.due(now, connected):
                 self._spawn(self._dial(address))
+            await self.fastdp.tick()
             deadlines = [self.core.next_deadline(), self.targets.next_deadline(connected) or now + 60]
+            deadlines.append(self.fastdp.next_deadline() or now + 60)
             self._wake.clear()
             delay = max(0.05, min(deadlines) - time.monotonic())
             try:
@@ -418,18 +468,15 @@ class Router:
             except asyncio.TimeoutError:
                 pass
 
-    # -- attachments -------------------------------------------------------------------
+    # -- endpoints ---------------------------------------------------------------------
 
     def _publish_endpoints(self) -> None:
-        eps = [[a["mac"], a["cidrs"]] for a in self.state.get("attachments", {}).values()]
-        self._handle(self.core.set_data("eps", eps, now=time.monotonic()))
+        self._handle(self.core.set_data("eps", self.endpoints.gossip(), now=time.monotonic()))
 
-    async def _restore_attachments(self) -> None:
-        attachments = self.state.get("attachments", {})
+    async def _restore_endpoints(self) -> None:
         ports = set(await self._kernel(self.links.ports, self.config.bridge))
-        alive = {k: a for k, a in attachments.items() if a["host_if"] in ports}
-        if alive != attachments:
-            self.state.put("attachments", alive)
+        for ep in self.endpoints.keep_only(ports):
+            log.info("endpoint %s vanished while the router was down; dropped", ep.id)
         self._publish_endpoints()
 
     async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +485,7 @@ class Router:
         if not isinstance(netns, str) or not netns:
             raise ApiError(400, "attach needs a network namespace (name or path)")
         if not isinstance(cidrs, list) or not cidrs:
-            raise ApiError(400, "attach needs at least one IP/CIDR (automatic allocation comes with IPAM)")
+            raise ApiError(400, "attach needs at least one IP/CIDR")
         try:
             att = await self._kernel(
                 self.links.attach, netns, bridge=self.config.bridge, cidrs=cidrs, mtu=self.mtu, ifname=body.get("ifname") or "mesh0"
@@ -446,10 +493,8 @@ class Router:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         except KernelError as exc:
-            raise ApiError(400 if exc.errno in (2, 17) else 500, exc.strerror or str(exc)) from None
-        attachments = self.state.get("attachments", {})
-        attachments[att.netns] = {"host_if": att.host_if, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs)}
-        self.state.put("attachments", attachments)
+            raise ApiError(400 if exc.errno in (errno.ENOENT, errno.EEXIST) else 500, exc.strerror or str(exc)) from None
+        self.endpoints.add(Endpoint(f"netns:{att.netns}", att.mac, att.cidrs, str(body.get("name") or ""), att.host_if))
         self._publish_endpoints()
         return {"netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.mtu}
 
@@ -459,13 +504,37 @@ class Router:
             raise ApiError(400, "detach needs a network namespace (name or path)")
         path = netns if "/" in netns else f"/run/netns/{netns}"
         removed = await self._kernel(self.links.detach, path)
-        attachments = self.state.get("attachments", {})
-        known = attachments.pop(path, None) is not None
-        self.state.put("attachments", attachments)
+        known = self.endpoints.remove(f"netns:{path}") is not None
         self._publish_endpoints()
         if not (removed or known):
             raise ApiError(404, f"{netns!r} is not attached")
         return {"netns": path, "detached": True}
+
+    async def _endpoint_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ep = Endpoint.parse(body)
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
+        self.endpoints.add(ep)
+        self._publish_endpoints()
+        return {"id": ep.id}
+
+    async def _endpoint_del(self, body: dict[str, Any]) -> dict[str, Any]:
+        removed = self.endpoints.remove(str(body.get("id", ""))) is not None
+        if removed:
+            self._publish_endpoints()
+        return {"id": body.get("id"), "removed": removed}
+
+    async def _endpoint_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        topo = self.core.topology
+        reachable = topo.reachable() | {self.core.name}
+        mesh = [
+            {"peer": e.name.hex(), "nick": e.nick, "mac": mac, "ips": ips, "name": name}
+            for e in topo.entries.values()
+            if e.name in reachable
+            for mac, ips, name in e.data.get("eps", [])
+        ]
+        return {"local": [asdict(e) for e in self.endpoints.all()], "mesh": mesh}
 
     # -- API ---------------------------------------------------------------------------
 
@@ -476,6 +545,9 @@ class Router:
             ("POST", "/forget"): self._forget,
             ("POST", "/attach"): self._attach,
             ("POST", "/detach"): self._detach,
+            ("POST", "/endpoints/add"): self._endpoint_add,
+            ("POST", "/endpoints/del"): self._endpoint_del,
+            ("GET", "/endpoints"): self._endpoint_list,
             ("POST", "/stop"): self._stop_request,
         }
 
@@ -503,13 +575,29 @@ class Router:
         self._persist_targets()
         return {"direct_peers": self.targets.direct()}
 
+    async def _metrics_snapshot(self) -> dict[str, Any]:
+        """What /metrics shows, read on the loop thread (meshnet/runtime/metrics.py)."""
+        snap = await self._status({})
+        ipam_status = self._routes().get(("GET", "/ipam/status"))
+        if "ipam" not in snap and ipam_status is not None:
+            snap["ipam"] = await ipam_status({})
+        if hasattr(self._pump, "peer_stats"):
+            snap["peer_stats"] = self._pump.peer_stats()
+        return snap
+
+    def _mode(self, peer: bytes) -> dict[str, str]:
+        """The data path towards a peer and why: fastdp, sleeve or sleeve+encrypted."""
+        mode, reason = self.fastdp.mode(layout.peer_id(peer))
+        if mode == "sleeve" and self.config.password is not None:
+            mode = "sleeve+encrypted"
+        return {"mode": mode, "mode_reason": reason}
+
     async def _status(self, body: dict[str, Any]) -> dict[str, Any]:
         core = self.core
         topo = core.topology
         reachable = topo.reachable()
         routes = topo.routes()
         encrypted = self.config.password is not None
-        mode = "sleeve+encrypted" if encrypted else "sleeve"
         conns = [
             {
                 "peer": c.peer.hex(),
@@ -517,7 +605,7 @@ class Router:
                 "address": c.ip,
                 "direction": "outbound" if c.outbound else "inbound",
                 "state": "established",
-                "mode": mode,
+                **self._mode(c.peer),
                 "since": round(time.monotonic() - c.since, 1),
             }
             for c in core.conns.values()
@@ -536,6 +624,7 @@ class Router:
                 "via": None if e.name == core.name or routes.get(e.name) in (None, e.name) else routes[e.name].hex(),
                 "connections": len(e.links),
                 "endpoints": len(e.data.get("eps", [])),
+                **(self._mode(e.name) if e.name in reachable else {}),
             }
             for e in sorted(topo.entries.values(), key=lambda e: e.nick)
         ]
@@ -555,6 +644,7 @@ class Router:
                 else "DISABLED: the mesh is unencrypted (no --password)",
             },
             "dataplane": {
+                "fastdp": self.fastdp.disabled or "enabled (kernel VXLAN, UDP 6784, per-peer health probes)",
                 "pump": "compiled" if self.pump_compiled else "PURE-PYTHON TWIN (slow; the compiled pump is not built)",
                 "stats": self._pump.stats(),
             },

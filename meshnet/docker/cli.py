@@ -1,0 +1,226 @@
+"""CLI for the Docker side: `attach`/`detach` of containers, `run`, `ps`, `expose`, `hide`,
+and the Docker flags of `launch`. meshnet/cli.py wires these in; everything but `run`
+only talks to the router (which holds the Docker connection); `run` also creates the
+container through the Engine API (docker-py) before asking the router to attach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from meshnet.runtime.api import ApiClient, ApiError
+
+DOCKER_ATTACH_TIMEOUT = 60.0
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"MESHNET_{name}", default)
+
+
+# -- launch ---------------------------------------------------------------------------------
+
+
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--docker-socket",
+        default=_env("DOCKER_SOCKET"),
+        help="Docker Engine API socket or URL [MESHNET_DOCKER_SOCKET, else DOCKER_HOST, else /var/run/docker.sock if present; 'none' turns Docker off]",
+    )
+    p.add_argument("--plugin-dir", default=_env("PLUGIN_DIR"), help="where Docker looks for network plugins [MESHNET_PLUGIN_DIR] (default /run/docker/plugins)")
+    p.add_argument("--docker-network", default=_env("DOCKER_NETWORK", "meshnet"), help="Docker network to create on each dockerd ('' for none) [MESHNET_DOCKER_NETWORK] (default %(default)s)")
+    p.add_argument("--dns-domain", default=_env("DNS_DOMAIN", "meshnet.local"), help="containers resolve as NAME.DOMAIN [MESHNET_DNS_DOMAIN] (default %(default)s)")
+    p.add_argument("--dns-port", type=int, default=int(_env("DNS_PORT", 53)), help="resolver port on the host's exposed addresses [MESHNET_DNS_PORT] (default %(default)s)")
+    p.add_argument("--dns-upstream", default=_env("DNS_UPSTREAM", ""), help="servers for names outside the domain, 'IP[:PORT] ...' (default: none, REFUSED) [MESHNET_DNS_UPSTREAM]")
+
+
+def launch_config(args: argparse.Namespace) -> dict[str, Any]:
+    """RouterConfig fields; raises ValueError for a bad domain or upstream list."""
+    from meshnet.dns.answer import normalize_domain
+    from meshnet.dns.server import parse_upstreams
+
+    parse_upstreams(args.dns_upstream)
+    return {
+        "docker_socket": args.docker_socket,
+        "plugin_dir": args.plugin_dir,
+        "docker_network": args.docker_network,
+        "dns_domain": normalize_domain(args.dns_domain),
+        "dns_port": args.dns_port,
+        "dns_upstream": args.dns_upstream,
+    }
+
+
+def launch_argv(args: argparse.Namespace) -> list[str]:
+    """The same flags for the background router's command line."""
+    argv = []
+    for flag in ("docker_socket", "plugin_dir", "docker_network", "dns_domain", "dns_port", "dns_upstream"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv.append(f"--{flag.replace('_', '-')}={value}")
+    return argv
+
+
+# -- subcommands ----------------------------------------------------------------------------
+
+
+def add_parsers(sub: argparse._SubParsersAction, socket_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="docker run a container (detached) and attach it: meshnet run [IP/CIDR...] [docker run flags] IMAGE [COMMAND...]",
+    )
+    p.add_argument("--docker-socket", default=None, help="Docker API socket (default: the router's)")
+    socket_flags(p)
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="[IP/CIDR...] DOCKER-RUN-ARGS", help="addresses, then docker run flags, image, command")
+    p.set_defaults(func=cmd_run)
+    p.__class__ = _RunParser  # everything after its own flags belongs to docker run
+
+    p = sub.add_parser("ps", help="containers on the overlay: id, name, MAC, addresses")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    socket_flags(p)
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("expose", help="give this host an address on the overlay (DNS listens there)")
+    p.add_argument("cidrs", nargs="*", metavar="IP/CIDR", help="addresses (default: one from IPAM)")
+    p.add_argument("--nat", action="store_true", default=None, help="masquerade overlay traffic leaving this host")
+    p.add_argument("--no-nat", dest="nat", action="store_false", help="stop masquerading")
+    socket_flags(p)
+    p.set_defaults(func=cmd_expose)
+
+    p = sub.add_parser("hide", help="take this host's overlay addresses away (all unless given)")
+    p.add_argument("cidrs", nargs="*", metavar="IP/CIDR")
+    socket_flags(p)
+    p.set_defaults(func=cmd_hide)
+
+
+class _RunParser(argparse.ArgumentParser):
+    """`meshnet run [--run-dir D] [--socket S] [--docker-socket U] REST...`: argparse would
+    take `--name` or `-d` in REST for its own (unknown) options, so split by hand."""
+
+    OWN = ("--run-dir", "--socket", "--docker-socket")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        head, i = [], 0
+        while i < len(args):
+            name = args[i].split("=", 1)[0]
+            if name in self.OWN:
+                take = 1 if "=" in args[i] else 2
+                head += args[i : i + take]
+                i += take
+            elif args[i] in ("-h", "--help"):
+                head.append(args[i])
+                i += 1
+            else:
+                break
+        ns, extra = super().parse_known_args(head, namespace)
+        ns.rest = args[i:]
+        return ns, extra
+
+
+def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
+    from meshnet.runtime.config import default_socket
+
+    return ApiClient(args.socket or default_socket(args.run_dir), timeout=timeout)
+
+
+def is_netns(target: str) -> bool:
+    """`meshnet attach X`: a namespace path or `ip netns` name, else a Docker container."""
+    return "/" in target or os.path.exists(f"/run/netns/{target}")
+
+
+def cmd_attach(args: argparse.Namespace, netns_attach: Callable[[argparse.Namespace], int]) -> int:
+    if is_netns(args.netns):
+        return netns_attach(args)
+    result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
+    print(f"{result['id'][:12]} {result['name']} {result['mac']} {' '.join(result['cidrs'])}")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace, netns_detach: Callable[[argparse.Namespace], int]) -> int:
+    if is_netns(args.netns):
+        return netns_detach(args)
+    result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/detach", {"container": args.netns})
+    print(f"{result['id'][:12]} {result['name']} detached; released {' '.join(result['released']) or 'nothing'}")
+    return 0
+
+
+def split_addresses(rest: list[str]) -> tuple[list[str], list[str]]:
+    """Leading IP/CIDR arguments, then the docker run arguments."""
+    cidrs = []
+    for i, arg in enumerate(rest):
+        if arg.startswith("-") or "/" not in arg:
+            return cidrs, rest[i:]
+        try:
+            ipaddress.ip_interface(arg)
+        except ValueError:
+            return cidrs, rest[i:]
+        cidrs.append(arg)
+    return cidrs, []
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshnet.docker.containers import check_cidrs
+    from meshnet.docker.engine import Engine, find_docker_host, parse_run_args
+
+    rest = list(args.rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    cidrs, docker_args = split_addresses(rest)
+    check_cidrs(cidrs)  # ApiError(400) before anything is made
+    spec = parse_run_args(docker_args)
+    client = _client(args, DOCKER_ATTACH_TIMEOUT)
+    info = client.get("/docker/info")
+    url = find_docker_host(args.docker_socket, env={}) if args.docker_socket else info.get("docker") or find_docker_host()
+    if not url:
+        raise ValueError("no Docker socket: give --docker-socket or DOCKER_HOST")
+    dns = info.get("dns") or {}
+    if dns.get("addresses") and "dns" not in spec.host_config and spec.host_config.get("network_mode") != "host":
+        spec.host_config["dns"] = list(dns["addresses"])
+        spec.host_config.setdefault("dns_search", [dns["domain"]])
+    elif not dns.get("addresses"):
+        print("meshnet: note: this host has no overlay address, so the container gets no meshnet DNS (meshnet expose)", file=sys.stderr)
+    engine = Engine(url)
+    cid = engine.create(spec)
+    try:
+        engine.start(cid)
+        result = client.post("/docker/attach", {"container": cid, "cidrs": cidrs})
+    except BaseException:
+        engine.remove(cid, force=True)  # nothing half-made
+        raise
+    finally:
+        engine.close()
+    print(cid)
+    print(f"{result['name']} {result['mac']} {' '.join(result['cidrs'])}", file=sys.stderr)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    result = _client(args).get("/docker/ps")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for row in result["containers"]:
+        print(f"{row['id'][:12]} {row['name'] or '-':<20} {row['mac'] or '-':<17} {' '.join(row['cidrs'])}  {row['state']}")
+    for row in result["network_plugin"]:
+        state = "" if row["joined"] else "  (not joined)"
+        print(f"{row['endpoint'][:12]} {row['name'] or '-':<20} {row['mac']:<17} {' '.join(row['cidrs'])}  network {row['network'][:12]}{state}")
+    return 0
+
+
+def cmd_expose(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"cidrs": args.cidrs}
+    if args.nat is not None:
+        body["nat"] = args.nat
+    result = _client(args).post("/expose", body)
+    print(" ".join(result["cidrs"]) + ("  (NAT on)" if result["nat"] else ""))
+    return 0
+
+
+def cmd_hide(args: argparse.Namespace) -> int:
+    result = _client(args).post("/hide", {"cidrs": args.cidrs})
+    print("hidden: " + (" ".join(result["hidden"]) or "nothing"))
+    return 0

@@ -1,0 +1,369 @@
+"""The Docker network plugin: libnetwork's remote NetworkDriver and IpamDriver, one object.
+
+Docker POSTs JSON to `/Plugin.Activate`, `/NetworkDriver.*` and `/IpamDriver.*` on our unix
+socket (default /run/docker/plugins/meshnet.sock, so `-d meshnet --ipam-driver meshnet`
+find it). Every handler returns a dict; a failure is `{"Err": message, "Error": message}` (the two
+APIs name the field differently), which Docker shows to the user. Handlers never raise.
+
+Dependencies are injected (router API `call`, `kernel` with `add_veth`/`delete_link`, a
+`store` with get/put, `mtu()`, `universe()`), so every call Docker makes is unit-tested
+without root (tests/unit/docker/test_docker_cnm.py).
+
+State (store key `docker.cnm`), because Docker never replays CreateNetwork or RequestPool
+after a dockerd restart: networks, endpoints (id -> network, address, MAC, veth) and the
+IPAM owner of every address we handed out. Pool IDs describe themselves
+(`meshnet:<pool>[:<subpool>]`), so a lost pool table costs nothing.
+
+Docker's calls (docs/docker.md has the full list): network create = RequestPool,
+RequestAddress (gateway), CreateNetwork; run/start = RequestAddress, CreateEndpoint, Join;
+stop/rm = Leave, DeleteEndpoint, ReleaseAddress; network rm = ReleaseAddress (gateway),
+ReleasePool, DeleteNetwork.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+from meshnet.docker.engine import dns_label
+from meshnet.runtime.api import ApiError
+
+log = logging.getLogger("meshnet.docker.cnm")
+
+KEY = "docker.cnm"
+ADDRESS_SPACE = "meshnet"
+GLOBAL_ADDRESS_SPACE = "meshnet-global"
+GATEWAY_TYPE = "com.docker.network.gateway"
+DST_PREFIX = "eth"
+ALLOCATE_WAIT = 10.0  # below Docker's plugin timeout, so Docker gets our answer, not its own
+GC_GRACE = 120.0  # an address no container uses is reclaimed after this long (docs/docker.md)
+
+Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def error(message: str) -> dict[str, str]:
+    """A failure as Docker reads it: the NetworkDriver API's field is `Err`, the IpamDriver
+    API's `Error` (libnetwork's remote/api and ipams/remote/api); we send both."""
+    text = f"meshnet: {message}"
+    return {"Err": text, "Error": text}
+
+
+def endpoint_id(eid: str) -> str:
+    return f"cnm:{eid}"
+
+
+def veth_names(eid: str) -> tuple[str, str]:
+    """Host end and container end (before Docker renames it) of an endpoint's veth."""
+    return "mnd" + eid[:11], "mne" + eid[:11]
+
+
+def mac_for(eid: str) -> str:
+    """A locally administered unicast MAC derived from the endpoint id (stable across calls)."""
+    digest = hashlib.sha256(eid.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (b"\x02" + digest[:5]))
+
+
+def pool_id(pool: str, sub: str = "") -> str:
+    return f"meshnet:{pool}" + (f":{sub}" if sub else "")
+
+
+def parse_pool_id(pid: Any) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Network | None]:
+    """Raises ValueError for an id we did not make."""
+    if not isinstance(pid, str) or not pid.startswith("meshnet:"):
+        raise ValueError(f"unknown pool id {pid!r}")
+    parts = pid.split(":")[1:]
+    if len(parts) not in (1, 2):
+        raise ValueError(f"unknown pool id {pid!r}")
+    pool = ipaddress.IPv4Network(parts[0])
+    sub = ipaddress.IPv4Network(parts[1]) if len(parts) == 2 else None
+    return pool, sub
+
+
+class CnmDriver:
+    def __init__(
+        self,
+        call: Call,
+        kernel: Any,
+        store: Any,
+        *,
+        mtu: Callable[[], int],
+        universe: Callable[[], str],
+        clock: Callable[[], float] = time.time,
+    ):
+        self.call = call
+        self.kernel = kernel  # async add_veth(host, peer, mac) -> mac; async delete_link(name)
+        self.store = store
+        self.mtu = mtu
+        self.universe = universe
+        self.clock = clock
+        state = store.get(KEY, {}) or {}
+        self.networks: dict[str, dict[str, Any]] = state.get("networks", {})
+        self.endpoints: dict[str, dict[str, Any]] = state.get("endpoints", {})
+        self.addresses: dict[str, dict[str, Any]] = state.get("addresses", {})  # ip -> {owner, pool, since}
+        self.calls: dict[str, int] = {}
+
+    def _save(self) -> None:
+        self.store.put(KEY, {"networks": self.networks, "endpoints": self.endpoints, "addresses": self.addresses})
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def routes(self) -> dict[tuple[str, str], Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        """For ApiServer: every path Docker may call, each wrapped so it never raises."""
+        names = {
+            "/Plugin.Activate": self.activate,
+            "/NetworkDriver.GetCapabilities": self.net_capabilities,
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": self.delete_network,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_info,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": self.leave,
+            "/NetworkDriver.DiscoverNew": self.nothing,
+            "/NetworkDriver.DiscoverDelete": self.nothing,
+            "/NetworkDriver.ProgramExternalConnectivity": self.nothing,
+            "/NetworkDriver.RevokeExternalConnectivity": self.nothing,
+            "/NetworkDriver.AllocateNetwork": self.nothing,
+            "/NetworkDriver.FreeNetwork": self.nothing,
+            "/IpamDriver.GetCapabilities": self.ipam_capabilities,
+            "/IpamDriver.GetDefaultAddressSpaces": self.address_spaces,
+            "/IpamDriver.RequestPool": self.request_pool,
+            "/IpamDriver.ReleasePool": self.release_pool,
+            "/IpamDriver.RequestAddress": self.request_address,
+            "/IpamDriver.ReleaseAddress": self.release_address,
+        }
+        return {("POST", path): self._safe(path, fn) for path, fn in names.items()}
+
+    def _safe(self, path: str, fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]):
+        async def handler(body: dict[str, Any]) -> dict[str, Any]:
+            self.calls[path] = self.calls.get(path, 0) + 1
+            try:
+                return await fn(body)
+            except ApiError as exc:
+                log.warning("%s failed: %s", path, exc.message)
+                return error(exc.message)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s: bad request %r: %s", path, body, exc)
+                return error(f"bad request to {path.lstrip('/')}: {exc}")
+            except Exception as exc:
+                log.exception("%s failed", path)
+                return error(f"{path.lstrip('/')} failed: {exc.__class__.__name__}: {exc}")
+
+        return handler
+
+    async def call_path(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Dispatch one call as Docker would (tests)."""
+        handler = self.routes().get(("POST", path))
+        if handler is None:
+            return error(f"unsupported call {path}")
+        return await handler(body)
+
+    async def nothing(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def activate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    # -- IpamDriver ------------------------------------------------------------------------
+
+    async def ipam_capabilities(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    async def address_spaces(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE, "GlobalDefaultAddressSpace": GLOBAL_ADDRESS_SPACE}
+
+    async def request_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("V6"):
+            raise ApiError(400, "IPv6 pools are not supported (create the network without --ipv6)")
+        universe = ipaddress.IPv4Network(self.universe())
+        pool_text, sub_text = body.get("Pool") or "", body.get("SubPool") or ""
+        try:
+            pool = ipaddress.IPv4Network(pool_text, strict=True) if pool_text else universe
+            sub = ipaddress.IPv4Network(sub_text, strict=True) if sub_text else None
+        except ValueError as exc:
+            raise ApiError(400, f"bad subnet: {exc}") from None
+        if not pool.subnet_of(universe):
+            raise ApiError(400, f"subnet {pool} is outside meshnet's allocation range {universe}")
+        if sub is not None and not sub.subnet_of(pool):
+            raise ApiError(400, f"ip-range {sub} is not inside subnet {pool}")
+        return {"PoolID": pool_id(str(pool), str(sub) if sub else ""), "Pool": str(pool), "Data": {}}
+
+    async def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        parse_pool_id(body.get("PoolID"))
+        return {}
+
+    async def request_address(self, body: dict[str, Any]) -> dict[str, Any]:
+        pool, sub = parse_pool_id(body.get("PoolID"))
+        options = body.get("Options") or {}
+        gateway = options.get("RequestAddressType") == GATEWAY_TYPE
+        owner = f"docker-{'gw' if gateway else 'ep'}:{secrets.token_hex(8)}"
+        request: dict[str, Any] = {"owner": owner}
+        wanted = body.get("Address") or ""
+        if wanted:
+            ip = ipaddress.IPv4Address(wanted)
+            if ip not in pool:
+                raise ApiError(400, f"address {ip} is not in subnet {pool}")
+            held = self.addresses.get(str(ip))
+            if held is not None:
+                raise ApiError(409, f"address {ip} is already in use")
+            request["address"] = str(ip)
+        else:
+            block = sub or pool
+            if block != ipaddress.IPv4Network(self.universe()):
+                request["subnet"] = str(block)
+            request["wait"] = ALLOCATE_WAIT
+        try:
+            got = await self.call("POST", "/ipam/allocate", request)
+        except ApiError as exc:
+            if exc.status == 409:
+                raise ApiError(409, f"address {wanted} is already in use") from None
+            raise
+        ip = str(got["address"])
+        if ipaddress.IPv4Address(ip) not in pool:  # cannot happen with a correct IPAM; be safe
+            await self.call("POST", "/ipam/release", {"owner": owner})
+            raise ApiError(500, f"IPAM gave {ip}, outside {pool}")
+        self.addresses[ip] = {"owner": owner, "pool": str(pool), "since": self.clock(), "gateway": gateway}
+        self._save()
+        return {"Address": f"{ip}/{pool.prefixlen}", "Data": {}}
+
+    async def release_address(self, body: dict[str, Any]) -> dict[str, Any]:
+        parse_pool_id(body.get("PoolID"))
+        ip = str(ipaddress.IPv4Address(str(body.get("Address") or "").split("/")[0]))
+        await self._release(ip)
+        return {}
+
+    async def _release(self, ip: str) -> None:
+        held = self.addresses.get(ip)
+        if held is None:
+            return  # twice, or never ours: idempotent
+        await self.call("POST", "/ipam/release", {"owner": held["owner"]})
+        self.addresses.pop(ip, None)
+        self._save()
+
+    # -- NetworkDriver ---------------------------------------------------------------------
+
+    async def net_capabilities(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    async def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid = body["NetworkID"]
+        if body.get("IPv6Data"):
+            raise ApiError(400, "IPv6 is not supported on meshnet networks")
+        v4 = body.get("IPv4Data") or []
+        if not v4 or any((d or {}).get("AddressSpace") != ADDRESS_SPACE for d in v4):
+            raise ApiError(
+                400,
+                "meshnet networks take their addresses from meshnet's IPAM: "
+                "docker network create -d meshnet --ipam-driver meshnet NAME",
+            )
+        self.networks[nid] = {"pools": [d.get("Pool") for d in v4], "created": self.clock()}
+        self._save()
+        return {}
+
+    async def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.networks.pop(body["NetworkID"], None)
+        self._save()
+        return {}
+
+    async def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid, eid = body["NetworkID"], body["EndpointID"]
+        iface = body.get("Interface") or {}
+        address = iface.get("Address") or ""
+        if not address:
+            raise ApiError(400, "the endpoint has no IPv4 address (use --ipam-driver meshnet)")
+        if iface.get("AddressIPv6"):
+            raise ApiError(400, "IPv6 is not supported on meshnet networks")
+        ipaddress.IPv4Interface(address)
+        given_mac = (iface.get("MacAddress") or "").lower()
+        mac = given_mac or mac_for(eid)
+        host_if, peer_if = veth_names(eid)
+        self.endpoints[eid] = {"network": nid, "address": address, "mac": mac, "host_if": host_if, "peer_if": peer_if, "name": ""}
+        self._save()
+        return {"Interface": None} if given_mac else {"Interface": {"MacAddress": mac}}
+
+    async def endpoint_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        ep = self.endpoints.get(body.get("EndpointID", ""))
+        if ep is None:
+            return {"Value": {}}
+        return {"Value": {"meshnet.host_if": ep["host_if"], "meshnet.mac": ep["mac"]}}
+
+    async def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        eid = body["EndpointID"]
+        ep = self.endpoints.get(eid)
+        if ep is None:
+            raise ApiError(404, f"unknown endpoint {eid[:12]} (was it created while meshnet's state was lost?)")
+        mac = await self.kernel.add_veth(ep["host_if"], ep["peer_if"], ep["mac"])
+        ep["mac"] = (mac or ep["mac"]).lower()
+        try:
+            await self._publish(eid, ep)
+        except BaseException:
+            await self.kernel.delete_link(ep["host_if"])
+            raise
+        ep["joined"] = True
+        self._save()
+        return {
+            "InterfaceName": {"SrcName": ep["peer_if"], "DstPrefix": DST_PREFIX},
+            "Gateway": "",
+            "StaticRoutes": [],
+            "DisableGatewayService": True,
+        }
+
+    async def leave(self, body: dict[str, Any]) -> dict[str, Any]:
+        eid = body["EndpointID"]
+        await self.call("POST", "/endpoints/del", {"id": endpoint_id(eid)})
+        ep = self.endpoints.get(eid)
+        if ep is not None:
+            ep["joined"] = False
+            self._save()
+        return {}
+
+    async def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        eid = body["EndpointID"]
+        ep = self.endpoints.get(eid)
+        host_if = ep["host_if"] if ep else veth_names(eid)[0]
+        await self.kernel.delete_link(host_if)
+        await self.call("POST", "/endpoints/del", {"id": endpoint_id(eid)})
+        if self.endpoints.pop(eid, None) is not None:
+            self._save()
+        return {}
+
+    # -- names and housekeeping (driven by Docker events, see service.py) ------------------
+
+    async def _publish(self, eid: str, ep: dict[str, Any]) -> None:
+        await self.call(
+            "POST",
+            "/endpoints/add",
+            {"id": endpoint_id(eid), "mac": ep["mac"], "ips": [ep["address"]], "name": ep.get("name", ""), "host_if": ep["host_if"]},
+        )
+
+    async def name_endpoints(self, container_name: str, networks: dict[str, dict[str, Any]]) -> None:
+        """A container started: give its meshnet endpoints its name (DNS)."""
+        label = dns_label(container_name)
+        for net in networks.values():
+            eid = (net or {}).get("EndpointID") or ""
+            ep = self.endpoints.get(eid)
+            if ep is None or not ep.get("joined") or ep.get("name") == label:
+                continue
+            ep["name"] = label
+            self._save()
+            await self._publish(eid, ep)
+
+    async def collect_garbage(self, in_use: set[str]) -> list[str]:
+        """Release addresses no Docker container or network uses any more (e.g. after dockerd
+        was killed and never called ReleaseAddress), once they are older than GC_GRACE."""
+        now = self.clock()
+        gone = [ip for ip, held in self.addresses.items() if ip not in in_use and now - held.get("since", now) > GC_GRACE]
+        for ip in gone:
+            log.info("releasing %s: no Docker container or network uses it", ip)
+            await self._release(ip)
+        return gone
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"endpoint": eid, "network": ep["network"], "name": ep.get("name", ""), "mac": ep["mac"], "cidrs": [ep["address"]], "joined": bool(ep.get("joined"))}
+            for eid, ep in sorted(self.endpoints.items())
+        ]

@@ -1,0 +1,365 @@
+"""Simulated Docker hosts: `meshnet.lab.Lab` plus one real dockerd per host (tests, demos).
+
+Each host hN gets, besides the lab's namespace and router:
+  * a dockerd started as `unshare --mount` + `nsenter --net=/run/netns/<prefix>-hN` (never
+    `ip netns exec`: it remounts /sys and dockerd loses the cgroup v1 mounts), with its own
+    socket, data-root, exec-root (so its own containerd), pidfile and cgroup parent, all
+    under RUN/<prefix>/hN and LIB/<prefix>/hN;
+  * a private /run/docker/plugins (a bind mount in dockerd's mount namespace) pointing at
+    the router's `--plugin-dir`, so every host's `-d meshnet` reaches its own router;
+  * an offline busybox image `bb:local` made from /bin/busybox (busybox-static).
+
+Teardown order matters (testbed/README.md): containers are removed while the plugin
+still answers, then dockerd stops, then the routers. Only PIDs this lab recorded are
+signalled; cleanup runs even after a failure, and is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnet.lab import Lab, netns_exists
+
+RUN = "/run/mndk"
+LIB = "/var/lib/mndk"
+IMAGE = "bb:local"
+BUSYBOX = "/bin/busybox"
+
+
+def busybox_rootfs() -> bytes:
+    """A tar of a minimal busybox root file system (needs busybox-static)."""
+    if not os.path.exists(BUSYBOX):
+        raise RuntimeError("needs a static busybox at /bin/busybox (apt-get install busybox-static)")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True, timeout=10).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add_dir(path: str) -> None:
+            info = tarfile.TarInfo(path)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+
+        def add_file(path: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+
+        for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "var", "var/run", "usr", "usr/bin", "usr/sbin"):
+            add_dir(d)
+        with open(BUSYBOX, "rb") as f:
+            add_file("bin/busybox", f.read(), 0o755)
+        for applet in applets:
+            if applet != "busybox":
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+        add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        add_file("etc/group", b"root:x:0:\n")
+    return buf.getvalue()
+
+
+@dataclass
+class DockerLab(Lab):
+    prefix: str = "mndk"
+    dockerd_pids: dict[int, int] = field(default_factory=dict)
+    launch_flags: list[str] = field(default_factory=list)  # extra flags for every router
+
+    def __post_init__(self) -> None:
+        self._clients: dict[int, Any] = {}
+
+    # -- names ---------------------------------------------------------------------------
+    def docker_dir(self, i: int) -> str:
+        return f"{RUN}/{self.prefix}/h{i}"
+
+    def docker_lib(self, i: int) -> str:
+        return f"{LIB}/{self.prefix}/h{i}"
+
+    def docker_sock(self, i: int) -> str:
+        return f"{self.docker_dir(i)}/docker.sock"
+
+    def plugin_dir(self, i: int) -> str:
+        return f"{self.docker_dir(i)}/plugins"
+
+    def meshnet(self, i: int, *args: str) -> list[str]:
+        cmd = super().meshnet(i, *args)
+        if args[:1] == ("launch",):
+            cmd += [
+                f"--docker-socket=unix://{self.docker_sock(i)}",
+                f"--plugin-dir={self.plugin_dir(i)}",
+                "--dns-upstream=none",
+                *self.launch_flags,
+            ]
+        return cmd
+
+    # -- dockerd -------------------------------------------------------------------------
+    def start_dockerd(self, i: int, timeout: float = 60) -> None:
+        d, lib = self.docker_dir(i), self.docker_lib(i)
+        for path in (d, lib, self.plugin_dir(i)):
+            os.makedirs(path, exist_ok=True)
+        if not os.path.exists(f"{d}/daemon.json"):
+            with open(f"{d}/daemon.json", "w") as f:
+                f.write("{}\n")  # never read /etc/docker/daemon.json
+        os.makedirs("/run/docker/plugins", exist_ok=True)  # the mount point (an empty dir) must exist
+        cmd = [
+            "unshare", "--mount", "--propagation", "slave", "--",
+            "sh", "-c", 'mount --bind "$0" /run/docker/plugins && exec "$@"', self.plugin_dir(i),
+            "nsenter", f"--net=/run/netns/{self.host_ns(i)}", "--",
+            "dockerd",
+            "-H", f"unix://{self.docker_sock(i)}",
+            "--config-file", f"{d}/daemon.json",
+            "--data-root", f"{lib}/docker",
+            "--exec-root", f"{d}/exec",
+            "--pidfile", f"{d}/docker.pid",
+            "--cgroup-parent", f"/{self.prefix}-h{i}",
+            "--bridge=none", "--iptables=false", "--ip-masq=false", "--userland-proxy=false",
+            "--shutdown-timeout", "2",
+        ]  # fmt: skip
+        with open(f"{d}/dockerd.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        self.dockerd_pids[i] = proc.pid  # unshare, sh and nsenter exec: this is dockerd's pid
+        self._save_docker()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dockerd on h{i} exited: {self._tail(f'{d}/dockerd.log')}")
+            try:
+                self.client(i).ping()
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError(f"dockerd on h{i} not ready within {timeout}s: {self._tail(f'{d}/dockerd.log')}")
+
+    def stop_dockerd(self, i: int, *, remove_containers: bool = True, timeout: float = 30) -> None:
+        pid = self.dockerd_pids.get(i)
+        if pid is None or not _alive(pid):
+            self.dockerd_pids.pop(i, None)
+            return
+        if remove_containers:
+            try:
+                api = self.client(i)
+                for c in api.containers(all=True):
+                    api.remove_container(c["Id"], force=True)
+            except Exception:
+                pass
+        containerd = _read_pid(f"{self.docker_dir(i)}/exec/containerd/containerd.pid")
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 5)
+        if containerd and _alive(containerd) and self.docker_dir(i) in _cmdline(containerd):
+            if not _wait_gone(containerd, 5):
+                os.kill(containerd, signal.SIGKILL)
+                _wait_gone(containerd, 5)
+        for shim in _pids_with(f"{self.docker_dir(i)}/exec/containerd"):
+            os.kill(shim, signal.SIGKILL)
+        self.dockerd_pids.pop(i, None)
+        self._save_docker()
+        self._clients.pop(i, None)
+
+    def client(self, i: int) -> Any:
+        """docker-py's low-level client for host i (API version negotiated)."""
+        import docker
+
+        cached = self._clients.get(i)
+        if cached is None:
+            cached = docker.APIClient(base_url=f"unix://{self.docker_sock(i)}", version="auto", timeout=60)
+            self._clients[i] = cached
+        return cached
+
+    def import_image(self, i: int) -> None:
+        path = f"{LIB}/busybox-rootfs.tar"
+        if not os.path.exists(path):
+            os.makedirs(LIB, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                f.write(busybox_rootfs())
+            os.replace(path + ".tmp", path)
+        with open(path, "rb") as f:
+            self.client(i).import_image_from_data(f.read(), repository=IMAGE.split(":")[0], tag=IMAGE.split(":")[1], changes=['CMD ["/bin/sh"]'])
+
+    def run_container(self, i: int, name: str, *, network: str | None = None, restart: str | None = None, dns: list[str] | None = None, command: list[str] | None = None) -> str:
+        api = self.client(i)
+        host_config = api.create_host_config(
+            network_mode=network,
+            restart_policy={"Name": restart} if restart else None,
+            dns=dns,
+            dns_search=["meshnet.local"] if dns else None,
+        )
+        c = api.create_container(IMAGE, command or ["sleep", "3600"], name=name, host_config=host_config, stop_timeout=1)
+        api.start(c["Id"])
+        return c["Id"]
+
+    def sh(self, i: int, container: str, cmd: str, timeout: float = 20) -> tuple[int, str]:
+        """Run `sh -c cmd` in a container; (exit code, output). Bounded by busybox timeout."""
+        api = self.client(i)
+        exec_id = api.exec_create(container, ["timeout", str(int(timeout)), "sh", "-c", cmd])
+        out = api.exec_start(exec_id)
+        return api.exec_inspect(exec_id)["ExitCode"], out.decode(errors="replace")
+
+    # -- lab -----------------------------------------------------------------------------
+    def up(self, *, dockerd: bool = True) -> None:  # type: ignore[override]
+        try:
+            super().up()  # namespaces and routers (the plugin sockets exist before dockerd starts)
+            if dockerd:
+                for i in range(1, self.hosts + 1):
+                    self.start_dockerd(i)
+                    self.import_image(i)
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        self._load_docker()
+        for i in range(1, self.hosts + 1):
+            try:
+                self.stop_dockerd(i)
+            except Exception:
+                pass
+        super().down()
+        for i in range(1, self.hosts + 1):
+            for base in (self.docker_dir(i), self.docker_lib(i)):
+                _umount_under(base)
+            for c in _cgroup_dirs(f"{self.prefix}-h{i}"):
+                try:
+                    os.rmdir(c)
+                except OSError:
+                    pass
+        shutil.rmtree(f"{RUN}/{self.prefix}", ignore_errors=True)
+        shutil.rmtree(f"{LIB}/{self.prefix}", ignore_errors=True)
+
+    def _save_docker(self) -> None:
+        os.makedirs(f"{RUN}/{self.prefix}", exist_ok=True)
+        with open(f"{RUN}/{self.prefix}/dockerd.pids", "w") as f:
+            f.write(" ".join(f"{i}:{p}" for i, p in self.dockerd_pids.items()))
+
+    def _load_docker(self) -> None:
+        try:
+            with open(f"{RUN}/{self.prefix}/dockerd.pids") as f:
+                for item in f.read().split():
+                    i, p = item.split(":")
+                    self.dockerd_pids.setdefault(int(i), int(p))
+        except (OSError, ValueError):
+            pass
+
+    def dump_logs(self, lines: int = 40) -> str:
+        """The tail of every router's and dockerd's log (printed by tests, shown on failure)."""
+        out = []
+        for i in range(1, self.hosts + 1):
+            for path in (f"{self.run_dir(i)}/meshnet.log", f"{self.docker_dir(i)}/dockerd.log"):
+                try:
+                    with open(path, errors="replace") as f:
+                        out.append(f"==== {path}\n" + "".join(f.readlines()[-lines:]))
+                except OSError:
+                    pass
+        return "\n".join(out)
+
+    @staticmethod
+    def _tail(path: str) -> str:
+        try:
+            with open(path, errors="replace") as f:
+                return "".join(f.readlines()[-5:])
+        except OSError:
+            return ""
+
+    def wait(self, check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = check()
+                if last:
+                    return last
+            except Exception as exc:  # keep polling; report the last error
+                last = exc
+            time.sleep(interval)
+        raise TimeoutError(f"{what} not within {timeout}s (last: {last!r})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            return True
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pids_with(text: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and text in _cmdline(int(entry)) and "containerd-shim" in _cmdline(int(entry)):
+            out.append(int(entry))
+    return out
+
+
+def _umount_under(base: str) -> None:
+    try:
+        with open("/proc/mounts") as f:
+            points = [line.split()[1] for line in f if line.split()[1].startswith(base + "/") or line.split()[1] == base]
+    except OSError:
+        return
+    for point in sorted(points, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=10)
+
+
+def _cgroup_dirs(name: str) -> list[str]:
+    out = []
+    root = "/sys/fs/cgroup"
+    try:
+        for controller in os.listdir(root):
+            path = os.path.join(root, controller, name)
+            if os.path.isdir(path):
+                out.append(path)
+    except OSError:
+        pass
+    if os.path.isdir(os.path.join(root, name)):
+        out.append(os.path.join(root, name))
+    return out
+
+
+__all__ = ["DockerLab", "IMAGE", "busybox_rootfs", "netns_exists"]

@@ -1,0 +1,423 @@
+"""Docker integration inside the router: plugin socket, container tracking, DNS, expose/hide.
+
+Started by the router after its API socket (`DockerService(router).start()`), stopped
+first. What it adds:
+
+  * the network plugin (`cnm.CnmDriver`) on PLUGIN_DIR/meshnet.sock, up within the
+    router's first second, removed on stop (so Docker is never left retrying a socket
+    nobody listens on while the router runs; see docs/docker.md for the order at boot);
+  * a thread that follows dockerd's container events (reconnecting with backoff; dockerd
+    may start later or restart) and feeds them, in order, to `ContainerManager` and the
+    plugin (names of CNM endpoints); every (re)connection runs a reconciliation;
+  * the resolver (`meshnet.dns`) on the host's overlay addresses (`meshnet expose`);
+  * API routes: /docker/attach, /docker/detach, /docker/ps, /docker/info, /expose, /hide.
+
+Everything runs on the router's loop; docker-py calls run in a small thread pool, pyroute2
+calls through `router._kernel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from meshnet.dns.answer import DEFAULT_DOMAIN, Records, normalize_domain
+from meshnet.dns.server import DnsServer, parse_upstreams
+from meshnet.docker.cnm import CnmDriver
+from meshnet.docker.containers import ContainerManager, check_cidrs
+from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.kernel.errors import KernelError
+from meshnet.runtime.api import ApiError, ApiServer
+
+log = logging.getLogger("meshnet.docker")
+
+DEFAULT_PLUGIN_DIR = "/run/docker/plugins"
+PLUGIN_NAME = "meshnet"
+DEFAULT_RANGE = "10.32.0.0/12"
+EXPOSE_KEY = "docker.expose"
+NAT_TABLE = "meshnet-nat"
+RECORDS_TTL = 0.5  # seconds the DNS name table is cached
+GC_INTERVAL = 60.0
+
+
+class _Kernel:
+    """What the plugin needs from the kernel, through the router's kernel thread."""
+
+    def __init__(self, router: Any):
+        self.router = router
+
+    async def add_veth(self, host: str, peer: str, mac: str | None) -> str:
+        r = self.router
+        try:
+            return await r._kernel(r.links.add_veth_pair, host, peer, bridge=r.config.bridge, mtu=r.mtu, mac=mac)
+        except KernelError as exc:
+            raise ApiError(500, exc.strerror or str(exc)) from None
+
+    async def attach(self, netns: str, host_if: str, ifname: str, cidrs: list[str], mac: str) -> str:
+        """A container's veth: `ifname` inside `netns` with addresses, `host_if` on the bridge."""
+        r = self.router
+        try:
+            att = await r._kernel(
+                r.links.add_pod_veth, netns, host_if=host_if, ifname=ifname, bridge=r.config.bridge, cidrs=cidrs, mtu=r.mtu, mac=mac
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except KernelError as exc:
+            raise ApiError(400 if exc.errno in (errno.ENOENT, errno.EEXIST) else 500, exc.strerror or str(exc)) from None
+        return att.mac
+
+    async def delete_link(self, name: str) -> bool:
+        r = self.router
+        try:
+            return await r._kernel(r.links.delete_link, name)
+        except KernelError as exc:
+            raise ApiError(500, exc.strerror or str(exc)) from None
+
+
+class DockerService:
+    def __init__(self, router: Any):
+        self.router = router
+        cfg = router.config
+        self.domain = normalize_domain(getattr(cfg, "dns_domain", None) or DEFAULT_DOMAIN)
+        self.url = find_docker_host(getattr(cfg, "docker_socket", None))
+        self.disabled = str(getattr(cfg, "docker_socket", "") or "").lower() == "none"
+        plugin_dir = getattr(cfg, "plugin_dir", None)
+        self.plugin_dir_given = bool(plugin_dir)
+        self.plugin_path = os.path.join(plugin_dir or DEFAULT_PLUGIN_DIR, f"{PLUGIN_NAME}.sock")
+        self.network_name = getattr(cfg, "docker_network", PLUGIN_NAME)
+        self.engine = Engine(self.url) if self.url else None
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="meshnet-docker")
+        self.plugin: ApiServer | None = None
+        self.cnm: CnmDriver | None = None
+        self.containers: ContainerManager | None = None
+        self.dns = DnsServer(
+            self.records,
+            port=int(getattr(cfg, "dns_port", 53) or 53),
+            upstreams=parse_upstreams(getattr(cfg, "dns_upstream", "") or ""),
+        )
+        self.connected = False
+        self._records: tuple[float, Records] | None = None
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._watcher: threading.Thread | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        r = self.router
+        self._loop = asyncio.get_running_loop()
+        self.cnm = CnmDriver(self.call, _Kernel(r), r.state, mtu=lambda: r.mtu, universe=self.universe)
+        self.containers = ContainerManager(self.call, self.engine, self.blocking, r.state, _Kernel(r))
+        r._api.routes.update(self.routes())
+        if not self.disabled and (self.url or self.plugin_dir_given):
+            self.plugin = ApiServer(self.plugin_path, self.cnm.routes())
+            await self.plugin.start()
+            log.info("Docker network plugin %r on %s", PLUGIN_NAME, self.plugin_path)
+        try:
+            await self._restore_exposure()
+        except (ApiError, KernelError) as exc:
+            log.warning("could not restore the host's overlay address: %s", getattr(exc, "message", exc))
+        if self.engine is not None and not self.disabled:
+            self._tasks.append(asyncio.ensure_future(self._consume()))
+            self._tasks.append(asyncio.ensure_future(self._gc_loop()))
+            self._watcher = threading.Thread(target=self._watch, name="meshnet-docker-events", daemon=True)
+            self._watcher.start()
+            log.info("following Docker at %s", self.url)
+        else:
+            log.info("no Docker socket (--docker-socket, DOCKER_HOST): meshnet attach/run of containers is off")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass
+        for task in self._tasks:
+            task.cancel()
+        if self.plugin is not None:
+            await self.plugin.close()
+        await self.dns.close()
+        if self._watcher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._watcher.join, 3)
+        self._pool.shutdown(wait=False)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The router's own API, in process (same handlers and errors as over the socket)."""
+        handler = self.router._api.routes.get((method, path))
+        if handler is None:
+            raise ApiError(501, f"this router has no {method} {path}")
+        return await handler(dict(body))
+
+    async def blocking(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(*args))
+
+    def universe(self) -> str:
+        cfg = self.router.config
+        return str(getattr(cfg, "ipalloc_range", None) or DEFAULT_RANGE)
+
+    def records(self) -> Records:
+        """The DNS name table: every reachable peer's gossiped endpoints (cached briefly)."""
+        now = time.monotonic()
+        if self._records is not None and now - self._records[0] < RECORDS_TTL:
+            return self._records[1]
+        core = self.router.core
+        topo = core.topology
+        reachable = topo.reachable() | {core.name}
+        entries = []
+        for entry in topo.entries.values():
+            if entry.name not in reachable:
+                continue
+            for ep in entry.data.get("eps", []) or []:
+                if isinstance(ep, (list, tuple)) and len(ep) >= 3:
+                    entries.append((ep[2], ep[1]))
+        rec = Records.build(self.domain, entries)
+        self._records = (now, rec)
+        return rec
+
+    # -- Docker events ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Thread: follow dockerd's events; reconnect with backoff until stopped."""
+        delay = 0.2
+        engine = Engine(self.url)  # its own client: the stream blocks a connection
+        while not self._stop.is_set():
+            try:
+                self._stream = engine.events()
+                self._post(("connected", None))
+                delay = 0.2
+                for event in self._stream:
+                    if self._stop.is_set():
+                        break
+                    self._post(("event", event))
+                if not self._stop.is_set():
+                    self._post(("disconnected", "event stream ended"))
+            except Exception as exc:  # DockerUnavailable, a closed stream, a dockerd restart
+                if not self._stop.is_set():
+                    self._post(("disconnected", str(exc)))
+            finally:
+                self._stream = None
+                engine.close()
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            except RuntimeError:
+                pass
+
+    async def _consume(self) -> None:
+        while True:
+            kind, data = await self._queue.get()
+            try:
+                if kind == "connected":
+                    if not self.connected:
+                        log.info("connected to Docker at %s", self.url)
+                    self.connected = True
+                    await self._on_connect()
+                elif kind == "disconnected":
+                    if self.connected:
+                        log.warning("lost Docker at %s: %s", self.url, data)
+                    self.connected = False
+                elif kind == "event":
+                    await self.containers.on_event(data)
+                    if data.get("Action") == "start":
+                        await self._name_cnm(str((data.get("Actor") or {}).get("ID") or ""))
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, DockerError, DockerUnavailable, KernelError) as exc:
+                log.warning("Docker %s: %s", kind, getattr(exc, "message", exc))
+            except Exception:
+                log.exception("Docker %s handling failed", kind)
+
+    async def _on_connect(self) -> None:
+        await self.containers.reconcile()
+        if self.network_name and self.plugin is not None:
+            await self._ensure_network()
+        for cid in await self.blocking(self.engine.container_ids):
+            await self._name_cnm(cid)
+
+    async def _ensure_network(self) -> None:
+        nets = await self.blocking(self.engine.networks, PLUGIN_NAME)
+        if any(n.get("Name") == self.network_name for n in nets):
+            return
+        try:
+            await self.blocking(self.engine.create_network, self.network_name, PLUGIN_NAME, PLUGIN_NAME)
+            log.info("created Docker network %r (driver and IPAM meshnet)", self.network_name)
+        except DockerError as exc:
+            log.warning("could not create Docker network %r: %s", self.network_name, exc)
+
+    async def _name_cnm(self, cid: str) -> None:
+        if not cid or not self.cnm.endpoints:
+            return
+        info = await self.blocking(self.engine.inspect, cid)
+        if info is not None and info.running:
+            await self.cnm.name_endpoints(info.name, info.networks)
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(GC_INTERVAL)
+            if self.connected and self.cnm.addresses:
+                try:
+                    await self.cnm.collect_garbage(await self.blocking(self._docker_addresses))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("address garbage collection skipped: %s", exc)
+
+    def _docker_addresses(self) -> set[str]:
+        """Thread: every address Docker uses on meshnet networks (containers and gateways)."""
+        used: set[str] = set()
+        nets = self.engine.networks(PLUGIN_NAME)
+        ids = {n["Id"] for n in nets}
+        for n in nets:
+            for conf in (n.get("IPAM") or {}).get("Config") or []:
+                if conf.get("Gateway"):
+                    used.add(conf["Gateway"].split("/")[0])
+        for cid in self.engine.container_ids():
+            info = self.engine.inspect(cid)
+            for net in (info.networks if info else {}).values():
+                if net.get("NetworkID") in ids and net.get("IPAddress"):
+                    used.add(net["IPAddress"])
+        return used
+
+    # -- expose / hide ---------------------------------------------------------------------
+
+    def _exposure(self) -> dict[str, Any]:
+        return dict(self.router.state.get(EXPOSE_KEY, {}) or {"cidrs": [], "nat": False})
+
+    def _host_owner(self) -> str:
+        return f"host:{self.router.core.name.hex()}"
+
+    async def _apply_exposure(self, exp: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        r = self.router
+        bridge = r.config.bridge
+        for cidr in (old or {}).get("cidrs", []):
+            if cidr not in exp["cidrs"]:
+                await r._kernel(r.links.set_bridge_address, bridge, cidr, False)
+        for cidr in exp["cidrs"]:
+            await r._kernel(r.links.set_bridge_address, bridge, cidr, True)
+        if exp.get("nat") or (old or {}).get("nat"):
+            await r._kernel(r.links.set_nat, NAT_TABLE, self.universe(), bridge, bool(exp.get("nat") and exp["cidrs"]))
+        if exp["cidrs"]:
+            mac = await r._kernel(r.links.mac_of, bridge)
+            await self.call("POST", "/endpoints/add", {"id": "host:bridge", "mac": mac, "ips": exp["cidrs"], "name": ""})
+        else:
+            await self.call("POST", "/endpoints/del", {"id": "host:bridge"})
+        await self.dns.set_addresses([c.split("/")[0] for c in exp["cidrs"]])
+
+    async def _restore_exposure(self) -> None:
+        exp = self._exposure()
+        if exp["cidrs"]:
+            await self._apply_exposure(exp)
+
+    async def expose(self, body: dict[str, Any]) -> dict[str, Any]:
+        wanted = check_cidrs(body.get("cidrs") or [])
+        nat = body.get("nat")
+        old = self._exposure()
+        owner = self._host_owner()
+        new = {"cidrs": list(old["cidrs"]), "nat": old.get("nat", False) if nat is None else bool(nat)}
+        claimed: list[str] = []
+        try:
+            if not wanted and not old["cidrs"]:
+                got = await self.call("POST", "/ipam/allocate", {"owner": owner, "wait": 15.0})
+                claimed.append(got["address"])
+                new["cidrs"].append(got["cidr"])
+            for cidr in wanted:
+                if cidr in new["cidrs"]:
+                    continue
+                ip = cidr.split("/")[0]
+                try:
+                    await self.call("POST", "/ipam/allocate", {"owner": owner, "address": ip})
+                except ApiError as exc:
+                    raise ApiError(exc.status, f"address {ip}: {exc.message}") from None
+                claimed.append(ip)
+                new["cidrs"].append(cidr)
+            await self._apply_exposure(new, old)
+        except BaseException as exc:
+            for ip in claimed:
+                await self.call("POST", "/ipam/release", {"owner": owner, "address": ip})
+            try:
+                await self._apply_exposure(old, new)
+            except Exception:
+                log.exception("could not roll back a failed expose")
+            if isinstance(exc, KernelError):
+                raise ApiError(500, exc.strerror or str(exc)) from None
+            raise
+        self.router.state.put(EXPOSE_KEY, new)
+        return self._exposure_info(new)
+
+    async def hide(self, body: dict[str, Any]) -> dict[str, Any]:
+        which = check_cidrs(body.get("cidrs") or [])
+        old = self._exposure()
+        gone = [c for c in old["cidrs"] if not which or c in which]
+        unknown = [c for c in which if c not in old["cidrs"]]
+        if unknown:
+            raise ApiError(404, f"not exposed: {', '.join(unknown)}")
+        new = {"cidrs": [c for c in old["cidrs"] if c not in gone], "nat": old.get("nat", False)}
+        if not new["cidrs"]:
+            new["nat"] = False
+        try:
+            await self._apply_exposure(new, old)
+        except KernelError as exc:
+            raise ApiError(500, exc.strerror or str(exc)) from None
+        for cidr in gone:
+            await self.call("POST", "/ipam/release", {"owner": self._host_owner(), "address": cidr.split("/")[0]})
+        self.router.state.put(EXPOSE_KEY, new)
+        return {**self._exposure_info(new), "hidden": gone}
+
+    def _exposure_info(self, exp: dict[str, Any]) -> dict[str, Any]:
+        return {"cidrs": list(exp["cidrs"]), "nat": bool(exp.get("nat")), "dns": self.dns.addresses}
+
+    # -- API -------------------------------------------------------------------------------
+
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {
+            ("POST", "/docker/attach"): lambda b: self.containers.attach(b.get("container"), b.get("cidrs")),
+            ("POST", "/docker/detach"): lambda b: self.containers.detach(b.get("container")),
+            ("GET", "/docker/ps"): self._ps,
+            ("GET", "/docker/info"): self._info,
+            ("POST", "/expose"): self.expose,
+            ("POST", "/hide"): self.hide,
+            ("GET", "/expose"): self._expose_status,
+        }
+
+    async def _ps(self, body: dict[str, Any]) -> dict[str, Any]:
+        live = {e["id"]: e for e in (await self.call("GET", "/endpoints", {})).get("local", [])}
+        cnm = []
+        for row in self.cnm.rows():
+            ep = live.get(f"cnm:{row['endpoint']}")
+            if ep is not None:
+                row["mac"], row["cidrs"] = ep["mac"], list(ep["ips"])
+            cnm.append(row)
+        return {"containers": await self.containers.ps(), "network_plugin": cnm}
+
+    async def _info(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "docker": self.url,
+            "connected": self.connected,
+            "plugin": self.plugin_path if self.plugin is not None else None,
+            "network": self.network_name,
+            "range": self.universe(),
+            "dns": {"domain": self.domain, "addresses": self.dns.addresses, "port": self.dns.port, "counters": self.dns.counters},
+            "exposed": self._exposure(),
+        }
+
+    async def _expose_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._exposure_info(self._exposure())
+

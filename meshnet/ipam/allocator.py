@@ -1,0 +1,700 @@
+"""The IPAM allocator: a sans-IO core that hands out addresses from ranges this peer owns.
+
+It composes the ownership ring (`ring.py`), the local allocations (`space.py`), the
+consensus bootstrap (`paxos.py`) and a `Store`. It never does network I/O and never reads a
+clock: every entry point takes `now` (monotonic seconds) and returns the messages to send,
+
+    Outgoing = ("broadcast", payload) | ("unicast", destination_peer_name, payload)
+
+for the mesh's IPAM gossip channel (format: `wire.py`). The runtime calls `tick(now=...)` at
+`next_deadline()`, hands every payload from the channel to `on_broadcast` / `on_unicast`,
+reports topology changes with `on_peers_changed`, and periodically sends `full_state()`
+(anti-entropy, and to every new neighbour).
+
+Requests that must wait. `allocate` and `claim` return a `Result` at once when they can.
+When there is no space yet (bootstrap not finished, donation in flight, an rmpeer being
+confirmed) they return a `Pending(request_id, reason)`; its outcome shows up later, exactly
+once, in `completed()`, which returns and forgets `[(request_id, Result | IpamError)]`. The
+runtime drains it after every call into the allocator and resolves one future per request
+id. Asking again for the same owner (and subnet, or address) while a request waits returns
+the same `Pending`. `cancel(request_id)` drops a request whose caller gave up. A waiting
+request's reason is also the `waiting` field of `status()`.
+
+Durability. Each operation commits its changes to the store before it returns the result
+or the messages that announce it, so kill -9 loses nothing anyone was told, and an address
+is never handed out twice.
+
+rmpeer takes a dead peer's ranges, but uses them only after every reachable peer has
+seen the claim (`reclaim.py`), so running it twice, or on two peers at once, ends with one
+owner.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from meshnet.ipam import donation
+from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
+from meshnet.ipam.bootstrap import InitMode, consensus_ring, parse_init, seed_ring
+from meshnet.ipam.errors import (
+    AddressInUse,
+    Cancelled,
+    IpamBadRequest,
+    IpamConfigError,
+    IpamError,
+    NoHeir,
+    NotHeld,
+    NotOwner,
+    PeerReachable,
+    RangeExhausted,
+)
+from meshnet.ipam.journal import Journal, Release
+from meshnet.ipam.outcome import Outgoing, Pending, Result
+from meshnet.ipam.paxos import Acceptor, Consensus
+from meshnet.ipam.reclaim import Reclaimer
+from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
+from meshnet.ipam.space import Space
+from meshnet.ipam.store import Changes, Store
+from meshnet.ipam.wire import (
+    Deny,
+    Message,
+    PaxosData,
+    RingData,
+    State,
+    Want,
+    decode,
+    encode_deny,
+    encode_state,
+    encode_want,
+)
+from meshnet.ipam import status as status_report
+
+HINT_DELAY = 2.0  # s between a change of our free space and the new hint in the ring
+WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
+SILENT_BACKOFF = 5.0  # s before asking a donor again that did not answer
+MAX_CONFLICTS = 32  # conflict messages kept for status
+MAX_OWNER_LEN = 512  # characters in an owner id (container id + interface)
+
+
+@dataclass
+class _Request:
+    id: int
+    owner: str
+    block: Block  # the subnet to allocate in; for a claim, the universe
+    address: int | None  # set for a claim
+    reason: str
+
+
+@dataclass
+class _Want:
+    id: int
+    donor: bytes
+    block: Block
+    deadline: float
+
+
+class Allocator:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        universe: str,
+        init: str,
+        store: Store,
+        now: float,
+        journal: Journal | None = None,
+        rng: random.Random | None = None,
+    ):
+        """Load (or start) this peer's IPAM state.
+
+        Raises:
+            IpamConfigError: bad name, range or init mode, or a store that belongs to another
+                peer or another range.
+        """
+        if type(name) is not bytes or len(name) != NAME_LEN:
+            raise IpamConfigError(f"peer name must be {NAME_LEN} bytes")
+        self.name = name
+        self.universe = parse_universe(universe)
+        self.mode: InitMode = parse_init(init)
+        self.store = store
+        self._rng = rng or random.Random()
+        self._next_id = self._rng.getrandbits(48)  # ids of earlier lives must not match ours
+
+        snap = store.load()
+        changes = Changes()
+        stored_name, stored_range = snap.meta.get("name"), snap.meta.get("universe")
+        if stored_name is not None and stored_name != name:
+            raise IpamConfigError(f"the IPAM state belongs to peer {stored_name.hex()}, not {name.hex()}")
+        if stored_range is not None and stored_range.decode() != self.universe.cidr:
+            raise IpamConfigError(
+                f"the IPAM state is for range {stored_range.decode()} but --ipalloc-range is "
+                f"{self.universe.cidr}; use the same range, or start with an empty state dir"
+            )
+        if stored_name is None:
+            changes.meta.update(name=name, universe=self.universe.cidr.encode())
+
+        self.ring: Ring | None = None
+        self.consensus: Consensus | None = None
+        if snap.ring:
+            self.ring = Ring(self.universe, snap.meta["genesis"], snap.ring)
+        elif self.mode.kind == "seed":
+            self._set_ring(seed_ring(self.universe, self.mode.seeds), changes)
+        elif self.mode.kind == "consensus":
+            self.consensus = Consensus(name, self.mode.n, Acceptor.from_bytes(snap.meta.get("paxos")))
+        self.space = Space(snap.allocations)
+        self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
+        store.commit(changes)
+
+        self.reachable: set[bytes] = set()
+        self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
+        self.requests: dict[int, _Request] = {}
+        self._completed: list[tuple[int, Result | IpamError]] = []
+        self.want: _Want | None = None
+        self.denied: dict[bytes, frozenset[tuple[int, int]]] = {}  # donor -> its fingerprint then
+        self.silent: dict[bytes, float] = {}  # donor that did not answer -> not before
+        self.conflicts: dict[str, None] = {}  # an ordered set, oldest first
+        self.hint_due: float | None = now  # refresh hints once after start
+        self._cursor = self.universe.start
+        self._out: list[Outgoing] = []
+        self._check_allocations()
+        if journal is not None:
+            self._replay(journal, now)  # messages it causes wait in _out for the next call
+
+    # ---- from the mesh ------------------------------------------------------------------
+
+    def on_broadcast(self, src: bytes, payload: bytes, *, now: float) -> list[Outgoing]:
+        """Raises IpamProtocolError (and changes nothing) if the payload is malformed."""
+        return self._receive(src, decode(payload), now)
+
+    def on_unicast(self, src: bytes, payload: bytes, *, now: float) -> list[Outgoing]:
+        """Raises IpamProtocolError (and changes nothing) if the payload is malformed."""
+        return self._receive(src, decode(payload), now)
+
+    def on_peers_changed(self, reachable: set[bytes], *, now: float) -> list[Outgoing]:
+        before = self.reachable
+        self.reachable = set(reachable) - {self.name}
+        self.topology_known = True
+        if self.want is not None and self.want.donor not in self.reachable:
+            self.want = None
+        if self.ring is None and self.consensus is not None and self.reachable - before:
+            self._broadcast_state()  # newcomers learn our vote without waiting for anti-entropy
+        self._progress(now)
+        return self._flush()
+
+    def full_state(self) -> bytes:
+        return encode_state(self._state())
+
+    def tick(self, *, now: float) -> list[Outgoing]:
+        self._refresh_hints(now)
+        self._progress(now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        deadlines = [self.hint_due]
+        if self.want is not None:
+            deadlines.append(self.want.deadline)
+        if self.reclaim.round is not None:
+            deadlines.append(self.reclaim.round.resend_at)
+        if self.ring is None and self.consensus is not None:
+            deadlines.append(self.consensus.next_deadline())
+        if self.requests and self.silent:
+            deadlines.append(min(self.silent.values()))
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    # ---- local API ----------------------------------------------------------------------
+
+    def allocate(self, owner: str, *, subnet: str | None = None, now: float) -> tuple[Result | Pending, list[Outgoing]]:
+        """Give `owner` an address in `subnet` (default: the whole range); idempotent per owner.
+
+        Raises:
+            IpamBadRequest: bad owner or subnet.
+            RangeExhausted: no free address in the subnet on any reachable peer.
+        """
+        owner = _check_owner(owner)
+        block = parse_subnet(subnet, self.universe) if subnet is not None else self.universe
+        for req in self.requests.values():
+            if req.owner == owner and req.address is None and req.block == block:
+                return Pending(req.id, req.reason), self._flush()
+        if self.ring is not None:
+            result = self._allocate_in(owner, block, now)
+            if result is not None:
+                return result, self._flush()
+            if self._donor_choice(block, now).exhausted:
+                raise _exhausted(block)
+        pending = self._enqueue(owner, block, None, now)
+        return pending, self._flush()
+
+    def claim(self, owner: str, address: str, *, now: float) -> tuple[Result | Pending, list[Outgoing]]:
+        """Give `owner` this specific address; idempotent per owner and address.
+
+        Raises:
+            IpamBadRequest: bad owner or address (outside the range, or reserved).
+            AddressInUse: another owner holds it.
+            NotOwner: it lies in a range owned by another peer.
+        """
+        owner = _check_owner(owner)
+        addr = parse_address(address, self.universe)
+        for req in self.requests.values():
+            if req.owner == owner and req.address == addr:
+                return Pending(req.id, req.reason), self._flush()
+        outcome = self._try_claim(owner, addr, now)
+        if isinstance(outcome, IpamError):
+            raise outcome
+        if outcome is not None:
+            return outcome, self._flush()
+        return self._enqueue(owner, self.universe, addr, now), self._flush()
+
+    def release(self, owner: str, *, address: str | None = None, now: float) -> list[Outgoing]:
+        """Free what `owner` holds (everything, or just `address`).
+
+        Releasing an owner that holds nothing is a no-op, so CNI DEL may run twice. Without an
+        address it also ends the owner's waiting requests (their outcome: `Cancelled`).
+
+        Raises:
+            IpamBadRequest: bad owner or address.
+            NotHeld: `address` is not held by `owner` (nothing is changed).
+        """
+        self._release(owner, address, now)
+        self._progress(now)
+        return self._flush()
+
+    def addresses(self, owner: str) -> list[str]:
+        """What `owner` holds here (for CNI CHECK and for the router's reconciliation)."""
+        return [fmt(a) for a in self.space.of(owner)]
+
+    def completed(self) -> list[tuple[int, Result | IpamError]]:
+        done, self._completed = self._completed, []
+        return done
+
+    def cancel(self, request_id: int) -> bool:
+        """Forget a waiting request whose caller gave up; it will not complete."""
+        return self.requests.pop(request_id, None) is not None
+
+    def replay_journal(self, journal: Journal, *, now: float) -> list[Outgoing]:
+        """Apply releases journalled while the router was down, then empty the journal."""
+        self._replay(journal, now)
+        return self._flush()
+
+    def replay_releases(self, releases: Iterable[Release], *, now: float) -> list[Outgoing]:
+        """Apply journalled releases; ones that no longer apply (replayed twice) are skipped."""
+        self._apply_releases(list(releases), now)
+        self._progress(now)
+        return self._flush()
+
+    def reset(self, *, now: float) -> list[Outgoing]:
+        """Hand all our ranges to a reachable peer before this peer leaves for good.
+
+        Our allocations are forgotten (their containers must be gone) and waiting requests end.
+
+        Raises:
+            NoHeir: no reachable peer to take the ranges.
+            IpamError: an rmpeer confirmation is still running.
+        """
+        if self.ring is None:
+            return self._flush()
+        if self.reclaim.round is not None:
+            raise IpamError("an rmpeer is still being confirmed with the other peers; try reset again shortly")
+        mine = self.ring.owned(self.name)
+        if mine:
+            heir = self._heir()
+            changes = Changes(allocations={a: None for a, _ in self.space.items()})
+            for start, end, e in mine:
+                changes.ring[start] = Entry(heir, e.version + 1, host_count(start, end, self.universe))
+            self._apply_ring(changes)
+            self.space.clear()
+            for req in list(self.requests.values()):
+                self._finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
+            self.want = None
+            self._broadcast_state()
+            self._out.append(("unicast", heir, self.full_state()))
+        return self._flush()
+
+    def rmpeer(self, peer: bytes, *, now: float) -> tuple[int, list[Outgoing]]:
+        """Take over the ranges of a peer that is gone; returns how many addresses we took.
+
+        Idempotent: a peer that owns nothing (any more) yields 0. Safe on two peers at once.
+
+        Raises:
+            IpamBadRequest: not a peer name, or our own.
+            PeerReachable: the peer is reachable, so it is not gone.
+            IpamError: we do not know the topology yet (just started).
+        """
+        if type(peer) is not bytes or len(peer) != NAME_LEN:
+            raise IpamBadRequest(f"a peer name is {NAME_LEN} bytes")
+        if peer == self.name:
+            raise IpamBadRequest("rmpeer of this peer itself; use reset to hand its ranges over")
+        if not self.topology_known:
+            raise IpamError("the router does not know which peers are reachable yet; try again shortly")
+        if peer in self.reachable:
+            raise PeerReachable(
+                f"peer {peer.hex()} is reachable; rmpeer only reclaims the space of peers that are gone"
+            )
+        if self.ring is None:
+            return 0, self._flush()
+        taken, changes = self.reclaim.take(self.ring, [peer])
+        if taken:
+            self._apply_ring(changes)
+            self._ask(self.reclaim.start(self.reachable, now, self._new_id()))
+        self._progress(now)
+        return taken, self._flush()
+
+    def status(self) -> dict[str, object]:
+        return status_report.build(self)
+
+    # ---- message handling ---------------------------------------------------------------
+
+    def _receive(self, src: bytes, msg: Message, now: float) -> list[Outgoing]:
+        if src == self.name:
+            return self._flush()
+        if msg.universe != self.universe.cidr:
+            self._conflict(f"peer {src.hex()} uses range {msg.universe}, we use {self.universe.cidr}; ignored")
+            return self._flush()
+        if isinstance(msg, State):
+            self._on_state(src, msg)
+        elif isinstance(msg, Want):
+            self._on_want(src, msg)
+        elif isinstance(msg, Deny):
+            if self.want is not None and self.want.id == msg.id and self.want.donor == src and self.ring:
+                self.denied[src] = donation.fingerprint(self.ring, src)
+                self.want = None
+        self._progress(now)
+        return self._flush()
+
+    def _on_state(self, src: bytes, msg: State) -> None:
+        if msg.ring is not None:
+            self._merge_ring(src, msg.ring)
+        if msg.paxos is not None and self.consensus is not None and self.ring is None:
+            if msg.paxos.n == self.consensus.n:
+                self.consensus.merge(msg.paxos.states)
+            else:
+                self._conflict(f"peer {src.hex()} runs consensus={msg.paxos.n}, we run consensus={self.consensus.n}")
+        if msg.re is not None:
+            self.reclaim.answered(src, msg.re)
+            if self.want is not None and msg.re == self.want.id and src == self.want.donor:
+                self.want = None
+        if msg.ask is not None:
+            self._out.append(("unicast", src, encode_state(self._state(re=msg.ask))))
+
+    def _merge_ring(self, src: bytes, data: RingData) -> None:
+        if self.ring is None:
+            changes = Changes()
+            self._set_ring(Ring(self.universe, data.genesis, data.entries), changes)
+            self.store.commit(changes)
+            self._check_allocations()
+            return
+        if data.genesis != self.ring.genesis:
+            self._conflict(
+                f"peer {src.hex()} has a ring made by a different bootstrap (other seeds, or a second "
+                "consensus: check --ipalloc-init on every peer); its ring is ignored"
+            )
+            return
+        merged = self.ring.merge(data.entries)
+        for token, ours, theirs in merged.conflicts:
+            self._conflict(
+                f"range at {fmt(token)}: version {ours.version} claimed by both {ours.owner.hex()} and "
+                f"{theirs.owner.hex()}"
+            )
+        if merged.changed:
+            self.store.commit(Changes(ring={t: self.ring.get(t) for t in merged.changed}))  # type: ignore[misc]
+            self._check_allocations()
+
+    def _on_want(self, src: bytes, want: Want) -> None:
+        block = None if self.ring is None else donation.carve(self.ring, self.space, self.name, want.lo, want.hi)
+        if block is None:
+            self._out.append(("unicast", src, encode_deny(Deny(self.universe.cidr, want.id))))
+            return
+        assert self.ring is not None
+        self._apply_ring(Changes(ring=donation.give(self.ring, self.space, self.name, src, block)))
+        self._broadcast_state()
+        self._out.append(("unicast", src, encode_state(self._state(re=want.id))))
+
+    # ---- progress: bootstrap, rmpeer confirmation, waiting requests, donation -----------
+
+    def _progress(self, now: float) -> None:
+        self.silent = {p: t for p, t in self.silent.items() if t > now}
+        if self.ring is None and self.consensus is not None:
+            if len(self.consensus.states) > self.consensus.n:  # quorums may no longer intersect
+                self._conflict(
+                    f"{len(self.consensus.states)} peers run consensus={self.consensus.n}: N must count "
+                    "every peer that bootstraps by consensus, or two rings may be created"
+                )
+            changed, chosen = self.consensus.step(now=now, reachable=self.reachable)
+            if changed:
+                self.store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
+                self._broadcast_state()
+            if chosen is not None:
+                changes = Changes()
+                self._set_ring(consensus_ring(self.universe, chosen), changes)
+                self.store.commit(changes)
+                self._broadcast_state()
+        self._advance_round(now)
+        self._serve(now)
+        self._seek_space(now)
+
+    def _serve(self, now: float) -> None:
+        for req in list(self.requests.values()):
+            if req.address is not None:
+                outcome = self._try_claim(req.owner, req.address, now)
+            elif self.ring is None:
+                outcome = None
+            else:
+                outcome = self._allocate_in(req.owner, req.block, now)
+            if outcome is None:
+                req.reason = self._bootstrap_reason() or req.reason
+            else:
+                self._finish(req, outcome)
+
+    def _seek_space(self, now: float) -> None:
+        """Ask a donor for space for the oldest waiting allocation that has one; one at a time."""
+        if self.ring is None:
+            return
+        if self.want is not None and now >= self.want.deadline:
+            self.silent[self.want.donor] = now + SILENT_BACKOFF  # try someone else meanwhile
+            self.want = None
+        blocks = list(dict.fromkeys(r.block for r in self.requests.values() if r.address is None))
+        for block in blocks:
+            same = [r for r in self.requests.values() if r.address is None and r.block == block]
+            if self.want is not None and self.want.block == block:
+                continue  # asked already; its reason stands
+            choice = self._donor_choice(block, now)
+            if choice.exhausted:
+                for r in same:
+                    self._finish(r, _exhausted(block))
+                continue
+            if choice.donor is not None and self.want is None:
+                lo, hi = block.usable
+                self.want = _Want(self._new_id(), choice.donor, block, now + WANT_TIMEOUT)
+                self._out.append(("unicast", choice.donor, encode_want(Want(self.universe.cidr, self.want.id, lo, hi))))
+                reason = f"asking peer {choice.donor.hex()} for space in {block.cidr}"
+            elif choice.donor is not None:
+                reason = f"queued behind a request for space in {self.want.block.cidr}"  # type: ignore[union-attr]
+            elif choice.unreachable:
+                names = ", ".join(sorted(p.hex() for p in choice.unreachable))
+                reason = (
+                    f"all free space in {block.cidr} is owned by unreachable peers ({names}); "
+                    "use rmpeer if they are gone for good"
+                )
+            elif choice.silent:
+                names = ", ".join(sorted(p.hex() for p in choice.silent))
+                reason = f"peers with space in {block.cidr} did not answer ({names}); retrying"
+            else:
+                reason = f"waiting for an rmpeer in {block.cidr} to be confirmed"
+            for r in same:
+                r.reason = reason
+
+    def _donor_choice(self, block: Block, now: float) -> donation.DonorChoice:
+        assert self.ring is not None
+        lo, hi = block.usable
+        silent = {p for p, t in self.silent.items() if t > now}
+        return donation.choose_donor(self.ring, self.name, lo, hi, self.reachable, self.denied, silent)
+
+    # ---- rmpeer -------------------------------------------------------------------------
+
+    def _advance_round(self, now: float) -> None:
+        if self.ring is None or not self.topology_known:
+            return  # no confirmation may finish before we know who is there
+        step = self.reclaim.advance(self.ring, self.reachable, now, self._new_id)
+        for note in step.notes:
+            self._conflict(note)
+        if step.changes:
+            self._apply_ring(step.changes)
+        self._ask(step.ask)
+        if step.confirmed:
+            self._broadcast_state()
+
+    def _ask(self, peers: list[bytes]) -> None:
+        if peers:
+            assert self.reclaim.round is not None
+            payload = encode_state(self._state(ask=self.reclaim.round.id))
+            self._out.extend(("unicast", p, payload) for p in peers)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _release(self, owner: str, address: str | None, now: float) -> None:
+        owner = _check_owner(owner)
+        if address is None:
+            addresses = self.space.of(owner)
+            for req in [r for r in self.requests.values() if r.owner == owner]:
+                self._finish(req, Cancelled(f"{owner} was released while its request waited"))
+        else:
+            addr = parse_address(address, self.universe)
+            if self.space.holder(addr) != owner:
+                raise NotHeld(f"{fmt(addr)} is not held by {owner}")
+            addresses = [addr]
+        if addresses:
+            self.store.commit(Changes(allocations={a: None for a in addresses}))
+            for a in addresses:
+                self.space.remove(a)
+            self._hints_changed(now, addresses)
+
+    def _replay(self, journal: Journal, now: float) -> None:
+        journal.drain(lambda releases: self._apply_releases(releases, now))
+
+    def _apply_releases(self, releases: list[Release], now: float) -> None:
+        for rel in releases:
+            try:
+                self._release(rel.owner, rel.address, now)
+            except (NotHeld, IpamBadRequest):
+                pass  # already released (a replay after a crash), or a garbled entry
+
+    def _allocate_in(self, owner: str, block: Block, now: float) -> Result | None:
+        assert self.ring is not None
+        lo, hi = block.usable
+        for a in self.space.of(owner):
+            if lo <= a < hi:
+                return Result(owner, fmt(a), block.prefixlen)
+        intervals = [
+            (max(start, lo), min(end, hi))
+            for start, end, e in self.ring.overlapping(lo, hi)
+            if e.owner == self.name and not e.reclaim and max(start, lo) < min(end, hi)
+        ]
+        addr = self.space.first_free(intervals, after=self._cursor)
+        if addr is None:
+            return None
+        self.store.commit(Changes(allocations={addr: owner}))
+        self.space.add(addr, owner)
+        self._cursor = addr
+        self._hints_changed(now, [addr])
+        return Result(owner, fmt(addr), block.prefixlen)
+
+    def _try_claim(self, owner: str, addr: int, now: float) -> Result | IpamError | None:
+        holder = self.space.holder(addr)
+        if holder == owner:
+            return Result(owner, fmt(addr), self.universe.prefixlen)
+        if holder is not None:
+            return AddressInUse(f"{fmt(addr)} is held by {holder}")
+        if self.ring is None:
+            return None
+        e = self.ring.get(self.ring.token_at(addr))
+        assert e is not None
+        if e.owner != self.name:
+            return NotOwner(f"{fmt(addr)} is in a range owned by peer {e.owner.hex()}; claim it on that peer")
+        if e.reclaim:
+            return None  # ours once the rmpeer is confirmed
+        self.store.commit(Changes(allocations={addr: owner}))
+        self.space.add(addr, owner)
+        self._hints_changed(now, [addr])
+        return Result(owner, fmt(addr), self.universe.prefixlen)
+
+    def _enqueue(self, owner: str, block: Block, address: int | None, now: float) -> Pending:
+        req = _Request(self._new_id(), owner, block, address, self._bootstrap_reason() or "waiting for space")
+        self.requests[req.id] = req
+        self._progress(now)
+        return Pending(req.id, req.reason)
+
+    def _finish(self, req: _Request, outcome: Result | IpamError) -> None:
+        del self.requests[req.id]
+        self._completed.append((req.id, outcome))
+
+    def _bootstrap_reason(self) -> str | None:
+        if self.ring is not None:
+            return None
+        if self.consensus is not None:
+            return self.consensus.reason()
+        if self.mode.kind == "observer":
+            return "observer: waiting for the allocation ring from the other peers"
+        return "waiting for the allocation ring from the other peers"
+
+    def _heir(self) -> bytes:
+        assert self.ring is not None
+        if not self.reachable:
+            raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
+        free: dict[bytes, int] = {p: 0 for p in self.reachable}
+        for _, _, e in self.ring.ranges():
+            if e.owner in free:
+                free[e.owner] += e.free + 1  # +1: an owner of a full range still beats a non-owner
+        return min(free, key=lambda p: (-free[p], p))
+
+    def _set_ring(self, ring: Ring, changes: Changes) -> None:
+        self.ring = ring
+        self.consensus = None
+        changes.meta["genesis"] = ring.genesis
+        changes.meta["paxos"] = None
+        changes.ring.update(ring.entries())
+
+    def _apply_ring(self, changes: Changes, *, durable: bool = True) -> None:
+        """Commit ring (and other) changes first, then apply the ring part to memory."""
+        assert self.ring is not None
+        self.store.commit(changes, durable=durable)
+        for token, entry in changes.ring.items():
+            self.ring.put(token, entry)
+
+    def _hints_changed(self, now: float, addresses: Iterable[int]) -> None:
+        """Schedule a hint refresh; at once if a range went from full to not full or back.
+
+        Donors are chosen by hint and full ones are not asked, so those two transitions are
+        announced immediately; other changes are debounced and ride on anti-entropy.
+        """
+        if self.ring is None:
+            return
+        for addr in addresses:
+            start = self.ring.token_at(addr)
+            e = self.ring.get(start)
+            assert e is not None
+            free = donation.free_count(self.ring, self.space, start, self.ring.end_of(start))
+            if (free == 0) != (e.free == 0):
+                self.hint_due = now
+                self._refresh_hints(now)
+                self._broadcast_state()
+                return
+        if self.hint_due is None:
+            self.hint_due = now + HINT_DELAY
+
+    def _refresh_hints(self, now: float) -> None:
+        if self.hint_due is None or now < self.hint_due:
+            return
+        self.hint_due = None
+        if self.ring is None:
+            return
+        changes = Changes()
+        for start, end, e in self.ring.owned(self.name):
+            free = donation.free_count(self.ring, self.space, start, end)
+            if not e.reclaim and free != e.free:
+                changes.ring[start] = Entry(self.name, e.version + 1, free)
+        if changes:
+            self._apply_ring(changes, durable=False)  # a lost hint is harmless; see store.py
+
+    def _check_allocations(self) -> None:
+        """Report addresses we hold in ranges we no longer own (rmpeer of a live peer)."""
+        if self.ring is None:
+            return
+        for addr, owner in self.space.items():
+            e = self.ring.get(self.ring.token_at(addr))
+            if e is not None and e.owner != self.name:
+                self._conflict(f"{fmt(addr)} (held by {owner}) is in a range now owned by peer {e.owner.hex()}")
+
+    def _conflict(self, text: str) -> None:
+        self.conflicts[text] = None
+        while len(self.conflicts) > MAX_CONFLICTS:
+            del self.conflicts[next(iter(self.conflicts))]
+
+    def _state(self, *, ask: int | None = None, re: int | None = None) -> State:
+        ring = RingData(self.ring.genesis, self.ring.entries()) if self.ring is not None else None
+        paxos = None
+        if self.ring is None and self.consensus is not None:
+            paxos = PaxosData(self.consensus.n, dict(self.consensus.states))
+        return State(self.universe.cidr, ring, paxos, ask, re)
+
+    def _broadcast_state(self) -> None:
+        self._out.append(("broadcast", self.full_state()))
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _flush(self) -> list[Outgoing]:
+        out, self._out = self._out, []
+        return out
+
+
+def _exhausted(block: Block) -> RangeExhausted:
+    return RangeExhausted(f"no free address in {block.cidr}: every reachable peer that owns part of it is full")
+
+
+def _check_owner(owner: object) -> str:
+    if not isinstance(owner, str) or not owner.strip() or len(owner) > MAX_OWNER_LEN:
+        raise IpamBadRequest(f"owner must be a non-empty string of at most {MAX_OWNER_LEN} characters")
+    return owner

@@ -1,0 +1,55 @@
+"""IPAM errors: every failure the allocator raises on purpose is an `IpamError`.
+
+Bad input from an API caller (`IpamBadRequest` and its kin) is also a `UsageError`, so the
+HTTP layer can map the whole family to 4xx with the message as is. Every one of them is
+raised before anything is changed. Hostile or malformed gossip raises `IpamProtocolError`
+(a `RemoteProtocolError`) and nothing else.
+"""
+
+from __future__ import annotations
+
+from meshnet.errors import MeshnetError, RemoteProtocolError, UsageError
+
+
+class IpamError(MeshnetError):
+    """Base of every error the IPAM core raises on purpose."""
+
+
+class IpamConfigError(IpamError, UsageError, ValueError):
+    """Bad `--ipalloc-range` / `--ipalloc-init`, or a state dir that does not match them."""
+
+
+class IpamProtocolError(IpamError, RemoteProtocolError):
+    """A peer sent an IPAM payload we cannot decode or that breaks the format's rules."""
+
+
+class IpamBadRequest(IpamError, UsageError, ValueError):
+    """Malformed request: invalid CIDR or address, outside the range, empty owner."""
+
+
+class AddressInUse(IpamError, UsageError):
+    """The address is held by another owner."""
+
+
+class NotHeld(IpamError, UsageError):
+    """Release named an address that this owner does not hold."""
+
+
+class NotOwner(IpamError, UsageError):
+    """The address lies in a range owned by another peer; claim it there."""
+
+
+class RangeExhausted(IpamError):
+    """No free address is left in the requested subnet on any reachable peer."""
+
+
+class PeerReachable(IpamError, UsageError):
+    """rmpeer refused: the peer is reachable, so it is not gone."""
+
+
+class NoHeir(IpamError):
+    """reset refused: no reachable peer can take this peer's ranges."""
+
+
+class Cancelled(IpamError):
+    """A pending request ended without an address (released, reset, or cancelled)."""

@@ -1,0 +1,233 @@
+"""IPAM payloads on the mesh's app-gossip channel: msgpack maps, version 1.
+
+Every payload is a msgpack map with `"v": 1` (format version), `"t"` (type) and `"u"` (the
+sender's allocation range, e.g. "10.32.0.0/12"; peers with another range are ignored and
+reported). Addresses are IPv4 addresses as unsigned ints; peer names are 16-byte bins.
+Unknown keys are ignored so later versions can add fields.
+
+    state   {"v":1, "t":"state", "u":CIDR,
+             "ring": RING,          # absent while no ring exists yet
+             "px":   PAXOS,         # present while the sender is still in consensus bootstrap
+             "ask":  int,           # optional: reply to me (unicast) with your state, "re": ask
+             "re":   int}           # optional: this answers your "ask" or "want" with that id
+        RING  = {"g": bin(16),                   # genesis: how the ring was born
+                 "o": [bin(16), ...],            # owner table
+                 "e": [[token, owner_index, version, free, reclaim], ...]}
+                 # tokens strictly ascending, the first is the range's first address;
+                 # version >= 1; free = hint of allocatable addresses; reclaim = 0 | 1
+        PAXOS = {"n": N, "a": [[name, p_round, p_name, a_round, a_name, [name, ...]], ...]}
+                 # per acceptor: promised ballot, accepted ballot, accepted value;
+                 # a ballot is (round, proposer name), (0, b"") meaning none
+    want    {"v":1, "t":"want", "u":CIDR, "id":int, "lo":int, "hi":int}
+             # unicast: please donate free space inside [lo, hi)
+    deny    {"v":1, "t":"deny", "u":CIDR, "id":int}
+             # unicast: I have no free space inside the range you asked for
+
+`state` is both the full state (anti-entropy, `Allocator.full_state`) and every update: the
+whole ring travels each time, which is what keeps ring merges safe (see `ring.py`).
+
+`decode` is the only entry point for untrusted bytes: it returns a message or raises
+`IpamProtocolError`, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from meshnet.ipam.addr import Block, parse_universe
+from meshnet.ipam.errors import IpamError, IpamProtocolError
+from meshnet.ipam.paxos import NO_BALLOT, Acceptor, Ballot
+from meshnet.ipam.ring import NAME_LEN, Entry
+
+VERSION = 1
+MAX_INT = (1 << 63) - 1  # versions, ids and hints must fit a signed 64-bit integer
+
+
+@dataclass(frozen=True, slots=True)
+class RingData:
+    genesis: bytes
+    entries: dict[int, Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class PaxosData:
+    n: int
+    states: dict[bytes, Acceptor]
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    universe: str
+    ring: RingData | None = None
+    paxos: PaxosData | None = None
+    ask: int | None = None
+    re: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    universe: str
+    id: int
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    universe: str
+    id: int
+
+
+Message = State | Want | Deny
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    return msgpack.packb({"v": VERSION, **body}, use_bin_type=True)
+
+
+def encode_state(msg: State) -> bytes:
+    body: dict[str, Any] = {"t": "state", "u": msg.universe}
+    if msg.ring is not None:
+        owners: dict[bytes, int] = {}
+        rows = []
+        for token in sorted(msg.ring.entries):
+            e = msg.ring.entries[token]
+            rows.append([token, owners.setdefault(e.owner, len(owners)), e.version, e.free, int(e.reclaim)])
+        body["ring"] = {"g": msg.ring.genesis, "o": list(owners), "e": rows}
+    if msg.paxos is not None:
+        body["px"] = {
+            "n": msg.paxos.n,
+            "a": [
+                [name, s.promised[0], s.promised[1], s.accepted[0], s.accepted[1], list(s.value)]
+                for name, s in sorted(msg.paxos.states.items())
+            ],
+        }
+    if msg.ask is not None:
+        body["ask"] = msg.ask
+    if msg.re is not None:
+        body["re"] = msg.re
+    return _pack(body)
+
+
+def encode_want(msg: Want) -> bytes:
+    return _pack({"t": "want", "u": msg.universe, "id": msg.id, "lo": msg.lo, "hi": msg.hi})
+
+
+def encode_deny(msg: Deny) -> bytes:
+    return _pack({"t": "deny", "u": msg.universe, "id": msg.id})
+
+
+def decode(payload: bytes) -> Message:
+    """Parse one payload. Raises IpamProtocolError for anything malformed."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises a zoo of types for garbage; all mean the same
+        raise IpamProtocolError(f"undecodable IPAM payload: {exc.__class__.__name__}") from None
+    try:
+        return _message(obj)
+    except IpamProtocolError:
+        raise
+    except IpamError as exc:  # e.g. an invalid range string
+        raise IpamProtocolError(str(exc)) from None
+
+
+def _fail(why: str) -> IpamProtocolError:
+    return IpamProtocolError(f"malformed IPAM payload: {why}")
+
+
+def _int(obj: Any, what: str, lo: int = 0, hi: int = MAX_INT) -> int:
+    if type(obj) is not int or not lo <= obj <= hi:
+        raise _fail(f"{what} must be an integer in [{lo}, {hi}]")
+    return obj
+
+
+def _name(obj: Any, what: str) -> bytes:
+    if type(obj) is not bytes or len(obj) != NAME_LEN:
+        raise _fail(f"{what} must be a {NAME_LEN}-byte peer name")
+    return obj
+
+
+def _list(obj: Any, what: str) -> list[Any]:
+    if type(obj) is not list:
+        raise _fail(f"{what} must be an array")
+    return obj
+
+
+def _message(obj: Any) -> Message:
+    if type(obj) is not dict:
+        raise _fail("not a map")
+    if obj.get("v") != VERSION:
+        raise _fail(f"unsupported version {obj.get('v')!r}")
+    universe_text = obj.get("u")
+    universe = parse_universe(universe_text)
+    kind = obj.get("t")
+    if kind == "state":
+        return State(
+            universe=universe.cidr,
+            ring=_ring(obj["ring"], universe) if "ring" in obj else None,
+            paxos=_paxos(obj["px"]) if "px" in obj else None,
+            ask=_int(obj["ask"], "ask") if "ask" in obj else None,
+            re=_int(obj["re"], "re") if "re" in obj else None,
+        )
+    if kind == "want":
+        lo = _int(obj.get("lo"), "lo", universe.start, universe.end - 1)
+        hi = _int(obj.get("hi"), "hi", lo + 1, universe.end)
+        return Want(universe.cidr, _int(obj.get("id"), "id"), lo, hi)
+    if kind == "deny":
+        return Deny(universe.cidr, _int(obj.get("id"), "id"))
+    raise _fail(f"unknown type {kind!r}")
+
+
+def _ring(obj: Any, universe: Block) -> RingData:
+    if type(obj) is not dict:
+        raise _fail("ring must be a map")
+    genesis = obj.get("g")
+    if type(genesis) is not bytes or len(genesis) != 16:
+        raise _fail("ring genesis must be 16 bytes")
+    owners = [_name(o, "ring owner") for o in _list(obj.get("o"), "ring owners")]
+    entries: dict[int, Entry] = {}
+    last = universe.start - 1
+    for row in _list(obj.get("e"), "ring entries"):
+        row = _list(row, "ring entry")
+        if len(row) != 5:
+            raise _fail("ring entry must have 5 fields")
+        token = _int(row[0], "token", last + 1, universe.end - 1)
+        entries[token] = Entry(
+            owner=owners[_int(row[1], "owner index", 0, len(owners) - 1)],
+            version=_int(row[2], "version", 1),
+            free=_int(row[3], "free", 0, universe.end - universe.start),
+            reclaim=bool(_int(row[4], "reclaim", 0, 1)),
+        )
+        last = token
+    if universe.start not in entries:
+        raise _fail("ring does not start at the range's first address")
+    return RingData(genesis, entries)
+
+
+def _ballot(round_: Any, name: Any) -> Ballot:
+    r = _int(round_, "ballot round")
+    if r == 0:
+        if name != b"":
+            raise _fail("the empty ballot has no proposer")
+        return NO_BALLOT
+    return (r, _name(name, "ballot proposer"))
+
+
+def _paxos(obj: Any) -> PaxosData:
+    if type(obj) is not dict:
+        raise _fail("px must be a map")
+    n = _int(obj.get("n"), "consensus N", 1, 1 << 20)
+    states: dict[bytes, Acceptor] = {}
+    for row in _list(obj.get("a"), "acceptors"):
+        row = _list(row, "acceptor")
+        if len(row) != 6:
+            raise _fail("acceptor must have 6 fields")
+        value = tuple(_name(x, "consensus value") for x in _list(row[5], "consensus value"))
+        promised, accepted = _ballot(row[1], row[2]), _ballot(row[3], row[4])
+        if accepted > promised or (accepted == NO_BALLOT) != (not value):
+            raise _fail("acceptor state is inconsistent")
+        states[_name(row[0], "acceptor name")] = Acceptor(promised, accepted, value)
+    return PaxosData(n, states)

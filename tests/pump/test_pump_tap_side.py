@@ -1,0 +1,162 @@
+"""Frames read from the TAP: unicast, floods, drops, and unlearning hosts that moved here."""
+
+from __future__ import annotations
+
+from meshnet.dataplane.layout import MAX_SLEEVE_FRAME
+from pump_harness import BROADCAST, frame, header, mac
+
+LOCAL = 100
+
+
+def test_known_unicast_goes_to_its_peer_with_a_header(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.connect(2)
+    rig.pump.set_mac(mac(1), 1)
+    f = frame(mac(1), mac(50))
+    rig.to_tap(f)
+    assert rig.run_until_idle() == 1
+    assert rig.received(1) == [header(LOCAL, 1) + f]
+    assert rig.received(2) == []
+    s = rig.stats()
+    assert (s["tap_rx"], s["tap_rx_bytes"]) == (1, len(f))
+    assert (s["udp_tx"], s["udp_tx_bytes"]) == (1, len(f) + 12)
+    assert s["flood_tx"] == s["unknown_unicast"] == 0
+
+
+def test_unicast_via_a_relay_is_addressed_to_the_final_peer(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.pump.set_peer(3, None, 1)  # 3 is reached through 1
+    rig.pump.set_mac(mac(3), 3)
+    f = frame(mac(3), mac(50))
+    rig.to_tap(f)
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 3) + f]
+
+
+def test_broadcast_floods_one_copy_per_routable_peer(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.connect(2)
+    rig.pump.set_peer(3, None, 1)  # via 1
+    rig.pump.set_peer(4, None, 9)  # via a peer we do not know: no route
+    rig.pump.set_peer(5, None, 3)  # via a peer without an address: no route
+    f = frame(BROADCAST, mac(50))
+    rig.to_tap(f)
+    rig.run_until_idle()
+    assert sorted(rig.received(1)) == sorted([header(LOCAL, 1) + f, header(LOCAL, 3) + f])
+    assert rig.received(2) == [header(LOCAL, 2) + f]
+    s = rig.stats()
+    assert s["flood_tx"] == 3 and s["udp_tx"] == 3 and s["unknown_unicast"] == 0
+
+
+def test_multicast_floods_too(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    f = frame(b"\x01\x00\x5e\x00\x00\x01", mac(50))
+    rig.to_tap(f)
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 1) + f]
+
+
+def test_unknown_unicast_floods_and_is_counted(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.connect(2)
+    f = frame(mac(77), mac(50))
+    rig.to_tap(f)
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 1) + f]
+    assert rig.received(2) == [header(LOCAL, 2) + f]
+    s = rig.stats()
+    assert s["unknown_unicast"] == 1 and s["flood_tx"] == 2
+
+
+def test_flood_without_peers_sends_nothing(make_rig):
+    rig = make_rig(LOCAL)
+    rig.to_tap(frame(BROADCAST, mac(50)))
+    assert rig.run_until_idle() == 1
+    s = rig.stats()
+    assert s["tap_rx"] == 1 and s["flood_tx"] == s["udp_tx"] == 0
+
+
+def test_known_mac_without_route_is_dropped(make_rig):
+    rig = make_rig(LOCAL)
+    rig.pump.set_mac(mac(1), 1)  # endpoint gossiped before its peer is known
+    rig.to_tap(frame(mac(1), mac(50)))
+    rig.run_until_idle()
+    assert rig.stats()["drop_no_route"] == 1
+
+
+def test_short_frames_are_dropped(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    for n in (0, 1, 13):
+        rig.to_tap(b"\xff" * n)
+    rig.run_until_idle()
+    assert rig.received(1) == []
+    s = rig.stats()
+    assert s["tap_rx"] == 3 and s["drop_short_frame"] == 3 and s["tap_rx_bytes"] == 14
+
+
+def test_a_14_byte_frame_is_long_enough(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    f = frame(BROADCAST, mac(50), b"")
+    rig.to_tap(f)
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 1) + f]
+
+
+def test_oversize_frames_are_dropped_and_the_largest_fits(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.pump.set_mac(mac(1), 1)
+    biggest = frame(mac(1), mac(50), b"\xab" * (MAX_SLEEVE_FRAME - 14))
+    rig.to_tap(biggest)
+    rig.to_tap(biggest + b"\x00")
+    rig.to_tap(biggest + b"\x00" * 5000)  # longer than the read buffer: seen, not cut
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 1) + biggest]
+    assert rig.stats()["drop_oversize"] == 2
+
+
+def test_a_learned_host_seen_on_the_tap_is_unlearned(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.connect(2)
+    rig.send_from(1, header(1, LOCAL) + frame(mac(60), mac(5)))
+    rig.run_until_idle()
+    assert rig.pump.macs() == {mac(5): 1}
+    rig.to_tap(frame(BROADCAST, mac(5)))  # mac(5) now talks from our side
+    rig.run_until_idle()
+    assert rig.pump.macs() == {}
+    assert rig.stats()["unlearned"] == 1
+    rig.received(1), rig.received(2)
+    rig.to_tap(frame(mac(5), mac(6)))  # so frames for it are unknown unicast again
+    rig.run_until_idle()
+    assert len(rig.received(1)) == len(rig.received(2)) == 1
+
+
+def test_a_static_mac_seen_on_the_tap_stays(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.pump.set_mac(mac(5), 1)
+    rig.to_tap(frame(BROADCAST, mac(5)))
+    rig.run_until_idle()
+    assert rig.pump.macs() == {mac(5): 1}
+    assert rig.stats()["unlearned"] == 0
+
+
+def test_batches_larger_than_the_send_queue(make_rig):
+    rig = make_rig(LOCAL, batch=4)
+    for p in range(1, 11):
+        rig.connect(p)
+    frames = [frame(BROADCAST, mac(50), bytes([i]) * 46) for i in range(9)]
+    for f in frames:
+        rig.to_tap(f)
+    assert rig.run_until_idle() == 9
+    for p in range(1, 11):
+        assert rig.received(p) == [header(LOCAL, p) + f for f in frames]
+    assert rig.stats()["udp_tx"] == 90

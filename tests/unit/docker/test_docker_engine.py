@@ -1,0 +1,78 @@
+"""Socket discovery, `docker run` argument parsing and the CLI's argument split."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshnet.cli import build_parser
+from meshnet.docker.cli import launch_argv, launch_config, split_addresses
+from meshnet.docker.engine import Container, dns_label, find_docker_host, parse_run_args
+
+
+def test_find_docker_host_order(tmp_path):
+    assert find_docker_host("/x/d.sock", env={"DOCKER_HOST": "unix:///y"}) == "unix:///x/d.sock"
+    assert find_docker_host(None, env={"MESHNET_DOCKER_SOCKET": "tcp://127.0.0.1:2375", "DOCKER_HOST": "unix:///y"}) == "tcp://127.0.0.1:2375"
+    assert find_docker_host(None, env={"DOCKER_HOST": "unix:///y"}) == "unix:///y"
+    assert find_docker_host("none", env={"DOCKER_HOST": "unix:///y"}) is None
+    assert find_docker_host("relative.sock", env={}).startswith("unix:///")
+
+
+def test_dns_label():
+    assert dns_label("/My_App.1") == "my-app-1"
+    assert dns_label("___") == ""
+    assert len(dns_label("x" * 100)) == 63
+
+
+def test_container_from_inspect():
+    c = Container.from_inspect(
+        {"Id": "abc", "Name": "/web", "State": {"Running": True, "Pid": 42, "Status": "running"}, "HostConfig": {"RestartPolicy": {"Name": "always"}}}
+    )
+    assert (c.name, c.netns, c.restart_policy) == ("web", "/proc/42/ns/net", "always")
+    stopped = Container.from_inspect({"Id": "abc", "Name": "/web", "State": {"Running": False, "Pid": 0}})
+    assert stopped.netns is None
+
+
+def test_parse_run_args():
+    spec = parse_run_args(
+        ["-dit", "--name=web", "-e", "A=1", "-eB=2", "--restart", "on-failure:3", "-v", "/h:/c:ro", "-v", "/anon", "--stop-timeout", "1", "--dns", "1.2.3.4", "--add-host", "x:1.1.1.1", "bb:local", "sleep", "-x", "600"]
+    )
+    assert spec.image == "bb:local" and spec.create["command"] == ["sleep", "-x", "600"]
+    assert spec.name == "web" and spec.create["environment"] == ["A=1", "B=2"]
+    assert spec.create["tty"] and spec.create["stdin_open"] and spec.create["stop_timeout"] == 1
+    assert spec.host_config["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert spec.host_config["binds"] == ["/h:/c:ro"] and spec.create["volumes"] == ["/c", "/anon"]
+    assert spec.host_config["extra_hosts"] == {"x": "1.1.1.1"} and spec.host_config["dns"] == ["1.2.3.4"]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--publish", "80:80", "img"], "does not support"),
+        (["--name"], "needs a value"),
+        (["-d"], "needs an image"),
+        (["--restart", "sometimes", "img"], "--restart"),
+        (["--stop-timeout", "soon", "img"], "whole number"),
+    ],
+)
+def test_parse_run_args_refuses(argv, words):
+    with pytest.raises(ValueError) as exc:
+        parse_run_args(argv)
+    assert words in str(exc.value)
+
+
+def test_split_addresses():
+    assert split_addresses(["10.32.1.1/12", "10.32.1.2/12", "--name", "x", "img"]) == (["10.32.1.1/12", "10.32.1.2/12"], ["--name", "x", "img"])
+    assert split_addresses(["img/with/slash", "sh"]) == ([], ["img/with/slash", "sh"])
+    assert split_addresses([]) == ([], [])
+
+
+def test_launch_flags_round_trip(monkeypatch):
+    monkeypatch.delenv("MESHNET_DOCKER_SOCKET", raising=False)
+    args = build_parser().parse_args(["launch", "--docker-socket", "/run/d.sock", "--dns-domain", "Corp.Example.", "--dns-upstream", "127.0.0.1:5353"])
+    cfg = launch_config(args)
+    assert cfg["dns_domain"] == "corp.example" and cfg["docker_socket"] == "/run/d.sock"
+    again = build_parser().parse_args(["launch", *launch_argv(args)])
+    assert launch_config(again) == cfg
+    bad = build_parser().parse_args(["launch", "--dns-upstream", "not-an-ip"])
+    with pytest.raises(ValueError):
+        launch_config(bad)
