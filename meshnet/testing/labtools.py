@@ -1,0 +1,84 @@
+"""Helpers for end-to-end tests on a `meshnet.lab.Lab`: transfers, waits, firewalls."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from typing import Callable
+
+# Runs inside the receiving namespace: accept one connection, hash everything it sends.
+_SINK = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while chunk := c.recv(1 << 16):
+    h.update(chunk); n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+
+_SOURCE = """
+import socket, sys
+data = open(sys.argv[3], "rb").read()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(data); s.close()
+"""
+
+
+def in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 8 << 20, port: int = 5599, timeout: float = 60) -> bool:
+    """Send `size` random bytes from src_ns to dst_ns over TCP; True if they arrive identical."""
+    payload = os.urandom(size)
+    path = f"/tmp/meshnet-transfer-{os.getpid()}"
+    with open(path, "wb") as f:
+        f.write(payload)
+    sink = subprocess.Popen(in_ns(dst_ns, sys.executable, "-c", _SINK, str(port)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        subprocess.run(in_ns(src_ns, sys.executable, "-c", _SOURCE, dst_ip, str(port), path), check=True, timeout=timeout)
+        out, _ = sink.communicate(timeout=timeout)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+        os.unlink(path)
+    received, digest = out.split()
+    return int(received) == size and digest == hashlib.sha256(payload).hexdigest()
+
+
+def ping(ns: str, ip: str, *, count: int = 1, wait: float = 2) -> bool:
+    result = subprocess.run(in_ns(ns, "ping", "-c", str(count), "-W", str(wait), "-q", ip), capture_output=True)
+    return result.returncode == 0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:
+    """Poll until check() is true; return the seconds it took, or None on timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(interval)
+    return None
+
+
+def block(ns: str, peer_ip: str, *, udp_port: int | None = None) -> None:
+    """Drop traffic to and from peer_ip inside ns: all of it, or only UDP to `udp_port`."""
+    match = f"udp dport {udp_port} " if udp_port is not None else ""
+    script = (
+        "table inet meshnet_test {"
+        f" chain in {{ type filter hook input priority 0; ip saddr {peer_ip} {match}drop; }}"
+        f" chain out {{ type filter hook output priority 0; ip daddr {peer_ip} {match}drop; }}"
+        " }"
+    )
+    subprocess.run(["ip", "netns", "exec", ns, "nft", script], check=True)
+
+
+def unblock(ns: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete table inet meshnet_test"], check=False, capture_output=True)
