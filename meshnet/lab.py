@@ -25,6 +25,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
+
+from meshnet.runtime.api import ApiClient, ApiError
 
 UNDERLAY = "192.168.90"
 LAB_RUN = "/run/meshnet-lab"
@@ -73,7 +76,7 @@ class Lab:
         return [sys.executable, "-m", "meshnet", *args[:1], "--run-dir", self.run_dir(i), *args[1:]]
 
     # -- building ----------------------------------------------------------------------
-    def up(self) -> None:
+    def up(self, *, start_routers: bool = True) -> None:
         for name in [self.underlay_ns] + [self.host_ns(i) for i in range(1, self.hosts + 1)]:
             if netns_exists(name):
                 raise RuntimeError(f"namespace {name} already exists: run `meshnet lab down --prefix {self.prefix}` first")
@@ -85,7 +88,7 @@ class Lab:
             run([*ul, "link", "set", "ulbr", "up"])
             for i in range(1, self.hosts + 1):
                 self._add_host(i)
-            for i in range(1, self.hosts + 1):
+            for i in range(1, self.hosts + 1) if start_routers else ():
                 self.start_router(i)
         except BaseException:
             self.down()
@@ -101,13 +104,21 @@ class Lab:
         run(["ip", "-n", ns, "addr", "add", f"{self.host_ip(i)}/24", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
-    def start_router(self, i: int, *, seed: bool = True) -> None:
-        peers = [self.host_ip(1)] if i > 1 and seed else []
+    def start_router(
+        self, i: int, *, seed: bool = True, peers: list[str] | None = None, password: str | None = None
+    ) -> None:
+        """Launch host i's router, seeded with h1 unless seed=False or other peers are given.
+
+        `password` overrides the lab's (to test a wrong one).
+        """
+        if peers is None:
+            peers = [self.host_ip(1)] if i > 1 and seed else []
         cmd = ["ip", "netns", "exec", self.host_ns(i), *self.meshnet(i, "launch", "--state-dir", self.state_dir(i))]
         cmd += ["--nickname", f"{self.prefix}-h{i}", *self.extra_flags, *peers]
         env = dict(os.environ)
-        if self.password:
-            env["MESHNET_PASSWORD"] = self.password
+        env.pop("MESHNET_PASSWORD", None)
+        if password or self.password:
+            env["MESHNET_PASSWORD"] = password or self.password
         result = subprocess.run(cmd, text=True, capture_output=True, timeout=60, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"router on h{i} did not start: {result.stderr.strip()}")
@@ -139,7 +150,7 @@ class Lab:
         return ns, address.split("/")[0]
 
     def status(self, i: int) -> dict:
-        return json.loads(run(self.meshnet(i, "status", "--json")).stdout)
+        return ApiClient(f"{self.run_dir(i)}/meshnet.sock").get("/status")
 
     def _save(self) -> None:
         os.makedirs(os.path.dirname(self.lab_file), exist_ok=True)
@@ -175,17 +186,21 @@ class Lab:
 
     def wait_mesh(self, timeout: float = 20) -> None:
         """Wait until every router sees every other one reachable."""
+        self.wait_mesh_of(range(1, self.hosts + 1), timeout)
+
+    def wait_mesh_of(self, hosts: Iterable[int], timeout: float = 20) -> None:
+        """Wait until each of these hosts' routers sees all of them reachable."""
+        hosts = list(hosts)
+        nicks = {f"{self.prefix}-h{i}" for i in hosts}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if all(
-                    sum(p["reachable"] for p in self.status(i)["peers"]) == self.hosts for i in range(1, self.hosts + 1)
-                ):
+                if all(nicks <= {p["nick"] for p in self.status(i)["peers"] if p["reachable"]} for i in hosts):
                     return
-            except (subprocess.CalledProcessError, ValueError):
+            except (OSError, ApiError):
                 pass
             time.sleep(0.3)
-        raise TimeoutError(f"the lab's {self.hosts} routers did not form a mesh within {timeout}s")
+        raise TimeoutError(f"routers {hosts} of lab {self.prefix} did not form a mesh within {timeout}s")
 
 
 # -- CLI ------------------------------------------------------------------------------------

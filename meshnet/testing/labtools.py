@@ -72,9 +72,9 @@ def block(ns: str, peer_ip: str, *, udp_port: int | None = None) -> None:
     """Drop traffic to and from peer_ip inside ns: all of it, or only UDP to `udp_port`."""
     match = f"udp dport {udp_port} " if udp_port is not None else ""
     script = (
-        "table inet meshnet_test {"
-        f" chain in {{ type filter hook input priority 0; ip saddr {peer_ip} {match}drop; }}"
-        f" chain out {{ type filter hook output priority 0; ip daddr {peer_ip} {match}drop; }}"
+        "add table inet meshnet_test {"
+        f" chain in {{ type filter hook input priority 0; ip saddr {peer_ip} {match}drop; }};"
+        f" chain out {{ type filter hook output priority 0; ip daddr {peer_ip} {match}drop; }};"
         " }"
     )
     subprocess.run(["ip", "netns", "exec", ns, "nft", script], check=True)
