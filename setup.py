@@ -23,6 +23,7 @@ if os.environ.get("MESHNET_PUREPYTHON") != "1":
                 "meshnet._fastpath",
                 ["meshnet/_fastpath.pyx"],
                 extra_compile_args=["-O2"],
+                libraries=["crypto"],  # libcrypto's EVP AES-256-GCM for the sleeve AEAD
             )
         ],
         compiler_directives={"language_level": 3},

@@ -285,8 +285,12 @@ cdef struct Peer:
     uint32_t id
     uint32_t via  # next hop for frames to this peer (== id when direct)
     bint has_addr
+    bint flood  # floods from the TAP go to this peer (False: kernel VXLAN carries them)
     sockaddr_in addr  # its sleeve address when directly connected
-    # issue 5: per-direction AEAD key state goes here
+    uint64_t tx_frames  # frames from our TAP sent towards it
+    uint64_t tx_bytes
+    uint64_t rx_frames  # frames from it written to our TAP
+    uint64_t rx_bytes
 
 
 cdef class Pump:
@@ -393,12 +397,13 @@ cdef class Pump:
 
     # -- tables (any thread) -------------------------------------------------------
 
-    def set_peer(self, peer_id, addr, via):
+    def set_peer(self, peer_id, addr, via, *, flood=True):
         cdef uint32_t pid = _check_id(peer_id, "peer_id")
         cdef uint32_t hop = _check_id(via, "via")
         cdef sockaddr_in sa
         cdef bytes packed
         cdef bint has_addr = addr is not None
+        cdef bint fl = bool(flood)
         cdef bint full
         if self.local_id == pid or self.local_id == hop:
             raise ValueError("the local peer has no route entry")
@@ -410,7 +415,7 @@ cdef class Pump:
             memcpy(&sa.sin_addr.s_addr, <const char *>packed, 4)
         with nogil:
             pthread_mutex_lock(&self.lock)
-            full = self.put_peer(pid, hop, has_addr, &sa)
+            full = self.put_peer(pid, hop, has_addr, fl, &sa)
             pthread_mutex_unlock(&self.lock)
         if full:
             raise OverflowError(f"peer table full ({PEER_TABLE_MAX} peers)")
@@ -475,7 +480,23 @@ cdef class Pump:
             result[COUNTERS[i]] = snap[i]
         return result
 
-    cdef bint put_peer(self, uint32_t pid, uint32_t via, bint has_addr,
+    def peer_stats(self):
+        """Per peer: frames/bytes sent to it from our TAP, and received from it to our TAP."""
+        cdef uint32_t i
+        cdef Peer *p
+        result = {}
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            for i in range(self.n_peers):
+                p = &self.peers[i]
+                result[p.id] = {"tx_frames": p.tx_frames, "tx_bytes": p.tx_bytes,
+                                "rx_frames": p.rx_frames, "rx_bytes": p.rx_bytes}
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return result
+
+    cdef bint put_peer(self, uint32_t pid, uint32_t via, bint has_addr, bint flood,
                        const sockaddr_in *sa) noexcept nogil:
         """Set a peer's route; True if it is new and the table is full."""
         cdef int64_t slot = table_find(&self.peer_index, pid)
@@ -489,9 +510,11 @@ cdef class Pump:
         else:
             table_put(&self.peer_index, pid, self.n_peers)
             p = &self.peers[self.n_peers]
+            memset(p, 0, sizeof(Peer))
             self.n_peers += 1
             p.id = pid
         p.via = via
+        p.flood = flood
         p.has_addr = has_addr
         p.addr = sa[0]
         if has_addr:
@@ -722,10 +745,13 @@ cdef class Pump:
             self.flood(frame, n)
             return
         pid = <uint32_t>self.mac_table.vals[slot]
-        to = self.next_hop(pid)
+        slot = table_find(&self.peer_index, pid)
+        to = NULL if slot < 0 else self.route(&self.peers[self.peer_index.vals[slot]])
         if to == NULL:
             self.counters[DROP_NO_ROUTE] += 1
             return
+        self.peers[self.peer_index.vals[slot]].tx_frames += 1
+        self.peers[self.peer_index.vals[slot]].tx_bytes += n
         put_header(frame - HEADER_LEN, self.local_id, pid)
         tx = self.tx_reserve(to)
         self.tx_iov[2 * tx].iov_base = frame - HEADER_LEN
@@ -740,10 +766,14 @@ cdef class Pump:
         cdef uint8_t *hdr
         cdef const sockaddr_in *to
         for i in range(self.n_peers):
+            if not self.peers[i].flood:
+                continue
             to = self.route(&self.peers[i])
             if to == NULL:
                 continue
             self.counters[FLOOD_TX] += 1
+            self.peers[i].tx_frames += 1
+            self.peers[i].tx_bytes += n
             tx = self.tx_reserve(to)
             hdr = self.tx_hdr + <size_t>tx * HEADER_LEN
             put_header(hdr, self.local_id, self.peers[i].id)
@@ -757,6 +787,7 @@ cdef class Pump:
     @cython.wraparound(False)
     cdef void datagram(self, uint8_t *d, size_t n, const sockaddr_in *sender) noexcept nogil:
         cdef uint32_t src, dst
+        cdef int64_t slot
         cdef ssize_t written
         cdef unsigned int tx
         cdef const sockaddr_in *to
@@ -777,7 +808,8 @@ cdef class Pump:
         src = load_be32(d + 4)
         dst = load_be32(d + 8)
         if dst == self.local_id:
-            if table_find(&self.peer_index, src) < 0:
+            slot = table_find(&self.peer_index, src)
+            if slot < 0:
                 self.counters[DROP_UNKNOWN_PEER] += 1
                 return
             if not (d[HEADER_LEN + 6] & 1):
@@ -791,6 +823,8 @@ cdef class Pump:
                 return
             self.counters[TAP_TX] += 1
             self.counters[TAP_TX_BYTES] += n - HEADER_LEN
+            self.peers[self.peer_index.vals[slot]].rx_frames += 1
+            self.peers[self.peer_index.vals[slot]].rx_bytes += n - HEADER_LEN
             return
         if d[3] <= 1:
             self.counters[DROP_TTL] += 1

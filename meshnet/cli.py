@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", default=_env("PASSWORD"), help="shared secret: encrypts and authenticates the mesh [MESHNET_PASSWORD]")
     p.add_argument("--password-file", default=_env("PASSWORD_FILE"), help="read the shared secret from a file [MESHNET_PASSWORD_FILE]")
     p.add_argument("--conn-limit", type=int, default=int(_env("CONN_LIMIT", 100)), help="most control connections [MESHNET_CONN_LIMIT] (default %(default)s)")
+    p.add_argument("--ipalloc-range", default=_env("IPALLOC_RANGE", "10.32.0.0/12"), help="address range IPAM hands out [MESHNET_IPALLOC_RANGE] (default %(default)s)")
+    p.add_argument("--ipalloc-init", default=_env("IPALLOC_INIT", ""), help="how the range is first split: consensus=N, seed=PEER,..., or observer [MESHNET_IPALLOC_INIT] (default consensus=1+number of PEERs)")
     p.add_argument("--no-fastdp", action="store_true", default=_env("NO_FASTDP", "") not in ("", "0"), help="never use the kernel VXLAN path; everything rides the sleeve [MESHNET_NO_FASTDP=1]")
     p.add_argument("--pure-python-pump", action="store_true", default=_env("PUREPYTHON") == "1", help="use the slow pure-Python pump (debugging) [MESHNET_PUREPYTHON=1]")
     p.add_argument("--metrics-addr", default=_env("METRICS_ADDR", "127.0.0.1:6782"), help="Prometheus /metrics HOST:PORT, empty disables [MESHNET_METRICS_ADDR] (default %(default)s)")
@@ -70,10 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_socket_flags(p)
     p.set_defaults(func=cmd_stop)
 
-    p = sub.add_parser("status", help="this router, its peers, connections and data-plane modes")
+    p = sub.add_parser("status", help="this router, its peers, connections and data-plane modes; `status ipam` for addresses")
+    p.add_argument("what", nargs="?", choices=["ipam"], help="ipam: ranges per peer, free and used counts, unreachable owners")
     _add_socket_flags(p)
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rmpeer", help="reclaim the address space of a peer that is gone for good (refused while it is reachable; safe to repeat)")
+    p.add_argument("peer", metavar="PEER", help="nickname or 32-hex-digit peer name")
+    _add_socket_flags(p)
+    p.set_defaults(func=cmd_rmpeer)
+
+    p = sub.add_parser("reset", help="hand this peer's address space to another peer, stop the router and remove its state")
+    _add_socket_flags(p)
+    p.add_argument("--state-dir", default=_env("STATE_DIR", DEFAULT_STATE_DIR), help="state dir to remove [MESHNET_STATE_DIR] (default %(default)s)")
+    p.set_defaults(func=cmd_reset)
 
     for name, help_text in (("connect", "add a peer to connect to (kept across restarts)"), ("forget", "stop reconnecting to a peer address")):
         p = sub.add_parser(name, help=help_text)
@@ -140,6 +154,8 @@ def _config(args: argparse.Namespace) -> RouterConfig:
         peers=peers,
         conn_limit=args.conn_limit,
         no_fastdp=args.no_fastdp,
+        ipalloc_range=args.ipalloc_range,
+        ipalloc_init=args.ipalloc_init,
         pure_python_pump=args.pure_python_pump,
         socket_path=args.socket,
         metrics_addr=args.metrics_addr,
@@ -163,7 +179,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _launch_background(args: argparse.Namespace, config: RouterConfig) -> int:
     os.makedirs(config.run_dir, exist_ok=True)
     argv = [sys.executable, "-m", "meshnet", "launch", "--foreground", *config.peers]
-    for flag in ("run_dir", "state_dir", "host", "port", "udp_port", "bridge", "tap", "nickname", "conn_limit", "log_level"):
+    for flag in ("run_dir", "state_dir", "host", "port", "udp_port", "bridge", "tap", "nickname", "conn_limit", "log_level", "ipalloc_range"):
         argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.mtu:
         argv += ["--mtu", str(args.mtu)]
@@ -175,6 +191,8 @@ def _launch_background(args: argparse.Namespace, config: RouterConfig) -> int:
     argv += docker_cli.launch_argv(args)
     if args.no_fastdp:
         argv.append("--no-fastdp")
+    if args.ipalloc_init:
+        argv += ["--ipalloc-init", args.ipalloc_init]
     env = dict(os.environ)
     if config.password:  # through the environment: a command line is readable by every user
         env["MESHNET_PASSWORD"] = config.password.decode()
@@ -250,11 +268,53 @@ def _read_pid(path: str) -> int | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).get("/status")
+    status = _client(args).get("/ipam/status" if args.what == "ipam" else "/status")
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        print(format_status(status))
+        print(format_ipam_status(status) if args.what == "ipam" else format_status(status))
+    return 0
+
+
+def format_ipam_status(s: dict[str, Any]) -> str:
+    nick = s.get("nicknames", {})
+    local = s["local"]
+    lines = [
+        f"Range    {s['range']}  ({s['init']})  state: {s['state']}",
+        f"Local    {local['ranges']} ranges, {local['size']} addresses, {local['used']} used, {local['free']} free",
+    ]
+    if s.get("waiting"):
+        lines.append(f"Waiting  {s['pending']} request(s): {s['waiting']}")
+    lines += ["", "Peer                           size      used      free  ranges"]
+    for name, p in sorted(s["peers"].items(), key=lambda kv: nick.get(kv[0], kv[0])):
+        label = f"{nick.get(name, '?')} ({name[:8]})" + ("" if p["reachable"] else " UNREACHABLE")
+        lines.append(f"  {label:<28} {p['size']:>8} {p['used']:>9} {p['free']:>9}  {len(p['ranges'])}")
+    if s["unreachable_owners"]:
+        lines += ["", "Unreachable owners (meshnet rmpeer PEER once they are gone for good):"]
+        lines += [f"  {nick.get(n, '?')} {n}" for n in s["unreachable_owners"]]
+    if s["conflicts"]:
+        lines += ["", "CONFLICTS:"] + [f"  {c}" for c in s["conflicts"]]
+    return "\n".join(lines)
+
+
+def cmd_rmpeer(args: argparse.Namespace) -> int:
+    result = _client(args).post("/ipam/rmpeer", {"peer": args.peer})
+    print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Leave the mesh for good: hand off address space, stop, forget identity and state."""
+    client = _client(args)
+    try:
+        client.post("/ipam/reset")
+    except ApiError as exc:
+        print(f"meshnet: cannot hand off the address space: {exc.message}", file=sys.stderr)
+        return 1
+    if cmd_stop(args) != 0:
+        return 1
+    shutil.rmtree(args.state_dir, ignore_errors=True)
+    print(f"meshnet reset: address space handed off, state dir {args.state_dir} removed")
     return 0
 
 

@@ -8,7 +8,7 @@
       +-----------------------+-----------------------+---- bridge ulbr in {prefix}-ul
                          underlay 192.168.90.0/24 (only inside these namespaces)
 
-    containers: {prefix}-hN-cM, attached to hN's router with 10.32.N.M/12
+    containers: {prefix}-hN-cM, attached to hN's router, addressed by IPAM from 10.32.0.0/12
 
 The routers run under `ip netns exec` (they need no cgroups), are started and stopped
 through the meshnet CLI itself, and are stopped by the PID they wrote. `down` removes
@@ -114,7 +114,8 @@ class Lab:
         if peers is None:
             peers = [self.host_ip(1)] if i > 1 and seed else []
         cmd = ["ip", "netns", "exec", self.host_ns(i), *self.meshnet(i, "launch", "--state-dir", self.state_dir(i))]
-        cmd += ["--nickname", f"{self.prefix}-h{i}", *self.extra_flags, *peers]
+        # Every router agrees on how the address range is first split: among all lab hosts.
+        cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", *self.extra_flags, *peers]
         env = dict(os.environ)
         env.pop("MESHNET_PASSWORD", None)
         if password or self.password:
@@ -139,15 +140,18 @@ class Lab:
             time.sleep(0.05)
 
     def add_container(self, i: int, j: int, address: str | None = None) -> tuple[str, str]:
+        """A namespace attached to host i's router, addressed by IPAM unless given; (ns, ip)."""
         ns = f"{self.host_ns(i)}-c{j}"
-        address = address or f"10.32.{i}.{j}/12"
         run(["ip", "netns", "add", ns])
-        self.containers[ns] = address
+        self.containers[ns] = address or ""
         self._save()
-        result = run(self.meshnet(i, "attach", ns, address), check=False)
+        result = run(self.meshnet(i, "attach", ns, *([address] if address else [])), check=False)
         if result.returncode != 0:
             raise RuntimeError(f"attach {ns} failed: {result.stderr.strip()}")
-        return ns, address.split("/")[0]
+        cidr = json.loads(result.stdout)["cidrs"][0]
+        self.containers[ns] = cidr
+        self._save()
+        return ns, cidr.split("/")[0]
 
     def status(self, i: int) -> dict:
         return ApiClient(f"{self.run_dir(i)}/meshnet.sock").get("/status")

@@ -1,21 +1,34 @@
 """The sleeve datagram format and the overhead arithmetic behind the overlay MTU.
 
-One UDP datagram (sleeve, UDP 6783) carries one inner Ethernet frame::
+docs/sleeve.md describes it byte by byte, with the rules both pumps follow and the golden
+vectors in tests/data/ that freeze it. In short, one UDP datagram (sleeve, UDP 6783)
+carries one inner Ethernet frame::
 
      0        1        2        3
     +--------+--------+--------+--------+
-    | ver=1  |  type  | flags  |  ttl   |
-    +--------+--------+--------+--------+
-    |        src peer id (u32, BE)      |
+    | ver=2  |  type  | flags  |  ttl   |      flags: 0x01 SEALED, 0x02 KEY_ID,
+    +--------+--------+--------+--------+             0x04 CSUM; others reserved (0,
+    |        src peer id (u32, BE)      |             ignored, kept by relays)
     +-----------------------------------+
     |        dst peer id (u32, BE)      |   0xFFFFFFFF never appears: floods are
     +-----------------------------------+   sent as one copy per destination
+    | SEALED only: counter (u64, BE)    |   AEAD nonce = 4 zero bytes || counter
+    +-----------------------------------+
     | inner Ethernet frame (dst MAC, src MAC, ethertype, payload) ...
-    +-----------------------------------------------------------
+    |   (SEALED: encrypted; bytes 0..20 above are the associated data)
+    +-----------------------------------+
+    | SEALED only: tag (16 bytes)       |
+    +-----------------------------------+
 
 `src` is the peer whose TAP the frame entered, `dst` the peer whose TAP it must leave
 by; a peer that is neither relays it towards `dst` (multi-hop) after decrementing `ttl`.
+Encryption is hop by hop: a datagram is sealed with the key of the link it crosses (the
+sender's send key for the next hop) and a relay opens and re-seals it. KEY_ID is the low
+bit of the epoch of the key that sealed it. CSUM says the inner TCP/UDP checksum field
+holds only the pseudo-header sum (virtio_net_hdr NEEDS_CSUM semantics); the receiver
+locates the field from the inner IPv4/IPv6 header and completes it (or lets its TAP do it).
 Peer ids are the low 32 bits of the 128-bit peer name (see docs/protocol.md).
+Version 1 (no counter, no tag, flags ignored) is not accepted any more.
 
 Overlay MTU: both data paths must fit the same inner packet, so the MTU is derived from
 the underlay MTU minus the largest overhead of any mode we may pick for a peer::
@@ -24,7 +37,7 @@ the underlay MTU minus the largest overhead of any mode we may pick for a peer::
     = 78 bytes, against kernel VXLAN's 20 + 8 + 8 + 14 = 50.
 """
 
-VERSION = 1
+VERSION = 2
 
 TYPE_FRAME = 1  # an Ethernet frame for the dst peer's TAP
 TYPE_PROBE = 2  # reserved: data-path health probe (sleeve / fastdp checks)
@@ -33,6 +46,33 @@ HEADER_LEN = 12  # bytes of sleeve header before the inner frame
 ETH_HEADER_LEN = 14  # dst MAC, src MAC, ethertype
 MIN_DATAGRAM = HEADER_LEN + ETH_HEADER_LEN
 DEFAULT_TTL = 8  # hops a relayed frame may take before it is dropped
+
+FLAG_SEALED = 0x01  # counter after the header, frame encrypted, tag at the end
+FLAG_KEY_ID = 0x02  # epoch & 1 of the key that sealed the datagram
+FLAG_CSUM = 0x04  # the inner L4 checksum is partial (pseudo-header sum only)
+COUNTER_LEN = 8
+TAG_LEN = 16
+SEALED_HEADER_LEN = HEADER_LEN + COUNTER_LEN  # the associated data
+MIN_SEALED = SEALED_HEADER_LEN + ETH_HEADER_LEN + TAG_LEN
+KEY_LEN = 32
+AEAD = "AES-256-GCM"  # picked by measurement: docs/benchmarks.md (AEAD choice)
+REPLAY_WINDOW = 1024  # counters this far below the highest seen are still accepted once
+# A send key is used for at most REJECT_AFTER_MESSAGES datagrams (nonce and AES-GCM usage
+# bounds: 2^31 datagrams of <= 1500 bytes is < 2^38 blocks); from REKEY_AFTER_MESSAGES on,
+# `rekey_due()` names the peer so the router makes new keys before that.
+REKEY_AFTER_MESSAGES = 1 << 30
+REJECT_AFTER_MESSAGES = 1 << 31
+
+# virtio_net_hdr (TAP opened with IFF_VNET_HDR), host byte order
+VNET_HDR_LEN = 10
+VNET_F_NEEDS_CSUM = 0x01
+VNET_F_DATA_VALID = 0x02
+VNET_GSO_NONE = 0
+VNET_GSO_TCPV4 = 1
+VNET_GSO_UDP = 3
+VNET_GSO_TCPV6 = 4
+VNET_GSO_UDP_L4 = 5
+VNET_GSO_ECN = 0x80
 
 IPV4_HEADER_LEN = 20
 UDP_HEADER_LEN = 8
@@ -43,6 +83,12 @@ SLEEVE_OVERHEAD = IPV4_HEADER_LEN + UDP_HEADER_LEN + HEADER_LEN + AEAD_OVERHEAD 
 MAX_FRAME = 65535  # largest inner frame the pump buffers hold
 MAX_DATAGRAM = 65535 - IPV4_HEADER_LEN - UDP_HEADER_LEN  # largest IPv4 UDP payload
 MAX_SLEEVE_FRAME = MAX_DATAGRAM - HEADER_LEN  # largest inner frame one plain datagram carries
+MAX_SEALED_FRAME = MAX_DATAGRAM - HEADER_LEN - AEAD_OVERHEAD  # ... and one sealed datagram
+
+
+def wire_overhead(crypto: bool) -> int:
+    """Bytes of IPv4 + UDP + sleeve header (+ AEAD) around an inner frame."""
+    return IPV4_HEADER_LEN + UDP_HEADER_LEN + HEADER_LEN + (AEAD_OVERHEAD if crypto else 0)
 
 # Pump table capacities, the same in the compiled pump and its Python twin so that both
 # refuse or skip the same entries. The compiled MAC table is open addressing with

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from meshnet.runtime.api import ApiClient, ApiError
+from meshnet.runtime.api import ApiClient
 
 DOCKER_ATTACH_TIMEOUT = 60.0
 

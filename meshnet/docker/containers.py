@@ -213,13 +213,12 @@ class ContainerManager:
 
     async def _down(self, cid: str) -> None:
         entry = self.tracked[cid]
+        await self._detach_endpoint(cid)  # idempotent: also mends a half-finished earlier attempt
         if entry.get("netns"):
-            await self._detach_endpoint(cid)
             entry["netns"] = None
             self._save()
 
     async def _forget(self, cid: str) -> list[str]:
-        entry = self.tracked[cid]
         await self._detach_endpoint(cid)
         released = (await self.call("POST", "/ipam/release", {"owner": owner_of(cid)})).get("released", [])
         del self.tracked[cid]

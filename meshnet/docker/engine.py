@@ -169,8 +169,9 @@ class Engine:
     def networks(self, driver: str) -> list[dict[str, Any]]:
         return self._call("networks", filters={"driver": driver})
 
-    def create_network(self, name: str, driver: str, ipam_driver: str) -> None:
-        ipam = {"Driver": ipam_driver, "Config": [], "Options": {}}
+    def create_network(self, name: str, driver: str, ipam_driver: str, subnet: str | None = None) -> None:
+        """An explicit subnet also spares libnetwork's overlap check against host routes."""
+        ipam = {"Driver": ipam_driver, "Config": [{"Subnet": subnet}] if subnet else [], "Options": {}}
         self._call("create_network", name, driver=driver, ipam=ipam)
 
 

@@ -16,6 +16,7 @@ signalled; cleanup runs even after a failure, and is safe to run twice.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -24,7 +25,7 @@ import subprocess
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from meshnet.lab import Lab, netns_exists
 
@@ -203,6 +204,60 @@ class DockerLab(Lab):
         out = api.exec_start(exec_id)
         return api.exec_inspect(exec_id)["ExitCode"], out.decode(errors="replace")
 
+    # -- checks (tests) --------------------------------------------------------------------
+    def cli(self, i: int, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        """The meshnet CLI on host i."""
+        return subprocess.run(self.meshnet(i, *args), capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, i: int, *args: str) -> str:
+        r = self.cli(i, *args)
+        if r.returncode != 0:
+            raise AssertionError(f"meshnet {' '.join(args)} on h{i} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def api(self, i: int) -> Any:
+        from meshnet.runtime.api import ApiClient
+
+        return ApiClient(f"{self.run_dir(i)}/meshnet.sock")
+
+    def ipam_owners(self, i: int, prefix: str = "") -> dict[str, list[str]]:
+        owners = self.api(i).get("/ipam/owners")["owners"]
+        return {o: sorted(ips) for o, ips in owners.items() if o.startswith(prefix)}
+
+    def ip_of(self, i: int, container: str, ifname: str = "ethwe") -> str:
+        rc, out = self.sh(i, container, f"ip -o -4 addr show {ifname}")
+        if rc != 0 or len(out.split()) < 4:
+            raise AssertionError(f"{container} has no IPv4 address on {ifname}: {out}")
+        return out.split()[3].split("/")[0]
+
+    def can_reach(self, i: int, container: str, target: str) -> bool:
+        return self.sh(i, container, f"ping -c 1 -W 2 {target}", timeout=10)[0] == 0
+
+    def resolves(self, i: int, container: str, fqdn: str, server: str) -> str | None:
+        """The address `nslookup fqdn server` gives inside the container, None if none."""
+        rc, out = self.sh(i, container, f"nslookup {fqdn} {server}", timeout=10)
+        parts = out.split(f"Name:\t{fqdn}")
+        if rc != 0 or len(parts) < 2 or "Address:" not in parts[1]:
+            return None
+        return parts[1].split("Address:")[1].split()[0]
+
+    def tcp_transfer(self, src: tuple[int, str], dst: tuple[int, str], target: str, size: int = 3_000_000) -> bool:
+        """`size` random bytes from container src to dst over TCP (busybox nc); digests must match."""
+        api = self.client(dst[0])
+        self.sh(dst[0], dst[1], "rm -f /tmp/got")
+        listen = ["timeout", "30", "nc", "-l", "-p", "5001", "-e", "sh", "-c", "cat > /tmp/got"]
+        api.exec_start(api.exec_create(dst[1], listen), detach=True)
+        script = f"head -c {size} /dev/urandom > /tmp/data && md5sum < /tmp/data && sleep 0.3 && nc {target} 5001 < /tmp/data"
+        rc, sent = self.sh(src[0], src[1], script, timeout=40)
+        if rc != 0:
+            raise AssertionError(f"sending from {src[1]} failed: {sent}")
+
+        def arrived() -> bool:
+            rc, got = self.sh(dst[0], dst[1], f"test $(wc -c < /tmp/got) -eq {size} && md5sum < /tmp/got")
+            return rc == 0 and got.split()[0] == sent.split()[0]
+
+        return self.wait(arrived, 20, f"{size} bytes {src[1]} -> {dst[1]} intact")
+
     # -- lab -----------------------------------------------------------------------------
     def up(self, *, dockerd: bool = True) -> None:  # type: ignore[override]
         try:
@@ -280,6 +335,32 @@ class DockerLab(Lab):
                 last = exc
             time.sleep(interval)
         raise TimeoutError(f"{what} not within {timeout}s (last: {last!r})")
+
+
+class IpamMissing(RuntimeError):
+    """The routers have no IPAM API (GET /ipam/owners)."""
+
+
+@contextlib.contextmanager
+def running_lab(hosts: int = 3, prefix: str = "mndk", keep: bool | None = None) -> Iterator[DockerLab]:
+    """A DockerLab that is up (mesh formed) inside the block and torn down after it, even on
+    failure; the logs are printed at the end (pytest shows them for a failed test).
+    MNDK_KEEP=1 keeps it for debugging (remove it with `DockerLab(prefix).down()`)."""
+    from meshnet.runtime.api import ApiClient, ApiError
+
+    lab = DockerLab(prefix=prefix, hosts=hosts)
+    lab.up()
+    try:
+        lab.wait_mesh()
+        try:
+            ApiClient(f"{lab.run_dir(1)}/meshnet.sock").get("/ipam/owners")
+        except ApiError as exc:
+            raise IpamMissing(f"the router has no IPAM API: {exc.message}") from None
+        yield lab
+    finally:
+        print(lab.dump_logs())
+        if not (keep if keep is not None else os.environ.get("MNDK_KEEP") == "1"):
+            lab.down()
 
 
 def _alive(pid: int) -> bool:

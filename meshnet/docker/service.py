@@ -257,7 +257,7 @@ class DockerService:
         if any(n.get("Name") == self.network_name for n in nets):
             return
         try:
-            await self.blocking(self.engine.create_network, self.network_name, PLUGIN_NAME, PLUGIN_NAME)
+            await self.blocking(self.engine.create_network, self.network_name, PLUGIN_NAME, PLUGIN_NAME, self.universe())
             log.info("created Docker network %r (driver and IPAM meshnet)", self.network_name)
         except DockerError as exc:
             log.warning("could not create Docker network %r: %s", self.network_name, exc)
@@ -412,6 +412,7 @@ class DockerService:
             "docker": self.url,
             "connected": self.connected,
             "plugin": self.plugin_path if self.plugin is not None else None,
+            "plugin_calls": dict(self.cnm.calls),
             "network": self.network_name,
             "range": self.universe(),
             "dns": {"domain": self.domain, "addresses": self.dns.addresses, "port": self.dns.port, "counters": self.dns.counters},

@@ -3,6 +3,7 @@
 from posix.time cimport timespec
 from posix.uio cimport iovec
 from libc.stdint cimport uint16_t, uint32_t
+from posix.types cimport ssize_t
 
 cdef extern from "<poll.h>" nogil:
     ctypedef unsigned long nfds_t
@@ -29,6 +30,16 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t length)
+    size_t CMSG_LEN(size_t length)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t length)
     enum:
         AF_INET
         SOCK_DGRAM
@@ -48,6 +59,44 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin_port
         in_addr sin_addr
     uint16_t htons(uint16_t)
+    enum:
+        IPPROTO_UDP
+
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "<sys/ioctl.h>" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+# UDP GSO/GRO socket options and the TUN ioctls, with their kernel values where the libc
+# headers are older than the kernel.
+cdef extern from *:
+    """
+    #include <netinet/udp.h>
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    #define MN_TUNSETOFFLOAD 0x400454d0UL
+    #define MN_TUNGETIFF 0x800454d2UL
+    #define MN_IFF_VNET_HDR 0x4000
+    #define MN_TUN_F_CSUM 0x01
+    #define MN_TUN_F_TSO4 0x02
+    #define MN_TUN_F_TSO6 0x04
+    #define MN_TUN_F_TSO_ECN 0x08
+    """
+    enum:
+        UDP_SEGMENT
+        UDP_GRO
+        MN_IFF_VNET_HDR
+        MN_TUN_F_CSUM
+        MN_TUN_F_TSO4
+        MN_TUN_F_TSO6
+        MN_TUN_F_TSO_ECN
+    unsigned long MN_TUNSETOFFLOAD
+    unsigned long MN_TUNGETIFF
 
 cdef extern from "<sys/eventfd.h>" nogil:
     enum:

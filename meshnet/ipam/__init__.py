@@ -7,11 +7,14 @@ Modules, one job each:
   paxos      consensus bootstrap (single-decree Paxos over gossip)
   bootstrap  --ipalloc-init modes and the first ring
   donation   choosing a donor; carving space out of a range
+  reclaim    rmpeer: taking a dead peer's ranges, confirmed with every reachable peer
   wire       the msgpack payload format (copy its docstring into docs/protocol.md)
   store      persistence: sqlite (WAL) and an in-memory twin for simulations
   journal    releases recorded by the CNI plugin while the router is down
   status     the `status ipam` report
-  allocator  the facade the runtime drives
+  outcome    Result, Pending, Outgoing
+  errors     the IpamError family
+  allocator  the facade the runtime drives (start reading here)
 """
 
 from meshnet.ipam.allocator import Allocator

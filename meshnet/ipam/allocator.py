@@ -7,9 +7,12 @@ clock: every entry point takes `now` (monotonic seconds) and returns the message
     Outgoing = ("broadcast", payload) | ("unicast", destination_peer_name, payload)
 
 for the mesh's IPAM gossip channel (format: `wire.py`). The runtime calls `tick(now=...)` at
-`next_deadline()`, hands every payload from the channel to `on_broadcast` / `on_unicast`,
-reports topology changes with `on_peers_changed`, and periodically sends `full_state()`
-(anti-entropy, and to every new neighbour).
+`next_deadline()`, hands every payload from the channel to `on_broadcast` / `on_unicast`
+(an `IpamProtocolError` from them means: drop that payload, log the peer), reports the
+reachable peers with `on_peers_changed` (once at start even if there are none: until then
+`rmpeer` is refused), and periodically sends `full_state()` (anti-entropy, and to every new
+neighbour). The journal of releases made while the router was down is applied by passing
+`journal=` to the constructor (or `replay_journal`) before serving the local API.
 
 Requests that must wait. `allocate` and `claim` return a `Result` at once when they can.
 When there is no space yet (bootstrap not finished, donation in flight, an rmpeer being
@@ -140,12 +143,13 @@ class Allocator:
         if snap.ring:
             self.ring = Ring(self.universe, snap.meta["genesis"], snap.ring)
         elif self.mode.kind == "seed":
-            self._set_ring(seed_ring(self.universe, self.mode.seeds), changes)
+            self._adopt(seed_ring(self.universe, self.mode.seeds), changes)
+            changes = Changes()  # committed with the ring
         elif self.mode.kind == "consensus":
             self.consensus = Consensus(name, self.mode.n, Acceptor.from_bytes(snap.meta.get("paxos")))
+        store.commit(changes)
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
-        store.commit(changes)
 
         self.reachable: set[bytes] = set()
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
@@ -380,9 +384,7 @@ class Allocator:
 
     def _merge_ring(self, src: bytes, data: RingData) -> None:
         if self.ring is None:
-            changes = Changes()
-            self._set_ring(Ring(self.universe, data.genesis, data.entries), changes)
-            self.store.commit(changes)
+            self._adopt(Ring(self.universe, data.genesis, data.entries))
             self._check_allocations()
             return
         if data.genesis != self.ring.genesis:
@@ -391,14 +393,14 @@ class Allocator:
                 "consensus: check --ipalloc-init on every peer); its ring is ignored"
             )
             return
-        merged = self.ring.merge(data.entries)
+        merged = self.ring.diff(data.entries)
         for token, ours, theirs in merged.conflicts:
             self._conflict(
                 f"range at {fmt(token)}: version {ours.version} claimed by both {ours.owner.hex()} and "
                 f"{theirs.owner.hex()}"
             )
         if merged.changed:
-            self.store.commit(Changes(ring={t: self.ring.get(t) for t in merged.changed}))  # type: ignore[misc]
+            self._apply_ring(Changes(ring={t: data.entries[t] for t in merged.changed}))
             self._check_allocations()
 
     def _on_want(self, src: bytes, want: Want) -> None:
@@ -426,9 +428,7 @@ class Allocator:
                 self.store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
                 self._broadcast_state()
             if chosen is not None:
-                changes = Changes()
-                self._set_ring(consensus_ring(self.universe, chosen), changes)
-                self.store.commit(changes)
+                self._adopt(consensus_ring(self.universe, chosen))
                 self._broadcast_state()
         self._advance_round(now)
         self._serve(now)
@@ -608,12 +608,14 @@ class Allocator:
                 free[e.owner] += e.free + 1  # +1: an owner of a full range still beats a non-owner
         return min(free, key=lambda p: (-free[p], p))
 
-    def _set_ring(self, ring: Ring, changes: Changes) -> None:
+    def _adopt(self, ring: Ring, changes: Changes | None = None) -> None:
+        """Make `ring` our first ring: commit it (with `changes`), then use it."""
+        changes = changes or Changes()
+        changes.meta.update(genesis=ring.genesis, paxos=None)
+        changes.ring.update(ring.entries())
+        self.store.commit(changes)
         self.ring = ring
         self.consensus = None
-        changes.meta["genesis"] = ring.genesis
-        changes.meta["paxos"] = None
-        changes.ring.update(ring.entries())
 
     def _apply_ring(self, changes: Changes, *, durable: bool = True) -> None:
         """Commit ring (and other) changes first, then apply the ring part to memory."""
@@ -633,7 +635,8 @@ class Allocator:
         for addr in addresses:
             start = self.ring.token_at(addr)
             e = self.ring.get(start)
-            assert e is not None
+            if e is None or e.owner != self.name or e.reclaim:
+                continue
             free = donation.free_count(self.ring, self.space, start, self.ring.end_of(start))
             if (free == 0) != (e.free == 0):
                 self.hint_due = now

@@ -2,8 +2,9 @@
 
 A peer with no free address in the subnet it needs asks one reachable owner of that subnet
 (`want`). The donor gives the largest free run it has there, but at most half its free space
-in the subnet (at least one address), by inserting tokens into its own range: the only kind
-of change the ring allows a non-owner to cause. Pure functions over ring and space.
+in the subnet (at least one address): it splits its own range by inserting tokens and hands
+the piece over. The requester never changes the ring itself. Pure functions over ring and
+space.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class Consensus:
                     own = replace(own, accepted=s.accepted, value=s.value)
                     break
         self.states[self.me] = own
-        self._propose(now)
+        if self.chosen() is None:  # once decided, nothing is left to propose
+            self._propose(now)
         return self.own != before, self.chosen()
 
     def _propose(self, now: float) -> None:
@@ -125,7 +126,7 @@ class Consensus:
                 promisers = [s for s in self.states.values() if s.promised == ballot]
                 if len(promisers) >= self.quorum:
                     prior = max(promisers, key=lambda s: s.accepted)
-                    value = tuple(self.known())
+                    value = prior.value if prior.accepted != NO_BALLOT else tuple(self.known())
                     self.states[self.me] = replace(self.own, accepted=ballot, value=value)
         ready = self._ready_at()
         if self._proposal is None and ready is not None and now >= ready:

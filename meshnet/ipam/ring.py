@@ -150,7 +150,8 @@ class Ring:
             bisect.insort(self._tokens, token)
         self._entries[token] = entry
 
-    def merge(self, incoming: Mapping[int, Entry]) -> Merged:
+    def diff(self, incoming: Mapping[int, Entry]) -> Merged:
+        """What merging `incoming` would change, without changing anything."""
         changed: list[int] = []
         conflicts: list[tuple[int, Entry, Entry]] = []
         for token, theirs in incoming.items():
@@ -158,6 +159,11 @@ class Ring:
             if ours is not None and conflicting(ours, theirs):
                 conflicts.append((token, ours, theirs))
             if ours is None or theirs.rank() > ours.rank():
-                self.put(token, theirs)
                 changed.append(token)
         return Merged(changed, conflicts)
+
+    def merge(self, incoming: Mapping[int, Entry]) -> Merged:
+        merged = self.diff(incoming)
+        for token in merged.changed:
+            self.put(token, incoming[token])
+        return merged

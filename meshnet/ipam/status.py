@@ -1,10 +1,10 @@
 """`status ipam`: a JSON-able picture of one allocator, for the API, the CLI and the metrics.
 
     {"name": hex, "range": CIDR, "init": "consensus=3", "state": "ready" | why not,
-     "waiting": reason | null,             # why the oldest waiting request waits
+     "waiting": reason | null,             # why the oldest request waits, or why one would
      "pending": int,                       # requests waiting for space
      "local": {"ranges": int, "size": int, "used": int, "free": int},
-     "peers": {hex: {"reachable": bool, "size": int, "free": int,    # free is a hint
+     "peers": {hex: {"reachable": bool, "size": int, "free": int, "used": int,  # hints
                      "ranges": [{"start": ip, "end": ip (last address), "size": int,
                                  "free": int, "version": int, "reclaim": bool}]}},
      "unreachable_owners": [hex],          # own space but cannot be reached: rmpeer if gone
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnet.ipam.addr import fmt
 from meshnet.ipam.donation import free_count
+from meshnet.ipam.ring import host_count
 
 if TYPE_CHECKING:
     from meshnet.ipam.allocator import Allocator
@@ -30,7 +31,7 @@ def build(a: Allocator) -> dict[str, Any]:
         "range": a.universe.cidr,
         "init": str(a.mode),
         "state": _state(a),
-        "waiting": oldest.reason if oldest else None,
+        "waiting": oldest.reason if oldest else (_state(a) if a.ring is None else None),
         "pending": len(a.requests),
         "local": {"ranges": 0, "size": 0, "used": len(a.space), "free": 0},
         "peers": {},
@@ -46,16 +47,17 @@ def build(a: Allocator) -> dict[str, Any]:
     peers: dict[str, Any] = report["peers"]
     for start, end, e in a.ring.ranges():
         free = free_count(a.ring, a.space, start, end) if e.owner == a.name and not e.reclaim else e.free
+        reachable = e.owner == a.name or e.owner in a.reachable
         peer = peers.setdefault(
-            e.owner.hex(),
-            {"reachable": e.owner == a.name or e.owner in a.reachable, "size": 0, "free": 0, "ranges": []},
+            e.owner.hex(), {"reachable": reachable, "size": 0, "free": 0, "used": 0, "ranges": []}
         )
         peer["size"] += end - start
         peer["free"] += free
-        peer["ranges"].append(
-            {"start": fmt(start), "end": fmt(end - 1), "size": end - start, "free": free, "version": e.version,
-             "reclaim": e.reclaim}
-        )
+        peer["used"] += max(0, host_count(start, end, a.universe) - free)
+        peer["ranges"].append({
+            "start": fmt(start), "end": fmt(end - 1), "size": end - start,
+            "free": free, "version": e.version, "reclaim": e.reclaim,
+        })
         if e.owner == a.name and not e.reclaim:
             local = report["local"]
             local["ranges"] += 1

@@ -161,8 +161,7 @@ def _message(obj: Any) -> Message:
         raise _fail("not a map")
     if obj.get("v") != VERSION:
         raise _fail(f"unsupported version {obj.get('v')!r}")
-    universe_text = obj.get("u")
-    universe = parse_universe(universe_text)
+    universe = parse_universe(obj.get("u"))
     kind = obj.get("t")
     if kind == "state":
         return State(

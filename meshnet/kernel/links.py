@@ -15,16 +15,24 @@ import os
 import struct
 from dataclasses import dataclass
 
+import pyroute2.config
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshnet.kernel.errors import KernelError
+
+# IPRoute(netns=...) forks a child that inherits asyncio's signal wakeup fd; when pyroute2
+# then SIGTERMs that child, the byte lands in the router's loop, which stops the router
+# (reproduced: an asyncio loop + netns IPRoute calls in a thread saw a "SIGTERM" within ~150
+# calls). With this set, the child resets SIGTERM to the default action before replying.
+pyroute2.config.disable_mp_signal = True
 from meshnet.kernel.netns import in_netns
 
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFNAMSIZ = 16
+IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
 
 @dataclass(frozen=True)
@@ -347,22 +355,58 @@ class Links:
             return []
         return [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in self.ipr.get_addr(index=index, family=2)]
 
+    EXPOSE_TABLE = 6783  # routing table (and rule priority) for the host's overlay routes
+
     def set_bridge_address(self, bridge: str, cidr: str, present: bool) -> bool:
-        """Add (present) or remove an address on the bridge; idempotent; True if it changed."""
+        """Add (present) or remove the host's overlay address on the bridge; idempotent; True
+        if it changed. The address gets no prefix route in the main table: the route to its
+        network lives in table EXPOSE_TABLE, chosen by a rule `to <network>`. Docker's
+        libnetwork refuses (in fact: retries forever) an IPAM pool that overlaps a main-table
+        route, so a main-table /12 would break `docker network create` on an exposed host."""
         (addr,) = parse_cidrs([cidr])
+        net = addr.network
         index = self._index(bridge)
         if index is None:
             raise KernelError(errno.ENODEV, f"bridge {bridge} does not exist")
         have = cidr in self.bridge_addresses(bridge)
-        if have == present:
-            return False
         try:
-            if present:  # pin the bridge's MAC: by default it follows the lowest port MAC
-                self.ipr.link("set", index=index, address=self.ipr.get_links(index)[0].get("address"))
-            self.ipr.addr("add" if present else "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            if present:
+                try:  # removing the first address must not take the others with it
+                    with open(f"/proc/sys/net/ipv4/conf/{bridge}/promote_secondaries", "w") as f:
+                        f.write("1\n")
+                except OSError:
+                    pass
+                if not have:  # pin the bridge's MAC: by default it follows the lowest port MAC
+                    self.ipr.link("set", index=index, address=self.ipr.get_links(index)[0].get("address"))
+                    self.ipr.addr("add", index=index, address=str(addr.ip), prefixlen=net.prefixlen, IFA_FLAGS=IFA_F_NOPREFIXROUTE)
+                self._expose_route(index, net, str(addr.ip), True)
+            elif have:
+                self.ipr.addr("del", index=index, address=str(addr.ip), prefixlen=net.prefixlen)
+                left = [c for c in self.bridge_addresses(bridge) if ipaddress.ip_interface(c).network == net]
+                self._expose_route(index, net, left[0].split("/")[0] if left else str(addr.ip), bool(left))
         except NetlinkError as exc:
             raise KernelError(exc.code, f"cannot {'add' if present else 'remove'} {cidr} on {bridge}: {exc}") from None
-        return True
+        return have != present
+
+    def _expose_route(self, index: int, net: ipaddress.IPv4Network | ipaddress.IPv6Network, src: str, present: bool) -> None:
+        dst = {"dst": str(net.network_address), "dst_len": net.prefixlen}
+        table = self.EXPOSE_TABLE
+        routes = [
+            r
+            for r in self.ipr.get_routes(family=2, table=table)
+            if r.get_attr("RTA_TABLE") == table and r.get_attr("RTA_DST") == dst["dst"] and r["dst_len"] == net.prefixlen
+        ]
+        rules = [r for r in self.ipr.get_rules(family=2) if r.get_attr("FRA_TABLE") == table and r.get_attr("FRA_DST") == dst["dst"] and r["dst_len"] == net.prefixlen]
+        if present:
+            if [r.get_attr("RTA_PREFSRC") for r in routes] != [src]:  # scope link, proto static
+                self.ipr.route("replace", oif=index, table=table, scope=253, proto=4, prefsrc=src, **dst)
+            if not rules:
+                self.ipr.rule("add", family=2, table=table, priority=table, **dst)
+        else:
+            for _ in routes:
+                self.ipr.route("del", oif=index, table=table, **dst)
+            for _ in rules:
+                self.ipr.rule("del", family=2, table=table, priority=table, **dst)
 
     def set_nat(self, table: str, overlay: str, bridge: str, enabled: bool) -> None:
         """Masquerade traffic from the overlay range that leaves through any interface but the
@@ -376,7 +420,7 @@ class Links:
             script += (
                 f"table ip {table} {{\n"
                 f"  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    ip saddr {net} ip daddr != {net} oifname != "{bridge}" masquerade\n  }}\n}}\n'
+                f'    ip saddr {net} ip daddr != {net} oifname != "{bridge}" counter masquerade\n  }}\n}}\n'
             )
             try:
                 with open("/proc/sys/net/ipv4/ip_forward", "w") as f:

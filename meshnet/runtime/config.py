@@ -27,6 +27,8 @@ class RouterConfig:
     password: bytes | None = None
     peers: list[str] = field(default_factory=list)
     conn_limit: int = 100
+    ipalloc_range: str = "10.32.0.0/12"  # the cluster-wide address range IPAM hands out
+    ipalloc_init: str = ""  # consensus=N | seed=NAME,... | observer; default consensus=1+len(peers)
     no_fastdp: bool = False  # carry every peer's traffic on the sleeve
     pure_python_pump: bool = False
     socket_path: str | None = None  # local API socket; RUN_DIR/meshnet.sock when None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import secrets
@@ -29,7 +30,7 @@ from meshnet.dataplane import layout
 from meshnet.dataplane.pump import load_pump
 from meshnet.errors import HandshakeRefused, RemoteProtocolError, UsageError
 from meshnet.kernel.errors import KernelError
-from meshnet.kernel.links import Links
+from meshnet.kernel.links import Links, netns_path, parse_cidrs
 from meshnet.mesh import targets as targets_mod
 from meshnet.mesh.connection import ControlConnection, State
 from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
@@ -39,6 +40,8 @@ from meshnet.runtime.config import RouterConfig
 from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
 from meshnet.runtime.metrics import MetricsServer
 from meshnet.runtime.fastdp_driver import FastdpDriver
+from meshnet.runtime.ipam_service import CHANNEL as IPAM_CHANNEL
+from meshnet.runtime.ipam_service import IpamService, default_init
 from meshnet.runtime.state import StateDir
 
 log = logging.getLogger("meshnet.router")
@@ -80,9 +83,10 @@ class Router:
         self._tap_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._api: ApiServer | None = None
-        self._pump_peers: dict[int, tuple[Any, int]] = {}
+        self._pump_peers: dict[int, tuple[Any, int, bool]] = {}
         self._pump_macs: dict[bytes, int] = {}
         self.fastdp: FastdpDriver | None = None
+        self.ipam: IpamService | None = None
         self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
         self.counters = {"handshake_failures": 0, "wrong_password": 0}
         self.started = time.time()
@@ -155,6 +159,14 @@ class Router:
             now=now,
             conn_limit=cfg.conn_limit,
         )
+        self.ipam = IpamService(
+            name=name,
+            universe=cfg.ipalloc_range,
+            init=cfg.ipalloc_init or default_init(cfg.peers),
+            state_dir=cfg.state_dir,
+            send=self._send_ipam,
+        )
+        self.ipam.peers_changed(set(), set())
         for address in [*self.state.get("direct_peers", []), *cfg.peers]:
             self.targets.add_direct(targets_mod.normalize(address))
         # Peers we knew before a restart: dial them at once rather than wait to be found.
@@ -215,6 +227,9 @@ class Router:
                 await asyncio.get_running_loop().run_in_executor(None, self._pump_thread.join, 5)
         if self.fastdp is not None:
             await self.fastdp.stop()
+        if getattr(self, "ipam", None) is not None:
+            self.ipam.close()
+            self.ipam = None
         if self._udp is not None:
             self._udp.close()
         if self._tap_fd is not None:
@@ -393,10 +408,23 @@ class Router:
         self._wake.set()
 
     def _on_deliver(self, event: Deliver) -> None:
-        log.debug("no handler for channel %r from %s", event.channel, event.src.hex())
+        if event.channel == IPAM_CHANNEL and self.ipam is not None:
+            self.ipam.on_message(event.src, event.payload, unicast=event.unicast)
+        else:
+            log.debug("no handler for channel %r from %s", event.channel, event.src.hex())
+
+    def _send_ipam(self, outgoing: list[Any]) -> None:
+        now = time.monotonic()
+        for message in outgoing:
+            if message[0] == "broadcast":
+                self._handle(self.core.broadcast(IPAM_CHANNEL, message[1], now=now))
+            else:
+                self._handle(self.core.unicast(message[1], IPAM_CHANNEL, message[2], now=now))
 
     def _topology_changed(self) -> None:
         self._program_pump()
+        if self.ipam is not None:
+            self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
         self._spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints()))
         self.targets.set_discovered(self.core.discovered_targets())
         self._persist_targets()
@@ -426,7 +454,7 @@ class Router:
         topo = self.core.topology
         routes = topo.routes()
         direct = {c.peer: c for c in self.core.conns.values()}
-        wanted: dict[int, tuple[Any, int]] = {}
+        wanted: dict[int, tuple[Any, int, bool]] = {}
         macs: dict[bytes, int] = {}
         for peer, hop in routes.items():
             pid = layout.peer_id(peer)
@@ -435,13 +463,15 @@ class Router:
                 continue
             conn = direct.get(peer)
             addr = (conn.ip, conn.udp_port) if conn is not None else None
-            wanted[pid] = (addr, layout.peer_id(hop))
+            # Peers on kernel VXLAN get floods from the VXLAN device; the sleeve must not copy them.
+            flood = self.fastdp is None or self.fastdp.mode(pid)[0] != "fastdp"
+            wanted[pid] = (addr, layout.peer_id(hop), flood)
             for mac, *_ in topo.entries[peer].data.get("eps", []):
                 macs[bytes.fromhex(mac.replace(":", ""))] = pid
         # Direct peers first, so a relayed peer's next hop already exists.
-        for pid, (addr, via) in sorted(wanted.items(), key=lambda kv: kv[1][0] is None):
-            if self._pump_peers.get(pid) != (addr, via):
-                self._pump.set_peer(pid, addr, via)
+        for pid, (addr, via, flood) in sorted(wanted.items(), key=lambda kv: kv[1][0] is None):
+            if self._pump_peers.get(pid) != (addr, via, flood):
+                self._pump.set_peer(pid, addr, via, flood=flood)
         for pid in set(self._pump_peers) - set(wanted):
             self._pump.remove_peer(pid)
         for mac, pid in macs.items():
@@ -459,8 +489,9 @@ class Router:
             for address in self.targets.due(now, connected):
                 self._spawn(self._dial(address))
             await self.fastdp.tick()
+            self.ipam.tick()
             deadlines = [self.core.next_deadline(), self.targets.next_deadline(connected) or now + 60]
-            deadlines.append(self.fastdp.next_deadline() or now + 60)
+            deadlines += [self.fastdp.next_deadline() or now + 60, self.ipam.next_deadline()]
             self._wake.clear()
             delay = max(0.05, min(deadlines) - time.monotonic())
             try:
@@ -480,35 +511,119 @@ class Router:
         self._publish_endpoints()
 
     async def _attach(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Put a namespace on the bridge; addresses from IPAM unless given (then claimed)."""
         netns = body.get("netns")
         cidrs = body.get("cidrs") or []
         if not isinstance(netns, str) or not netns:
             raise ApiError(400, "attach needs a network namespace (name or path)")
-        if not isinstance(cidrs, list) or not cidrs:
-            raise ApiError(400, "attach needs at least one IP/CIDR")
+        if not isinstance(cidrs, list):
+            raise ApiError(400, "cidrs must be a list of IP/CIDR")
+        path = netns if "/" in netns else f"/run/netns/{netns}"
+        ep_id = str(body.get("id") or f"netns:{path}")
+        if self.endpoints.get(ep_id) is not None:
+            raise ApiError(409, f"{netns!r} is already attached")
         try:
-            att = await self._kernel(
-                self.links.attach, netns, bridge=self.config.bridge, cidrs=cidrs, mtu=self.mtu, ifname=body.get("ifname") or "mesh0"
-            )
+            parse_cidrs(cidrs)
+            netns_path(netns)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         except KernelError as exc:
+            raise ApiError(400, exc.strerror or str(exc)) from None
+        claimed = await self._claim_addresses(ep_id, cidrs)
+        try:
+            att = await self._kernel(
+                self.links.attach, netns, bridge=self.config.bridge, cidrs=claimed, mtu=self.mtu, ifname=body.get("ifname") or "mesh0"
+            )
+        except (ValueError, KernelError) as exc:
+            self.ipam.release(ep_id)
+            if isinstance(exc, ValueError):
+                raise ApiError(400, str(exc)) from None
             raise ApiError(400 if exc.errno in (errno.ENOENT, errno.EEXIST) else 500, exc.strerror or str(exc)) from None
-        self.endpoints.add(Endpoint(f"netns:{att.netns}", att.mac, att.cidrs, str(body.get("name") or ""), att.host_if))
+        self.endpoints.add(Endpoint(ep_id, att.mac, att.cidrs, str(body.get("name") or ""), att.host_if))
         self._publish_endpoints()
-        return {"netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.mtu}
+        return {"id": ep_id, "netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.mtu}
+
+    async def _claim_addresses(self, owner: str, cidrs: list[str]) -> list[str]:
+        """Addresses inside the IPAM range are claimed for owner (a fresh one if none given)."""
+        if not cidrs:
+            return [(await self.ipam.allocate(owner)).cidr]
+        universe = ipaddress.ip_network(self.config.ipalloc_range)
+        claimed = []
+        try:
+            for cidr in cidrs:
+                iface = ipaddress.ip_interface(cidr)
+                if iface.ip in universe:
+                    await self.ipam.allocate(owner, address=str(iface.ip), wait=5)
+                claimed.append(cidr)
+        except ApiError:
+            self.ipam.release(owner)
+            raise
+        return claimed
 
     async def _detach(self, body: dict[str, Any]) -> dict[str, Any]:
-        netns = body.get("netns")
-        if not isinstance(netns, str) or not netns:
-            raise ApiError(400, "detach needs a network namespace (name or path)")
-        path = netns if "/" in netns else f"/run/netns/{netns}"
-        removed = await self._kernel(self.links.detach, path)
-        known = self.endpoints.remove(f"netns:{path}") is not None
+        """Take a namespace (or an endpoint id) off the bridge and release its addresses."""
+        netns, ep_id = body.get("netns"), body.get("id")
+        if not (isinstance(netns, str) and netns) and not (isinstance(ep_id, str) and ep_id):
+            raise ApiError(400, "detach needs a network namespace (name or path) or an endpoint id")
+        if not ep_id:
+            ep_id = f"netns:{netns if '/' in netns else f'/run/netns/{netns}'}"
+        ep = self.endpoints.get(ep_id)
+        removed = False
+        if ep is not None and ep.host_if:
+            removed = await self._kernel(self.links.delete_link, ep.host_if)
+        elif netns:
+            removed = await self._kernel(self.links.detach, netns)
+        self.endpoints.remove(ep_id)
+        released = self.ipam.release(ep_id)
         self._publish_endpoints()
-        if not (removed or known):
-            raise ApiError(404, f"{netns!r} is not attached")
-        return {"netns": path, "detached": True}
+        if not (removed or ep is not None or released):
+            raise ApiError(404, f"{netns or ep_id!r} is not attached")
+        return {"id": ep_id, "detached": True, "released": released}
+
+    # -- IPAM API ----------------------------------------------------------------------
+
+    async def _ipam_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
+        owner = body.get("owner")
+        if not isinstance(owner, str) or not owner:
+            raise ApiError(400, "an allocation needs an owner (e.g. container id + interface)")
+        wait = float(body.get("wait", 30))
+        result = await self.ipam.allocate(owner, subnet=body.get("subnet"), address=body.get("address"), wait=wait)
+        return {"owner": owner, "address": result.address, "cidr": result.cidr}
+
+    async def _ipam_release(self, body: dict[str, Any]) -> dict[str, Any]:
+        owner = body.get("owner")
+        if not isinstance(owner, str) or not owner:
+            raise ApiError(400, "a release needs an owner")
+        return {"owner": owner, "released": self.ipam.release(owner, body.get("address"))}
+
+    async def _ipam_owners(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"owners": self.ipam.owners()}
+
+    async def _ipam_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        status = self.ipam.status()
+        nicks = {e.name.hex(): e.nick for e in self.core.topology.entries.values()}
+        return {**status, "nicknames": nicks}
+
+    async def _ipam_rmpeer(self, body: dict[str, Any]) -> dict[str, Any]:
+        peer = self._peer_by_name_or_nick(str(body.get("peer", "")))
+        return {"peer": peer.hex(), "reclaimed": self.ipam.rmpeer(peer)}
+
+    async def _ipam_reset(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.ipam.reset()
+        return {"handed_off": True}
+
+    def _peer_by_name_or_nick(self, text: str) -> bytes:
+        entries = self.core.topology.entries.values()
+        found = [e.name for e in entries if e.name.hex() == text.lower() or e.nick == text]
+        if len(found) == 1:
+            return found[0]
+        try:
+            name = bytes.fromhex(text)
+        except ValueError:
+            name = b""
+        if len(name) == 16:
+            return name
+        raise ApiError(400, f"{text!r} is neither a known nickname nor a 32-hex-digit peer name")
 
     async def _endpoint_add(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -549,6 +664,12 @@ class Router:
             ("POST", "/endpoints/del"): self._endpoint_del,
             ("GET", "/endpoints"): self._endpoint_list,
             ("POST", "/stop"): self._stop_request,
+            ("POST", "/ipam/allocate"): self._ipam_allocate,
+            ("POST", "/ipam/release"): self._ipam_release,
+            ("GET", "/ipam/owners"): self._ipam_owners,
+            ("GET", "/ipam/status"): self._ipam_status,
+            ("POST", "/ipam/rmpeer"): self._ipam_rmpeer,
+            ("POST", "/ipam/reset"): self._ipam_reset,
         }
 
     async def _stop_request(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,8 @@ RUN = f"/run/{PREFIX}"
 LIB = f"/var/lib/{PREFIX}"
 ROOTFS = f"{LIB}/busybox-rootfs.tar"
 PAUSE_TAR = f"{LIB}/pause-image.tar"
-PM_ULIMIT = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+# runc cannot raise rlimits here (no CAP_SYS_RESOURCE); our own cgroup parent, removed in down()
+PM_ULIMIT = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--cgroup-parent", f"/{PREFIX}-pods/podman"]
 REFERENCE = "/usr/lib/cni"
 
 

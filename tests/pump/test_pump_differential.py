@@ -36,7 +36,7 @@ sleeve = st.builds(
     lambda ver, typ, flags, ttl, src, dst, inner: header(
         src, dst, ttl=ttl, ver=ver, typ=typ, flags=flags
     ) + inner,
-    st.sampled_from([1, 1, 1, 2]),
+    st.sampled_from([2, 2, 2, 1]),
     st.sampled_from([1, 1, 1, 0]),
     st.integers(0, 255),
     st.sampled_from([0, 1, 2, 8]),
@@ -49,12 +49,13 @@ senders = st.sampled_from([1, 1, 1, 2, 2, 2, 3, STRANGER])  # 1 and 2 start with
 events = weighted(  # mostly traffic, and tables that change but rarely empty
     (st.tuples(st.just("tap"), frames), 8),
     (st.tuples(st.just("udp"), senders, datagrams), 10),
-    (st.tuples(st.just("set_peer"), peer_ids, st.sampled_from([True, True, False]), peer_ids), 3),
+    (st.tuples(st.just("set_peer"), peer_ids, st.sampled_from([True, True, False]), peer_ids,
+               st.sampled_from([True, True, False])), 3),
     (st.tuples(st.just("set_mac"), macs, peer_ids), 2),
     (st.tuples(st.just("forget_mac"), macs), 1),
     (st.tuples(st.just("remove_peer"), peer_ids), 1),
 )
-SETUP = [("set_peer", 1, True, 1), ("set_peer", 2, True, 2), ("set_peer", 3, False, 1)]
+SETUP = [("set_peer", 1, True, 1, True), ("set_peer", 2, True, 2, True), ("set_peer", 3, False, 1, True)]
 
 
 def _apply(rig: Rig, event: tuple) -> None:
@@ -64,8 +65,8 @@ def _apply(rig: Rig, event: tuple) -> None:
     elif kind == "udp":
         rig.send_from(*args)
     elif kind == "set_peer":
-        peer, direct, via = args
-        rig.pump.set_peer(peer, rig.remote(peer).getsockname() if direct else None, via)
+        peer, direct, via, flood = args
+        rig.pump.set_peer(peer, rig.remote(peer).getsockname() if direct else None, via, flood=flood)
     else:
         getattr(rig.pump, kind)(*args)
 
@@ -94,6 +95,7 @@ def test_both_pumps_send_the_same_bytes_and_count_the_same(both, steps, batch):
             if value:
                 event(name)  # coverage of the rules: pytest --hypothesis-show-statistics
         assert rigs[0].pump.macs() == rigs[1].pump.macs()
+        assert rigs[0].pump.peer_stats() == rigs[1].pump.peer_stats()
     finally:
         for rig in rigs:
             rig.close()

@@ -160,3 +160,49 @@ def test_batches_larger_than_the_send_queue(make_rig):
     for p in range(1, 11):
         assert rig.received(p) == [header(LOCAL, p) + f for f in frames]
     assert rig.stats()["udp_tx"] == 90
+
+
+def test_floods_skip_peers_with_flood_off_but_unicast_still_reaches_them(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.pump.set_peer(2, rig.remote(2).getsockname(), 2, flood=False)  # reached by kernel VXLAN
+    rig.pump.set_peer(3, None, 2)  # relayed through a fastdp peer: still flooded, via 2
+    bcast = frame(BROADCAST, mac(50))
+    rig.to_tap(bcast)
+    rig.to_tap(frame(mac(77), mac(50)))  # unknown unicast floods the same way
+    rig.run_until_idle()
+    assert rig.received(1) == [header(LOCAL, 1) + bcast, header(LOCAL, 1) + frame(mac(77), mac(50))]
+    assert sorted(rig.received(2)) == sorted([header(LOCAL, 3) + bcast, header(LOCAL, 3) + frame(mac(77), mac(50))])
+    rig.pump.set_mac(mac(2), 2)
+    uni = frame(mac(2), mac(50))
+    rig.to_tap(uni)
+    rig.run_until_idle()
+    assert rig.received(2) == [header(LOCAL, 2) + uni]
+    assert rig.stats()["flood_tx"] == 4
+    rig.pump.set_peer(2, rig.remote(2).getsockname(), 2)  # back on the sleeve: flooded again
+    rig.to_tap(bcast)
+    rig.run_until_idle()
+    assert header(LOCAL, 2) + bcast in rig.received(2)
+
+
+def test_peer_stats_count_frames_each_way(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.connect(2)
+    rig.pump.set_peer(3, None, 1)
+    rig.pump.set_mac(mac(1), 1)
+    rig.to_tap(frame(mac(1), mac(50), b"x" * 100))  # 114 bytes to 1
+    rig.to_tap(frame(BROADCAST, mac(50)))  # 60 bytes to each of 1, 2, 3
+    rig.send_from(1, header(1, LOCAL) + frame(mac(50), mac(5)))
+    rig.send_from(1, header(3, LOCAL) + frame(mac(50), mac(6)))  # from 3, relayed by 1
+    rig.send_from(1, header(2, 3) + frame(mac(50), mac(6)))  # a relay: no peer's traffic
+    rig.run_until_idle()
+    assert rig.pump.peer_stats() == {
+        1: {"tx_frames": 2, "tx_bytes": 174, "rx_frames": 1, "rx_bytes": 60},
+        2: {"tx_frames": 1, "tx_bytes": 60, "rx_frames": 0, "rx_bytes": 0},
+        3: {"tx_frames": 1, "tx_bytes": 60, "rx_frames": 1, "rx_bytes": 60},
+    }
+    rig.pump.set_peer(1, rig.remote(1).getsockname(), 1, flood=False)  # changing a route keeps them
+    assert rig.pump.peer_stats()[1]["tx_frames"] == 2
+    rig.pump.remove_peer(1)
+    assert set(rig.pump.peer_stats()) == {2, 3}

@@ -82,9 +82,9 @@ def test_relay_decrements_ttl_and_sends_to_the_next_hop(make_rig):
     rig.pump.set_peer(3, None, 2)
     f = frame(mac(60), mac(5))
     rig.send_from(1, header(1, 3, ttl=5) + f)
-    rig.send_from(1, header(1, 2, ttl=2, flags=7) + f)
+    rig.send_from(1, header(1, 2, ttl=2, flags=0x70) + f)  # reserved flag bits are kept
     rig.run_until_idle()
-    assert rig.received(2) == [header(1, 3, ttl=4) + f, header(1, 2, ttl=1, flags=7) + f]
+    assert rig.received(2) == [header(1, 3, ttl=4) + f, header(1, 2, ttl=1, flags=0x70) + f]
     assert rig.from_tap() == []
     assert rig.pump.macs() == {}  # relays teach nothing
     s = rig.stats()
@@ -96,7 +96,10 @@ def test_relay_decrements_ttl_and_sends_to_the_next_hop(make_rig):
     [
         (b"", "drop_short"),
         (header(1, LOCAL) + b"\x00" * 13, "drop_short"),
-        (header(1, LOCAL, ver=2) + frame(mac(1), mac(2)), "drop_version"),
+        (header(1, LOCAL, ver=1) + frame(mac(1), mac(2)), "drop_version"),
+        (header(1, LOCAL, ver=3) + frame(mac(1), mac(2)), "drop_version"),
+        (header(1, LOCAL, flags=1) + frame(mac(1), mac(2)) + bytes(24), "drop_sealed"),
+        (header(1, LOCAL, flags=4) + frame(mac(1), mac(2), b"\x00" * 4), "drop_bad_csum"),
         (header(1, LOCAL, typ=2) + frame(mac(1), mac(2)), "drop_type"),
         (header(1, LOCAL, typ=0) + frame(mac(1), mac(2)), "drop_type"),
         (header(42, LOCAL) + frame(mac(1), mac(2)), "drop_unknown_peer"),

@@ -46,6 +46,7 @@ def test_subnets_and_addresses_must_lie_inside_the_range() -> None:
         parse_address("10.32.0.300", U)
 
 
+@settings(deadline=None)
 @given(st.sets(st.binary(min_size=16, max_size=16), min_size=1, max_size=40))
 def test_split_tiles_the_universe_once(names: set[bytes]) -> None:
     ring = Ring.split(U, list(names), G)
@@ -80,7 +81,7 @@ def merged(*parts: dict[int, Entry]) -> dict[int, Entry]:
     return ring.entries()
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(replica, replica, replica)
 def test_merge_is_commutative_associative_idempotent(a: dict, b: dict, c: dict) -> None:
     assert merged(a, b) == merged(b, a)

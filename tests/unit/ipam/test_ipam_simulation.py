@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ipam_sim import Net, peer_name
 from meshnet.ipam import IpamError, Pending, Result
+from meshnet.ipam.addr import fmt
 
 UNIVERSES = ["10.32.0.0/24", "10.32.0.0/26", "10.32.0.0/22"]  # small: donation and exhaustion happen
 
@@ -54,15 +55,10 @@ def subnet_of(net: Net, choice: int | None) -> str | None:
     if choice is None:
         return None
     half = (net.block.end - net.block.start) // 2
-    prefix = net.block.prefixlen + 1
-    from meshnet.ipam.addr import fmt
-
-    return f"{fmt(net.block.start + choice * half)}/{prefix}"
+    return f"{fmt(net.block.start + choice * half)}/{net.block.prefixlen + 1}"
 
 
 def run(net: Net, steps: list[tuple]) -> None:
-    from meshnet.ipam.addr import fmt
-
     for o, then in steps:
         names = sorted(net.peers)
         pick = lambda i: names[i % len(names)]  # noqa: E731
@@ -104,7 +100,8 @@ def run(net: Net, steps: list[tuple]) -> None:
             if len(names) > 3 and net.healed() and all(p.alloc.ring for p in net.peers.values()):
                 target = pick(o[1])
                 net.leave(target, reset=False)
-                reclaimers = sorted(net.peers)[: o[2]]
+                names = sorted(net.peers)
+                reclaimers = sorted({pick(o[1] + j) for j in range(o[2])})
                 for reclaimer in reclaimers:
                     result = net.rmpeer(reclaimer, target)
                     assert not isinstance(result, IpamError), result
@@ -129,13 +126,12 @@ def run(net: Net, steps: list[tuple]) -> None:
 
 
 def finish(net: Net) -> None:
-    """Heal, reclaim what peers that left still own, and check everyone agrees."""
-    net.heal()
-    net.settle(rounds=300) if not _orphans(net) else _settle_ring(net)
-    for gone in sorted(_orphans(net)):
+    """Heal, rmpeer the peers that left without a reset, and check that everyone agrees."""
+    net.settle(requests_may_wait=True)  # they may wait on the space of peers that left
+    for gone in sorted(net.orphans()):
         result = net.rmpeer(sorted(net.peers)[0], gone)
         assert isinstance(result, int), result
-    net.settle(rounds=300)
+    net.settle()
     net.check_safety()
     net.check_converged()
     ring = next(iter(net.peers.values())).alloc.ring
@@ -143,33 +139,14 @@ def finish(net: Net) -> None:
     assert {e.owner for _, _, e in ring.ranges()} <= set(net.peers)  # nothing left to the dead
 
 
-def _orphans(net: Net) -> set[bytes]:
-    owners: set[bytes] = set()
-    for p in net.peers.values():
-        if p.alloc.ring is not None:
-            owners |= {e.owner for _, _, e in p.alloc.ring.ranges()}
-    return owners & net.gone
-
-
-def _settle_ring(net: Net) -> None:
-    """Run until rings agree; requests may wait on the dead until rmpeer."""
-    for i in range(300):
-        net.deliver()
-        if i % 3 == 0:
-            net.gossip()
-            net.deliver()
-        if net.converged() and not net.inflight and not any(p.alloc.reclaim.round for p in net.peers.values()):
-            return
-        net.advance(1.0)
-    raise AssertionError(net.describe())
-
-
 # Most steps are followed by delivering everything in flight; the rest leave messages queued
 # so they arrive late, out of order, duplicated, or are lost to a partition.
 step = st.tuples(op, st.sampled_from(["flush", "flush", "flush", "hold"]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(cluster(), st.booleans(), st.lists(step, max_size=50), st.integers(0, 2**32))
 def test_random_operations_keep_ownership_unique_and_converge(
     shape: tuple[str, list[str]], warm: bool, steps: list[tuple], seed: int
@@ -193,7 +170,7 @@ bootstrap_op = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.integers(3, 12),
     st.lists(st.tuples(bootstrap_op, st.sampled_from(["flush", "hold", "hold"])), max_size=40),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshnet.ipam import Allocator, IpamProtocolError, MemoryStore
@@ -118,7 +118,7 @@ def test_inconsistent_acceptor_is_rejected() -> None:
         decode(msgpack.packb(obj, use_bin_type=True))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_protocol_error(data: bytes) -> None:
     try:
@@ -127,7 +127,7 @@ def test_random_bytes_only_raise_protocol_error(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_flipped_bytes_only_raise_protocol_error(data: st.DataObject) -> None:
     golden = data.draw(st.sampled_from([GOLDEN_STATE, GOLDEN_WANT, GOLDEN_DENY]))
@@ -150,7 +150,7 @@ ring_like = st.fixed_dictionaries({}, optional={"g": garbage, "o": garbage, "e":
 px_like = st.fixed_dictionaries({}, optional={"n": garbage, "a": st.lists(row, max_size=3)})
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {"v": st.sampled_from([1, 1, 2]), "t": st.sampled_from(["state", "want", "deny"]), "u": st.just(CIDR)},

@@ -1,0 +1,26 @@
+"""The few libcrypto (OpenSSL 1.1/3.x) EVP calls the sleeve pump's AEAD needs."""
+
+cdef extern from "<openssl/evp.h>" nogil:
+    ctypedef struct EVP_CIPHER_CTX:
+        pass
+    ctypedef struct EVP_CIPHER:
+        pass
+    ctypedef struct ENGINE:
+        pass
+    enum:
+        EVP_CTRL_GCM_GET_TAG
+        EVP_CTRL_GCM_SET_TAG
+    EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
+    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
+    const EVP_CIPHER *EVP_aes_256_gcm()
+    int EVP_EncryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, ENGINE *impl,
+                           const unsigned char *key, const unsigned char *iv)
+    int EVP_EncryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
+                          const unsigned char *inp, int inl)
+    int EVP_EncryptFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
+    int EVP_DecryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, ENGINE *impl,
+                           const unsigned char *key, const unsigned char *iv)
+    int EVP_DecryptUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl,
+                          const unsigned char *inp, int inl)
+    int EVP_DecryptFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
+    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)

@@ -1,0 +1,177 @@
+"""IPAM in the router: the sans-IO Allocator wired to the mesh's `ipam` channel and the API.
+
+Everything runs on the asyncio loop thread. Outgoing allocator messages become mesh
+broadcasts or unicasts; waiting requests become futures resolved from
+`Allocator.completed()`, which is drained after every call into the allocator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from meshnet.errors import MeshnetError, RemoteProtocolError, UsageError
+from meshnet.ipam.addr import fmt
+from meshnet.ipam.allocator import Allocator
+from meshnet.ipam.errors import AddressInUse, IpamError, NotHeld, NotOwner, PeerReachable
+from meshnet.ipam.journal import Journal
+from meshnet.ipam.outcome import Pending, Result
+from meshnet.ipam.store import SqliteStore
+from meshnet.runtime.api import ApiError
+
+log = logging.getLogger("meshnet.ipam")
+
+CHANNEL = "ipam"
+ANTI_ENTROPY = 30.0  # s between full-state broadcasts
+DEFAULT_WAIT = 30.0  # s an allocation may wait for space before the caller gets a 503
+
+
+def default_init(peers: list[str]) -> str:
+    """Weave's default: consensus among this router and the peers it was launched with."""
+    return f"consensus={1 + len(peers)}"
+
+
+class IpamService:
+    def __init__(
+        self,
+        *,
+        name: bytes,
+        universe: str,
+        init: str,
+        state_dir: str,
+        send: Callable[[list[Any]], None],
+    ):
+        """`send(outgoing)` hands allocator messages to the mesh.
+
+        Raises:
+            IpamConfigError: bad range or init mode, or a state dir made for another range.
+        """
+        now = time.monotonic()
+        self.store = SqliteStore(os.path.join(state_dir, "ipam.db"))
+        self.journal = Journal(state_dir)
+        self.allocator = Allocator(name=name, universe=universe, init=init, store=self.store, now=now, journal=self.journal)
+        self._send = send
+        self._waiting: dict[int, asyncio.Future[Result]] = {}
+        self._next_full_state = now
+        self._neighbours: set[bytes] = set()
+
+    def close(self) -> None:
+        for future in self._waiting.values():
+            future.cancel()
+        self.store.close()
+
+    # -- mesh --------------------------------------------------------------------------
+
+    def _flush(self, outgoing: list[Any]) -> None:
+        if outgoing:
+            self._send(outgoing)
+        for request_id, outcome in self.allocator.completed():
+            future = self._waiting.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if isinstance(outcome, Result):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
+
+    def on_message(self, src: bytes, payload: bytes, *, unicast: bool) -> None:
+        handler = self.allocator.on_unicast if unicast else self.allocator.on_broadcast
+        try:
+            self._flush(handler(src, payload, now=time.monotonic()))
+        except RemoteProtocolError as exc:
+            log.warning("dropped an IPAM message from %s: %s", src.hex(), exc)
+
+    def peers_changed(self, reachable: set[bytes], neighbours: set[bytes]) -> None:
+        """Reachability changed; new direct neighbours get our full state."""
+        now = time.monotonic()
+        out = self.allocator.on_peers_changed(reachable, now=now)
+        for peer in neighbours - self._neighbours:
+            out.append(("unicast", peer, self.allocator.full_state()))
+        self._neighbours = set(neighbours)
+        self._flush(out)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        out = self.allocator.tick(now=now)
+        if now >= self._next_full_state:
+            self._next_full_state = now + ANTI_ENTROPY
+            out.append(("broadcast", self.allocator.full_state()))
+        self._flush(out)
+
+    def next_deadline(self) -> float:
+        deadline = self.allocator.next_deadline()
+        return min(self._next_full_state, deadline) if deadline is not None else self._next_full_state
+
+    # -- API ---------------------------------------------------------------------------
+
+    async def allocate(self, owner: str, *, subnet: str | None = None, address: str | None = None, wait: float = DEFAULT_WAIT) -> Result:
+        """An address for owner (the given one if `address`); waits for space up to `wait` s.
+
+        Raises:
+            ApiError: 400 bad input, 409 address in use or owned elsewhere, 503 no space in time.
+        """
+        now = time.monotonic()
+        try:
+            if address:
+                outcome, out = self.allocator.claim(owner, address, now=now)
+            else:
+                outcome, out = self.allocator.allocate(owner, subnet=subnet, now=now)
+        except IpamError as exc:
+            raise _api_error(exc) from None
+        if isinstance(outcome, Result):
+            self._flush(out)
+            return outcome
+        future = self._waiting.get(outcome.request_id)
+        if future is None:
+            future = self._waiting[outcome.request_id] = asyncio.get_running_loop().create_future()
+        self._flush(out)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait)
+        except asyncio.TimeoutError:
+            if self.allocator.cancel(outcome.request_id):
+                self._waiting.pop(outcome.request_id, None)
+            raise ApiError(503, f"no address available yet: {outcome.reason}") from None
+        except IpamError as exc:
+            raise _api_error(exc) from None
+
+    def release(self, owner: str, address: str | None = None) -> list[str]:
+        held = self.allocator.addresses(owner)
+        try:
+            self._flush(self.allocator.release(owner, address=address, now=time.monotonic()))
+        except IpamError as exc:
+            raise _api_error(exc) from None
+        return [address] if address else held
+
+    def owners(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for address, owner in self.allocator.space.items():
+            out.setdefault(owner, []).append(fmt(address))
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return self.allocator.status()
+
+    def rmpeer(self, peer: bytes) -> int:
+        try:
+            count, out = self.allocator.rmpeer(peer, now=time.monotonic())
+        except IpamError as exc:
+            raise _api_error(exc) from None
+        self._flush(out)
+        return count
+
+    def reset(self) -> None:
+        try:
+            self._flush(self.allocator.reset(now=time.monotonic()))
+        except IpamError as exc:
+            raise _api_error(exc) from None
+
+
+def _api_error(exc: MeshnetError) -> ApiError:
+    if isinstance(exc, (AddressInUse, NotOwner)):
+        return ApiError(409, str(exc))
+    if isinstance(exc, (NotHeld, PeerReachable)) or isinstance(exc, UsageError):
+        return ApiError(400, str(exc))
+    return ApiError(503, str(exc))
