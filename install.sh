@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   python3 python3-venv python3-dev gcc libssl-dev      # build: Python headers, libcrypto for the pump
   iproute2 iputils-ping iperf3 nftables iptables procps  # runtime, lab and tests
-  docker.io containerd runc podman containernetworking-plugins  # Docker and CNI integration tests
+  docker.io containerd runc podman containernetworking-plugins busybox-static curl jq  # Docker and CNI integration tests
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
@@ -20,7 +20,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,kubernetes]'
 .venv/bin/python setup.py -q build_ext --inplace
 .venv/bin/python -c "import meshnet._fastpath" || { echo "the compiled pump did not build" >&2; exit 1; }
 echo "meshnet installed: .venv/bin/meshnet"

@@ -129,19 +129,21 @@ class CniLab:
         return self
 
     def wait_ipam(self, timeout: float = 30) -> None:
-        """Until every router answers /ipam/owners (its allocator is up)."""
+        """Until every router's allocator has the ring (GET /ipam/status: state "ready")."""
         from meshnet.runtime.api import ApiError, RouterUnavailable
 
         end = time.monotonic() + timeout
         for i in range(1, self.hosts + 1):
             while True:
                 try:
-                    self.owners(i)
-                    break
+                    state = self.api(i, "GET", "/ipam/status").get("state")
                 except (RouterUnavailable, ApiError, OSError) as exc:
-                    if time.monotonic() > end:
-                        raise TimeoutError(f"IPAM on h{i} did not answer: {exc}") from None
-                    time.sleep(0.2)
+                    state = str(exc)
+                if state == "ready":
+                    break
+                if time.monotonic() > end:
+                    raise TimeoutError(f"IPAM on h{i} not ready: {state}")
+                time.sleep(0.2)
 
     def ns(self, i: int, *cmd: str, **kw: Any) -> subprocess.CompletedProcess:
         return sh("nsenter", f"--net=/run/netns/{self.lab.host_ns(i)}", "--", *cmd, **kw)
@@ -149,7 +151,7 @@ class CniLab:
     def api(self, i: int, method: str, path: str, body: dict | None = None) -> dict:
         from meshnet.runtime.api import ApiClient
 
-        client = ApiClient(f"{self.lab.run_dir(i)}/meshnet.sock", timeout=20)
+        client = ApiClient(f"{self.lab.run_dir(i)}/meshnet.sock", timeout=60)
         return client.call(method, path, body)
 
     def owners(self, i: int) -> dict[str, list[str]]:
