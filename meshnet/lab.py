@@ -115,7 +115,9 @@ class Lab:
             peers = [self.host_ip(1)] if i > 1 and seed else []
         cmd = ["ip", "netns", "exec", self.host_ns(i), *self.meshnet(i, "launch", "--state-dir", self.state_dir(i))]
         # Every router agrees on how the address range is first split: among all lab hosts.
-        cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", *self.extra_flags, *peers]
+        # A lab router ignores the machine's own dockerd (Docker tests pass their own socket).
+        cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", "--docker-socket=none"]
+        cmd += [*self.extra_flags, *peers]
         env = dict(os.environ)
         env.pop("MESHNET_PASSWORD", None)
         if password or self.password:

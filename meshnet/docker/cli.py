@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from meshnet.runtime.api import ApiClient
+from meshnet.runtime.api import ApiClient, ApiError
 
 DOCKER_ATTACH_TIMEOUT = 60.0
 
@@ -135,7 +135,10 @@ def is_netns(target: str) -> bool:
 def cmd_attach(args: argparse.Namespace, netns_attach: Callable[[argparse.Namespace], int]) -> int:
     if is_netns(args.netns):
         return netns_attach(args)
-    result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
+    try:
+        result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
+    except ApiError as exc:  # say both things we looked for
+        raise ApiError(exc.status, f"no network namespace named {args.netns!r}, and as a container: {exc.message}") from None
     print(f"{result['id'][:12]} {result['name']} {result['mac']} {' '.join(result['cidrs'])}")
     return 0
 

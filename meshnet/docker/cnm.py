@@ -40,6 +40,7 @@ GLOBAL_ADDRESS_SPACE = "meshnet-global"
 GATEWAY_TYPE = "com.docker.network.gateway"
 DST_PREFIX = "eth"
 ALLOCATE_WAIT = 10.0  # below Docker's plugin timeout, so Docker gets our answer, not its own
+POOL_LOOP_WINDOW, POOL_LOOP_LIMIT = 2.0, 20  # RequestPool calls in that many seconds: a loop
 GC_GRACE = 120.0  # an address no container uses is reclaimed after this long (docs/docker.md)
 
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -188,9 +189,26 @@ class CnmDriver:
             raise ApiError(400, f"bad subnet: {exc}") from None
         if not pool.subnet_of(universe):
             raise ApiError(400, f"subnet {pool} is outside meshnet's allocation range {universe}")
+        if not pool_text:
+            self._loop_guard(universe)
         if sub is not None and not sub.subnet_of(pool):
             raise ApiError(400, f"ip-range {sub} is not inside subnet {pool}")
         return {"PoolID": pool_id(str(pool), str(sub) if sub else ""), "Pool": str(pool), "Data": {}}
+
+    def _loop_guard(self, universe: ipaddress.IPv4Network) -> None:
+        """libnetwork asks again, forever and at once, while the pool it got overlaps a route
+        of the host's main table (unless the user chose the subnet). Break that loop with an
+        error that says what to do, instead of leaving `docker network create` hanging."""
+        now = self.clock()
+        self._pool_asks = [t for t in getattr(self, "_pool_asks", []) if now - t < POOL_LOOP_WINDOW] + [now]
+        if len(self._pool_asks) > POOL_LOOP_LIMIT:
+            self._pool_asks = []
+            raise ApiError(
+                409,
+                f"meshnet's range {universe} overlaps a route on this host, which Docker refuses for a pool it "
+                f"did not ask for by name: give it, docker network create -d meshnet --ipam-driver meshnet "
+                f"--subnet {universe} NAME (or a subnet inside it)",
+            )
 
     async def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
         parse_pool_id(body.get("PoolID"))

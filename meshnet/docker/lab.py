@@ -224,6 +224,15 @@ class DockerLab(Lab):
         owners = self.api(i).get("/ipam/owners")["owners"]
         return {o: sorted(ips) for o, ips in owners.items() if o.startswith(prefix)}
 
+    def own_address(self, i: int, offset: int = 33) -> str:
+        """An address in a range host i's IPAM owns (a static address must be claimed there)."""
+        import ipaddress
+
+        status = self.api(i).get("/ipam/status")
+        ranges = status["peers"][status["name"]]["ranges"]
+        big = max(ranges, key=lambda r: r["size"])
+        return str(ipaddress.ip_address(big["start"]) + min(offset, big["size"] - 2))
+
     def ip_of(self, i: int, container: str, ifname: str = "ethwe") -> str:
         rc, out = self.sh(i, container, f"ip -o -4 addr show {ifname}")
         if rc != 0 or len(out.split()) < 4:
@@ -288,6 +297,10 @@ class DockerLab(Lab):
                     pass
         shutil.rmtree(f"{RUN}/{self.prefix}", ignore_errors=True)
         shutil.rmtree(f"{LIB}/{self.prefix}", ignore_errors=True)
+        try:
+            os.rmdir(RUN)  # only when no other lab uses it
+        except OSError:
+            pass
 
     def _save_docker(self) -> None:
         os.makedirs(f"{RUN}/{self.prefix}", exist_ok=True)

@@ -32,6 +32,7 @@ from meshnet.dns.server import DnsServer, parse_upstreams
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.errors import UsageError
 from meshnet.kernel.errors import KernelError
 from meshnet.runtime.api import ApiError, ApiServer
 
@@ -102,6 +103,7 @@ class DockerService:
             upstreams=parse_upstreams(getattr(cfg, "dns_upstream", "") or ""),
         )
         self.connected = False
+        self._told_unreachable = False
         self._records: tuple[float, Records] | None = None
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._stop = threading.Event()
@@ -120,7 +122,11 @@ class DockerService:
         r._api.routes.update(self.routes())
         if not self.disabled and (self.url or self.plugin_dir_given):
             self.plugin = ApiServer(self.plugin_path, self.cnm.routes())
-            await self.plugin.start()
+            try:
+                await self.plugin.start()
+            except OSError as exc:
+                self.plugin = None
+                raise UsageError(f"cannot serve the Docker network plugin on {self.plugin_path}: {exc.strerror or exc} (--plugin-dir)") from None
             log.info("Docker network plugin %r on %s", PLUGIN_NAME, self.plugin_path)
         try:
             await self._restore_exposure()
@@ -232,7 +238,10 @@ class DockerService:
                     await self._on_connect()
                 elif kind == "disconnected":
                     if self.connected:
-                        log.warning("lost Docker at %s: %s", self.url, data)
+                        log.warning("lost Docker at %s: %s; reconnecting", self.url, data)
+                    elif not self._told_unreachable:
+                        log.info("Docker at %s not reachable yet (%s); will keep trying", self.url, data)
+                    self._told_unreachable = True
                     self.connected = False
                 elif kind == "event":
                     await self.containers.on_event(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import subprocess
 
 import docker.errors
 import pytest
@@ -67,6 +68,17 @@ def test_network_plugin(lab):
         lab.client(1).create_network("plain", driver="meshnet")
     assert "--ipam-driver meshnet" in str(exc.value)
     assert not lab.client(1).networks(names=["plain"])
+    # a host route overlapping the range: libnetwork would re-ask for the pool forever; the
+    # plugin breaks the loop with advice, and --subnet works
+    subprocess.run(["ip", "-n", "mndk-h1", "route", "add", "10.0.0.0/8", "dev", "eth0"], check=True, timeout=10)
+    try:
+        with pytest.raises(docker.errors.APIError) as exc:
+            lab.client(1).create_network("loop", driver="meshnet", ipam={"Driver": "meshnet", "Config": []})
+        assert "--subnet 10.32.0.0/12" in str(exc.value)
+        lab.client(1).create_network("sub", driver="meshnet", ipam={"Driver": "meshnet", "Config": [{"Subnet": "10.32.0.0/12"}]})
+        lab.client(1).remove_network("sub")
+    finally:
+        subprocess.run(["ip", "-n", "mndk-h1", "route", "del", "10.0.0.0/8", "dev", "eth0"], timeout=10)
     for i in (1, 2):
         lab.client(i).create_network("mnet", driver="meshnet", ipam={"Driver": "meshnet", "Config": []})
 

@@ -101,6 +101,7 @@ def test_second_router_on_same_state_dir_is_refused(lab):
         (["{ns}", "10.32.9.9/33"], "not a valid IP/CIDR"),
         (["{ns}", "banana"], "not ADDRESS/PREFIX"),
         (["/run/netns/mno-does-not-exist", "10.32.9.9/12"], "does not exist"),
+        (["mno-no-such-thing", "10.32.9.9/12"], "no network namespace named"),
     ],
 )
 def test_attach_bad_input_fails_clearly_and_leaves_nothing(lab, args, message):

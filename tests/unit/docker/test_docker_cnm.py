@@ -291,3 +291,21 @@ def test_garbage_collection_after_grace():
         assert set(rig.router.held) == in_use
 
     run(main())
+
+
+def test_request_pool_loop_is_broken_with_advice():
+    """libnetwork re-asks forever while the default pool overlaps a host route."""
+
+    async def main():
+        rig = Rig()
+        body = {"AddressSpace": "meshnet", "Pool": "", "SubPool": "", "Options": {}, "V6": False}
+        answers = [await rig("/IpamDriver.RequestPool", body) for _ in range(25)]
+        errors = [a for a in answers if "Err" in a]
+        assert len(errors) == 1 and "--subnet 10.32.0.0/12" in errors[0]["Error"]
+        rig.now += 10  # a later, normal create is not affected
+        assert "Err" not in await rig("/IpamDriver.RequestPool", body)
+        named = {**body, "Pool": "10.32.0.0/16"}
+        for _ in range(30):
+            assert "Err" not in await rig("/IpamDriver.RequestPool", named)
+
+    run(main())
