@@ -27,9 +27,10 @@ Durability. Each operation commits its changes to the store before it returns th
 or the messages that announce it, so kill -9 loses nothing anyone was told, and an address
 is never handed out twice.
 
-rmpeer takes a dead peer's ranges, but uses them only after every reachable peer has
-seen the claim (`reclaim.py`), so running it twice, or on two peers at once, ends with one
-owner.
+rmpeer takes a dead peer's ranges, but uses them only after every peer that was reachable
+has seen the claim and answered (`reclaim.py`), so running it twice, or on two peers at
+once, ends with one owner. A confirmation waits for a peer that dies meanwhile until that
+peer is removed with rmpeer too (anywhere; `status()["reclaiming"]` says whom it waits for).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import msgpack
 
 from meshnet.ipam import donation
 from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
@@ -66,6 +69,7 @@ from meshnet.ipam.wire import (
     PaxosData,
     RingData,
     State,
+    MAX_GONE,
     Want,
     decode,
     encode_deny,
@@ -150,8 +154,12 @@ class Allocator:
         store.commit(changes)
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
+        # peers removed with rmpeer, here or anywhere, most recent last; gossiped, bounded
+        self.gone: dict[bytes, None] = dict.fromkeys(msgpack.unpackb(snap.meta.get("gone") or b"\x90"))
 
         self.reachable: set[bytes] = set()
+        self.mismatch: str | None = None  # another peer bootstraps with another consensus N
+        self.heard: set[bytes] = set()  # peers whose IPAM state reached us: consensus waits for all reachable
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
         self.requests: dict[int, _Request] = {}
         self._completed: list[tuple[int, Result | IpamError]] = []
@@ -180,10 +188,18 @@ class Allocator:
         before = self.reachable
         self.reachable = set(reachable) - {self.name}
         self.topology_known = True
+        back = [p for p in self.gone if p in self.reachable]
+        if back:  # removed with rmpeer, yet alive: an operator error, reported by the reclaim
+            for p in back:
+                del self.gone[p]
+            self.store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
         if self.want is not None and self.want.donor not in self.reachable:
             self.want = None
-        if self.ring is None and self.consensus is not None and self.reachable - before:
-            self._broadcast_state()  # newcomers learn our vote without waiting for anti-entropy
+        if self.ring is None and self.consensus is not None:
+            # Newcomers learn our vote, and we ask for theirs: one of them may already hold
+            # a ring, which must win over the one a consensus among the rest would make.
+            for peer in sorted(self.reachable - before):
+                self._out.append(("unicast", peer, encode_state(self._state(ask=self._new_id()))))
         self._progress(now)
         return self._flush()
 
@@ -336,12 +352,13 @@ class Allocator:
             raise PeerReachable(
                 f"peer {peer.hex()} is reachable; rmpeer only reclaims the space of peers that are gone"
             )
-        if self.ring is None:
-            return 0, self._flush()
-        taken, changes = self.reclaim.take(self.ring, [peer])
-        if taken:
-            self._apply_ring(changes)
-            self._ask(self.reclaim.start(self.reachable, now, self._new_id()))
+        self._forget([peer])
+        taken = 0
+        if self.ring is not None and self.ring.owned(peer):
+            step = self.reclaim.begin(self.ring, [peer], self.reachable, now, self._new_id())
+            taken = sum(end - start for start, end, _ in self.ring.owned(peer))
+            self._apply_ring(step.changes)
+            self._ask(step.ask)
         self._progress(now)
         return taken, self._flush()
 
@@ -368,13 +385,18 @@ class Allocator:
         return self._flush()
 
     def _on_state(self, src: bytes, msg: State) -> None:
+        self.heard.add(src)
         if msg.ring is not None:
             self._merge_ring(src, msg.ring)
         if msg.paxos is not None and self.consensus is not None and self.ring is None:
             if msg.paxos.n == self.consensus.n:
                 self.consensus.merge(msg.paxos.states)
             else:
-                self._conflict(f"peer {src.hex()} runs consensus={msg.paxos.n}, we run consensus={self.consensus.n}")
+                # Harmless once any ring exists (it wins); until then it blocks bootstrap.
+                self.mismatch = f"peer {src.hex()} runs consensus={msg.paxos.n}, we run consensus={self.consensus.n}"
+        news = [p for p in msg.gone if p not in self.gone and p not in self.reachable and p != self.name]
+        if news:
+            self._forget(news, durable=False)  # anyone who has it gossips it again
         if msg.re is not None:
             self.reclaim.answered(src, msg.re)
             if self.want is not None and msg.re == self.want.id and src == self.want.donor:
@@ -423,6 +445,11 @@ class Allocator:
                     f"{len(self.consensus.states)} peers run consensus={self.consensus.n}: N must count "
                     "every peer that bootstraps by consensus, or two rings may be created"
                 )
+            if not self.reachable <= self.heard or self.mismatch:
+                # Not before every reachable peer has told us its state (see on_peers_changed).
+                self._advance_round(now)
+                self._serve(now)
+                return
             changed, chosen = self.consensus.step(now=now, reachable=self.reachable)
             if changed:
                 self.store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
@@ -496,7 +523,7 @@ class Allocator:
     def _advance_round(self, now: float) -> None:
         if self.ring is None or not self.topology_known:
             return  # no confirmation may finish before we know who is there
-        step = self.reclaim.advance(self.ring, self.reachable, now, self._new_id)
+        step = self.reclaim.advance(self.ring, self.reachable, self.gone, now, self._new_id)
         for note in step.notes:
             self._conflict(note)
         if step.changes:
@@ -504,6 +531,19 @@ class Allocator:
         self._ask(step.ask)
         if step.confirmed:
             self._broadcast_state()
+
+    def _forget(self, peers: list[bytes], *, durable: bool = True) -> None:
+        """Remember peers removed with rmpeer, here or anywhere: no round waits for them."""
+        for peer in peers:
+            self.gone.pop(peer, None)
+            self.gone[peer] = None  # most recent last
+            self.reclaim.gone(peer)
+        while len(self.gone) > MAX_GONE:
+            del self.gone[next(iter(self.gone))]
+        self.store.commit(Changes(meta={"gone": self._gone_meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
+
+    def _gone_meta(self) -> bytes | None:
+        return msgpack.packb(list(self.gone), use_bin_type=True) if self.gone else None
 
     def _ask(self, peers: list[bytes]) -> None:
         if peers:
@@ -679,7 +719,7 @@ class Allocator:
         paxos = None
         if self.ring is None and self.consensus is not None:
             paxos = PaxosData(self.consensus.n, dict(self.consensus.states))
-        return State(self.universe.cidr, ring, paxos, ask, re)
+        return State(self.universe.cidr, ring, paxos, ask, re, tuple(self.gone))
 
     def _broadcast_state(self) -> None:
         self._out.append(("broadcast", self.full_state()))

@@ -7,8 +7,8 @@ starts (`Allocator(journal=...)`, or `Allocator.replay_journal`) and empties it 
 the releases are committed. Releases are idempotent, so a crash between the two replays
 them harmlessly.
 
-Format: one JSON object per line, `{"v": 1, "owner": "<container id>/<ifname>", "address":
-"10.32.0.7" | null}`; `address: null` releases everything the owner holds. Writers and the
+Format: one JSON object per line, `{"v": 1, "owner": "<owner id, e.g. cni:NET:CID:IFNAME>",
+"address": "10.32.0.7" | null}`; `address: null` releases everything the owner holds. Writers and the
 drainer serialise on `flock(LOCK_EX)` of the file itself. A line cut short by a writer that
 died mid-write is skipped, and the next writer starts on a fresh line.
 
@@ -55,6 +55,13 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)  # also drops the lock
+
+    def pending(self) -> bool:
+        """Whether anything waits to be applied (one stat: cheap enough for every tick)."""
+        try:
+            return os.path.getsize(self.path) > 0
+        except OSError:
+            return False
 
     def drain(self, apply: Callable[[list[Release]], object]) -> int:
         """Hand every journalled release to `apply`, then empty the journal.

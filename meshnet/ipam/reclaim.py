@@ -3,23 +3,27 @@
 Weave's rmpeer simply took the dead peer's ranges; run on two hosts at once it made two
 owners, and the peers then dropped each other's connections. Here:
 
-1. `take`: every token the dead peer owns in our ring becomes ours at `version + 1` with the
-   reclaim flag set. The flag makes the entry lose to a normal entry of the same version (a
-   change the dead peer made that we had not seen) and, between two reclaims, the lowest
-   owner name wins (`ring.py`). Flagged ranges are never used.
-2. `start`: we send our ring to every reachable peer with `ask`, and wait for each to answer
-   with its own ring (`re`), re-asking every `ASK_RESEND` seconds. Peers that become
-   unreachable are not waited for.
+1. `begin`: every token the dead peer owns in our ring becomes ours at `version + 1` with
+   the reclaim flag set. The flag makes the entry lose to a normal entry of the same version
+   (a change the dead peer made that we had not seen) and, between two reclaims, the lowest
+   owner name wins (`ring.py`). Flagged ranges are never used. Then we send our ring to
+   every reachable peer with `ask`, and wait for each to answer with its own ring (`re`),
+   re-asking every `ASK_RESEND` seconds.
+2. A peer that becomes unreachable meanwhile is still waited for: it may be a second
+   reclaimer cut off by a partition, and confirming without its answer is how two owners
+   would arise. If it is gone for good, `rmpeer` it too (on any peer): removed peers are
+   gossiped (`gone` in `state`) and nobody waits for them.
 3. `advance`, once all have answered: every answer was a ring that had merged our claim, so
    a better claim (another rmpeer by a lower-named peer, or the dead peer's own newer entry)
-   has reached us and won, or nobody reachable believes anything but ours. Tokens the dead
-   peer still owns (its newer entries) are taken again (back to 2); otherwise the flagged
-   tokens that are still ours are confirmed: version + 1 again, flag cleared, usable.
+   has reached us and won, or none of those peers believes anything but ours. Tokens the
+   dead peer still owns (its newer entries) are taken again (back to 1); otherwise the
+   flagged tokens that are still ours are confirmed: version + 1 again, flag cleared, usable.
 
-The targets are persisted, and the flags live in the ring, so a restart resumes at 2.
-What this cannot fix: rmpeer of a peer that is alive on the other side of a partition (an
-operator error; reported as a conflict when the sides meet), or of a peer whose last
-donation reached only peers that are unreachable too.
+Targets and the peers waited for are persisted and the flags live in the ring, so a restart
+resumes at 1. What this cannot fix: rmpeer run while the mesh is partitioned, of a peer
+alive on the other side (an operator error, reported as a conflict when the sides meet) or
+concurrently with a reclaimer on the other side; or of a peer whose last donation reached
+only peers that are gone too.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ ASK_RESEND = 2.0  # s between re-asks of peers that have not answered
 @dataclass
 class Round:
     id: int
-    waiting: set[bytes]  # reachable peers whose answer we still need
+    members: set[bytes]  # everyone asked since the reclaim began (reachable when asked first)
+    waiting: set[bytes]  # members whose answer to this round we still need
     resend_at: float
 
 
@@ -53,68 +58,93 @@ class Step:
 class Reclaimer:
     def __init__(self, me: bytes, stored: bytes | None):
         self.me = me
-        self.targets: set[bytes] = set(msgpack.unpackb(stored)) if stored else set()
+        saved = msgpack.unpackb(stored) if stored else {}
+        self.targets: set[bytes] = set(saved.get("t", ()))
+        self._members: set[bytes] = set(saved.get("w", ()))  # of a round cut short by a crash
         self.round: Round | None = None
 
-    def take(self, ring: Ring, peers: Iterable[bytes]) -> tuple[int, Changes]:
-        """Flag-take every token of `peers`. Returns (addresses taken, changes to commit)."""
-        changes = Changes()
-        taken = 0
+    def meta(self) -> bytes | None:
+        """What the store keeps: the targets, and whom their confirmation must hear from."""
+        if not self.targets and self.round is None:
+            return None
+        members = self.round.members if self.round else self._members
+        return msgpack.packb({"t": sorted(self.targets), "w": sorted(members)}, use_bin_type=True)
+
+    def begin(self, ring: Ring, peers: Iterable[bytes], reachable: set[bytes], now: float, round_id: int) -> Step:
+        """Flag-take every token of `peers` and start a (new) confirmation round.
+
+        The round asks everyone asked before since the reclaim began, not only who is
+        reachable now: one of them may be a concurrent reclaimer cut off since.
+        """
+        step = Step()
         for peer in peers:
             for start, end, e in ring.owned(peer):
-                changes.ring[start] = Entry(self.me, e.version + 1, host_count(start, end, ring.universe), reclaim=True)
-                taken += end - start
+                free = host_count(start, end, ring.universe)
+                step.changes.ring[start] = Entry(self.me, e.version + 1, free, reclaim=True)
                 self.targets.add(peer)
-        changes.meta["rmpeer"] = self._stored()
-        return taken, changes
-
-    def start(self, reachable: set[bytes], now: float, round_id: int) -> list[bytes]:
-        """Begin (or restart) a confirmation round; returns the peers to ask."""
-        self.round = Round(round_id, set(reachable), now + ASK_RESEND)
-        return sorted(self.round.waiting)
+        members = (set(reachable) | self._members | (self.round.members if self.round else set())) - self.targets
+        self.round = Round(round_id, members, set(members), now + ASK_RESEND)
+        step.changes.meta["rmpeer"] = self.meta()
+        step.ask = sorted(members & reachable)
+        return step
 
     def answered(self, src: bytes, re: int) -> None:
         if self.round is not None and re == self.round.id:
             self.round.waiting.discard(src)
 
+    def gone(self, peer: bytes) -> None:
+        """The operator says `peer` is gone (rmpeer): stop waiting for it."""
+        self._members.discard(peer)
+        if self.round is not None:
+            self.round.members.discard(peer)
+            self.round.waiting.discard(peer)
+
     def unconfirmed(self, ring: Ring) -> list[int]:
         return [start for start, _, e in ring.owned(self.me) if e.reclaim]
 
-    def advance(self, ring: Ring, reachable: set[bytes], now: float, new_id: Callable[[], int]) -> Step:
-        """Move the reclaim along; `new_id` names a new round if one starts."""
-        step = Step()
+    def advance(
+        self, ring: Ring, reachable: set[bytes], gone: Iterable[bytes], now: float, new_id: Callable[[], int]
+    ) -> Step:
+        """Move the reclaim along. `gone`: peers removed with rmpeer anywhere, not waited for;
+        `new_id` names a new round if one starts."""
+        for peer in gone:
+            self.gone(peer)
+        notes = []
         for peer in sorted(self.targets & reachable):
-            step.notes.append(f"peer {peer.hex()} was removed with rmpeer but is reachable; its reclaim is abandoned")
+            notes.append(f"peer {peer.hex()} was removed with rmpeer but is reachable; its reclaim is abandoned")
             self.targets.discard(peer)
-            step.changes.meta["rmpeer"] = self._stored()
+        step = self._advance(ring, reachable, now, new_id)
+        step.notes = notes
+        if notes and "rmpeer" not in step.changes.meta:
+            step.changes.meta["rmpeer"] = self.meta()
+        return step
+
+    def _advance(self, ring: Ring, reachable: set[bytes], now: float, new_id: Callable[[], int]) -> Step:
         if self.round is None:
             if self.unconfirmed(ring):  # we restarted while confirming
-                _, step.changes = self.take(ring, [t for t in self.targets if ring.owned(t)])
-                step.ask = self.start(reachable, now, new_id())
-            elif self.targets:  # confirmed just before a crash, or the target came back
+                return self.begin(ring, [t for t in self.targets if ring.owned(t)], reachable, now, new_id())
+            step = Step()
+            if self.targets or self._members:  # confirmed just before a crash, or the target came back
                 self.targets.clear()
+                self._members.clear()
                 step.changes.meta["rmpeer"] = None
             return step
-        self.round.waiting &= reachable
         if self.round.waiting:
+            step = Step()
             if now >= self.round.resend_at:
                 self.round.resend_at = now + ASK_RESEND
-                step.ask = sorted(self.round.waiting)
+                step.ask = sorted(self.round.waiting & reachable)
             return step
-        self.round = None
         again = [t for t in self.targets if ring.owned(t)]
         if again:  # the dead peer's own newer entries beat our claim: claim those
-            _, step.changes = self.take(ring, again)
-            step.ask = self.start(reachable, now, new_id())
-            return step
+            return self.begin(ring, again, reachable, now, new_id())
+        self.round = None
+        self._members.clear()
+        step = Step(confirmed=True)
         for start in self.unconfirmed(ring):
             e = ring.get(start)
             assert e is not None
             step.changes.ring[start] = Entry(self.me, e.version + 1, e.free)
         self.targets.clear()
         step.changes.meta["rmpeer"] = None
-        step.confirmed = True
         return step
-
-    def _stored(self) -> bytes | None:
-        return msgpack.packb(sorted(self.targets)) if self.targets else None

@@ -8,7 +8,9 @@
                      "ranges": [{"start": ip, "end": ip (last address), "size": int,
                                  "free": int, "version": int, "reclaim": bool}]}},
      "unreachable_owners": [hex],          # own space but cannot be reached: rmpeer if gone
-     "reclaiming": {"peers": [hex], "waiting_for": [hex]},
+     "reclaiming": {"peers": [hex],        # rmpeer targets being confirmed here
+                    "waiting_for": [hex],  # peers whose answer the confirmation needs
+                    "removed": [hex]},     # peers removed with rmpeer, here or elsewhere
      "conflicts": [str]}                   # things that must not happen; empty when healthy
 """
 
@@ -39,6 +41,7 @@ def build(a: Allocator) -> dict[str, Any]:
         "reclaiming": {
             "peers": sorted(p.hex() for p in a.reclaim.targets),
             "waiting_for": sorted(p.hex() for p in a.reclaim.round.waiting) if a.reclaim.round else [],
+            "removed": sorted(p.hex() for p in a.gone),
         },
         "conflicts": list(a.conflicts),
     }
@@ -72,6 +75,8 @@ def _state(a: Allocator) -> str:
         if a.conflicts:
             return "conflict"
         return "ready"
+    if a.mismatch is not None:
+        return f"cannot bootstrap: {a.mismatch}; start every peer with the same --ipalloc-init"
     if a.consensus is not None:
         return a.consensus.reason()
     return "waiting for the allocation ring from the other peers"

@@ -8,6 +8,7 @@ Unknown keys are ignored so later versions can add fields.
     state   {"v":1, "t":"state", "u":CIDR,
              "ring": RING,          # absent while no ring exists yet
              "px":   PAXOS,         # present while the sender is still in consensus bootstrap
+             "gone": [bin(16), ...],# optional: peers removed with rmpeer (no longer waited for)
              "ask":  int,           # optional: reply to me (unicast) with your state, "re": ask
              "re":   int}           # optional: this answers your "ask" or "want" with that id
         RING  = {"g": bin(16),                   # genesis: how the ring was born
@@ -43,6 +44,7 @@ from meshnet.ipam.paxos import NO_BALLOT, Acceptor, Ballot
 from meshnet.ipam.ring import NAME_LEN, Entry
 
 VERSION = 1
+MAX_GONE = 1024  # names in a "gone" list
 MAX_INT = (1 << 63) - 1  # versions, ids and hints must fit a signed 64-bit integer
 
 
@@ -65,6 +67,7 @@ class State:
     paxos: PaxosData | None = None
     ask: int | None = None
     re: int | None = None
+    gone: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ def encode_state(msg: State) -> bytes:
                 for name, s in sorted(msg.paxos.states.items())
             ],
         }
+    if msg.gone:
+        body["gone"] = list(msg.gone)
     if msg.ask is not None:
         body["ask"] = msg.ask
     if msg.re is not None:
@@ -170,6 +175,7 @@ def _message(obj: Any) -> Message:
             paxos=_paxos(obj["px"]) if "px" in obj else None,
             ask=_int(obj["ask"], "ask") if "ask" in obj else None,
             re=_int(obj["re"], "re") if "re" in obj else None,
+            gone=_gone(obj["gone"]) if "gone" in obj else (),
         )
     if kind == "want":
         lo = _int(obj.get("lo"), "lo", universe.start, universe.end - 1)
@@ -204,6 +210,13 @@ def _ring(obj: Any, universe: Block) -> RingData:
     if universe.start not in entries:
         raise _fail("ring does not start at the range's first address")
     return RingData(genesis, entries)
+
+
+def _gone(obj: Any) -> tuple[bytes, ...]:
+    names = _list(obj, "gone")
+    if len(names) > MAX_GONE:
+        raise _fail(f"more than {MAX_GONE} gone peers")
+    return tuple(_name(n, "gone peer") for n in names)
 
 
 def _ballot(round_: Any, name: Any) -> Ballot:

@@ -95,11 +95,17 @@ class IpamService:
 
     def tick(self) -> None:
         now = time.monotonic()
+        self._replay_journal(now)
         out = self.allocator.tick(now=now)
         if now >= self._next_full_state:
             self._next_full_state = now + ANTI_ENTROPY
             out.append(("broadcast", self.allocator.full_state()))
         self._flush(out)
+
+    def _replay_journal(self, now: float) -> None:
+        """Apply releases journalled by a CNI DEL that could not reach us."""
+        if self.journal.pending():
+            self._flush(self.allocator.replay_journal(self.journal, now=now))
 
     def next_deadline(self) -> float:
         deadline = self.allocator.next_deadline()
@@ -114,6 +120,7 @@ class IpamService:
             ApiError: 400 bad input, 409 address in use or owned elsewhere, 503 no space in time.
         """
         now = time.monotonic()
+        self._replay_journal(now)  # a journalled DEL of this very owner must not free what we hand out now
         try:
             if address:
                 outcome, out = self.allocator.claim(owner, address, now=now)

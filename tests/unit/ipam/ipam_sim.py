@@ -215,7 +215,7 @@ class Net:
 
     # ---- running to quiet ---------------------------------------------------------------
 
-    def settle(self, *, rounds: int = 300, requests_may_wait: bool = False) -> None:
+    def settle(self, *, rounds: int = 300) -> None:
         """Heal, then run until every ring agrees, nothing is in flight and nobody is busy."""
         self.heal()
         for i in range(rounds):
@@ -223,24 +223,13 @@ class Net:
             if i % 3 == 0:
                 self.gossip()
                 self.deliver()
-            if self.converged() and not self.inflight and not self.busy(requests_may_wait):
+            if self.converged() and not self.inflight and not self.busy():
                 return
             self.advance(1.0)
         raise AssertionError(f"no convergence after {rounds} rounds: {self.describe()}")
 
-    def busy(self, requests_may_wait: bool = False) -> bool:
-        return any(
-            (p.alloc.requests and not requests_may_wait) or p.alloc.reclaim.round or p.alloc.want
-            for p in self.peers.values()
-        )
-
-    def orphans(self) -> set[bytes]:
-        """Peers that left without a reset and still own ranges in somebody's ring."""
-        owners: set[bytes] = set()
-        for p in self.peers.values():
-            if p.alloc.ring is not None:
-                owners |= {e.owner for _, _, e in p.alloc.ring.ranges()}
-        return owners & self.gone
+    def busy(self) -> bool:
+        return any(p.alloc.requests or p.alloc.reclaim.round or p.alloc.want for p in self.peers.values())
 
     def converged(self) -> bool:
         rings = [p.alloc.ring for p in self.peers.values()]

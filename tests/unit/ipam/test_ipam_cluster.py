@@ -8,7 +8,7 @@ from ipam_sim import Net, peer_name
 from meshnet.ipam import IpamBadRequest, IpamError, Pending, PeerReachable, RangeExhausted, Result
 from meshnet.ipam.paxos import GRACE
 
-P0, P1, P2, P3 = (peer_name(i) for i in range(4))
+P0, P1, P2, P3, P4 = (peer_name(i) for i in range(5))
 
 
 def owners(net: Net) -> set[bytes]:
@@ -189,7 +189,7 @@ def test_rmpeer_confirmation_survives_a_restart() -> None:
     assert net.peers[P0].alloc.status()["reclaiming"]["peers"] == [P3.hex()]
     net.settle()
     assert owners(net) == {P0, P1, P2}
-    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": []}
+    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": [], "removed": [P3.hex()]}
 
 
 def test_rmpeer_loses_to_a_change_the_dead_peer_made_that_we_had_not_seen() -> None:
@@ -261,3 +261,36 @@ def test_a_too_small_consensus_n_is_reported() -> None:
     net.deliver()
     notes = [c for p in net.peers.values() for c in p.alloc.status()["conflicts"]]
     assert any("2 peers run consensus=1" in c for c in notes) or any("different bootstrap" in c for c in notes)
+
+
+def test_concurrent_rmpeers_cut_apart_by_a_partition_wait_for_each_other() -> None:
+    net = Net("10.32.0.0/24", ["consensus=5"] * 5)
+    net.settle()
+    net.leave(P3, reset=False)
+    assert net.rmpeer(P1, P3) > 0 and net.rmpeer(P2, P3) > 0
+    net.group[P2] = 1  # the two claims are lost in flight
+    net.topology_changed()
+    for _ in range(10):
+        net.deliver()
+        net.advance(1.0)
+        net.check_safety()  # neither may confirm without the other's answer
+    assert net.peers[P1].alloc.status()["reclaiming"]["waiting_for"] == [P2.hex()]
+    net.settle()
+    net.check_safety()
+    net.check_converged()
+
+
+def test_a_reclaim_waiting_for_a_peer_that_died_finishes_once_that_peer_is_removed() -> None:
+    net = Net("10.32.0.0/24", ["consensus=5"] * 5)
+    net.settle()
+    net.leave(P3, reset=False)
+    assert net.rmpeer(P0, P3) > 0
+    net.leave(P4, reset=False)  # dies before answering
+    for _ in range(5):
+        net.deliver()
+        net.advance(1.0)
+    assert P4.hex() in net.peers[P0].alloc.status()["reclaiming"]["waiting_for"]
+    assert net.rmpeer(P1, P4) > 0  # anywhere: the removal is gossiped
+    net.settle()
+    assert owners(net) <= {P0, P1, P2}
+    net.check_converged()

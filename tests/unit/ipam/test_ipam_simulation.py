@@ -126,9 +126,9 @@ def run(net: Net, steps: list[tuple]) -> None:
 
 
 def finish(net: Net) -> None:
-    """Heal, rmpeer the peers that left without a reset, and check that everyone agrees."""
-    net.settle(requests_may_wait=True)  # they may wait on the space of peers that left
-    for gone in sorted(net.orphans()):
+    """Heal, rmpeer every peer that left (a no-op for those that reset), check agreement."""
+    net.heal()
+    for gone in sorted(net.gone):
         result = net.rmpeer(sorted(net.peers)[0], gone)
         assert isinstance(result, int), result
     net.settle()
@@ -145,7 +145,7 @@ step = st.tuples(op, st.sampled_from(["flush", "flush", "flush", "hold"]))
 
 
 @settings(
-    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(cluster(), st.booleans(), st.lists(step, max_size=50), st.integers(0, 2**32))
 def test_random_operations_keep_ownership_unique_and_converge(

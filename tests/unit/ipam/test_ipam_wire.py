@@ -62,6 +62,8 @@ def test_round_trips() -> None:
     assert decode(GOLDEN_DENY) == Deny(CIDR, 5)
     bare = State(CIDR)
     assert decode(encode_state(bare)) == bare
+    gone = State(CIDR, gone=(A, B))
+    assert decode(encode_state(gone)) == gone
 
 
 def test_unknown_keys_are_ignored() -> None:
@@ -104,6 +106,8 @@ def _ring(**changes: object) -> bytes:
         (_ring(e=[[U, 0, 1, 0]]), "5 fields"),
         (_ring(o=[b"short"]), "16-byte"),
         (_ring(g=b"x"), "genesis"),
+        (_patched(GOLDEN_STATE, gone=[b"x"]), "16-byte"),
+        (_patched(GOLDEN_STATE, gone=A), "must be an array"),
     ],
 )
 def test_malformed_payloads_raise_protocol_error(payload: bytes, why: str) -> None:
