@@ -21,16 +21,18 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from meshnet.kernel.errors import KernelError
 
-# IPRoute(netns=...) forks a child that inherits asyncio's signal wakeup fd; when pyroute2
-# then SIGTERMs that child, the byte lands in the router's loop, which stops the router
-# (reproduced: an asyncio loop + netns IPRoute calls in a thread saw a "SIGTERM" within ~150
-# calls). With this set, the child resets SIGTERM to the default action before replying.
+# IPRoute(netns=...) forks a helper child and SIGTERMs it afterwards. In a process that leads
+# its own session with an asyncio SIGTERM handler (the router), that SIGTERM also reached the
+# router's loop now and then (within ~10-400 calls), and the router stopped itself. With this
+# set the child resets SIGTERM to the default action first; no spurious SIGTERM since
+# (tests/netns/test_docker_kernel_signals.py).
 pyroute2.config.disable_mp_signal = True
 from meshnet.kernel.netns import in_netns
 
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000  # frames carry a virtio_net_hdr: the pump then enables TAP offloads
 IFNAMSIZ = 16
 IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
@@ -102,8 +104,10 @@ class Links:
         """Create (or take over) TAP `name` on the bridge; return its non-blocking fd."""
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            ifr = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI)
-            fcntl.ioctl(fd, TUNSETIFF, ifr)
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+            except OSError:  # a kernel without IFF_VNET_HDR: plain frames, no offloads
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
             index = self._index(name)
             self.ipr.link("set", index=index, master=self._index(bridge), mtu=mtu, state="up")
             self._isolate(index)
@@ -164,43 +168,11 @@ class Links:
             ValueError: a CIDR is malformed.
             KernelError: no such namespace, or the kernel refused a step (nothing is left behind).
         """
-        addresses = parse_cidrs(cidrs)
         path = netns_path(netns)
         host = veth_name(path)
         if self._index(host) is not None:
             raise KernelError(errno.EEXIST, f"namespace {netns!r} is already attached (veth {host})")
-        temp = "mnc" + host[3:]
-        try:
-            self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": temp})
-            self.ipr.link("set", index=self._index(host), master=self._index(bridge), mtu=mtu, state="up")
-            nsfd = os.open(path, os.O_RDONLY)
-            try:
-                self.ipr.link("set", index=self._index(temp), net_ns_fd=nsfd, mtu=mtu)
-            finally:
-                os.close(nsfd)
-            with in_netns(path):
-                inner = IPRoute()
-            with inner:
-                found = inner.link_lookup(ifname=temp)
-                if not found:
-                    raise KernelError(errno.ENODEV, f"veth end vanished while moving into {netns!r}")
-                index = found[0]
-                if inner.link_lookup(ifname=ifname):
-                    raise KernelError(errno.EEXIST, f"{netns!r} already has an interface named {ifname}")
-                inner.link("set", index=index, ifname=ifname)
-                for addr in addresses:
-                    inner.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-                inner.link("set", index=index, state="up")
-                for lo in inner.link_lookup(ifname="lo"):
-                    inner.link("set", index=lo, state="up")
-                mac = inner.get_links(index)[0].get("address")
-        except (NetlinkError, OSError) as exc:
-            self._delete(host)
-            if isinstance(exc, KernelError):
-                raise
-            code = getattr(exc, "code", None) or getattr(exc, "errno", 0)
-            raise KernelError(code, f"cannot attach {netns!r}: {exc}") from None
-        return Attachment(path, host, ifname, mac, tuple(str(a) for a in addresses))
+        return self.add_pod_veth(path, host_if=host, ifname=ifname, bridge=bridge, cidrs=cidrs, mtu=mtu)
 
     def detach(self, netns: str) -> bool:
         """Remove a namespace's veth (both ends go); False if it was not attached."""

@@ -21,7 +21,7 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from meshnet.dataplane.fastdp import (
     PROBE_ETHERTYPE,

@@ -18,7 +18,7 @@ from meshnet.ipam.addr import fmt
 from meshnet.ipam.allocator import Allocator
 from meshnet.ipam.errors import AddressInUse, IpamError, NotHeld, NotOwner, PeerReachable
 from meshnet.ipam.journal import Journal
-from meshnet.ipam.outcome import Pending, Result
+from meshnet.ipam.outcome import Result
 from meshnet.ipam.store import SqliteStore
 from meshnet.runtime.api import ApiError
 

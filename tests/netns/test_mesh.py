@@ -1,7 +1,6 @@
 """The control plane on real routers: multi-hop relay, passwords, identity, scale."""
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -62,7 +61,7 @@ def test_wrong_password_is_refused_and_counted():
         assert any("wrong password" in r["reason"] for r in refusals)
         assert any(r["address"] == lab.host_ip(3) for r in lab.status(1)["refusals"])
         assert "enabled" in lab.status(1)["router"]["encryption"]
-        (c1, ip1), (c2, ip2) = lab.add_container(1, 1), lab.add_container(2, 1)
+        (c1, _), (_, ip2) = lab.add_container(1, 1), lab.add_container(2, 1)
         assert wait_for(lambda: ping(c1, ip2, wait=1), 10) is not None  # the encrypted mesh works
         assert {c["mode"] for c in lab.status(1)["connections"] if c["state"] == "established"} == {"sleeve+encrypted"}
         log = open(f"{lab.run_dir(1)}/meshnet.log").read()

@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from meshnet.lab import Lab
-from meshnet.testing.labtools import block, ping, transfer, unblock, wait_for
+from meshnet.testing.labtools import ping, transfer, wait_for
 
 pytestmark = pytest.mark.netns
 
