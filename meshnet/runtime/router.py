@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import ipaddress
 import logging
 import os
@@ -48,6 +49,22 @@ log = logging.getLogger("meshnet.router")
 
 DUPLICATE = "duplicate connection"  # MeshCore's reason when both sides dialled at once
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a dialled or accepted connection to finish its handshake
+
+
+def _describe_pump(compiled: bool, f: dict[str, Any]) -> str:
+    """One line for `meshnet status`: which pump, and which offloads it uses."""
+    if not compiled:
+        return "PURE-PYTHON TWIN (slow; the compiled pump is not built): no batching, no offloads"
+    used = [f"batch {f.get('batch')}"] if f else []
+    if f.get("tap_offload"):
+        used.append("TAP " + "/".join(f["tap_offload"]))
+    elif f:
+        used.append("no TAP offloads" + ("" if f.get("vnet_hdr") else " (no IFF_VNET_HDR)"))
+    used += [name for key, name in (("udp_gso", "UDP GSO"), ("udp_gro", "UDP GRO"), ("gro_merge", "TCP segment merging")) if f.get(key)]
+    if f.get("udp_gso_error"):
+        used.append(f"UDP GSO off after error: {f['udp_gso_error']}")
+    used.append(f"sleeve {f['crypto']}" if f.get("crypto") else "sleeve unencrypted")
+    return "compiled: " + ", ".join(used)
 
 
 class _Link:
@@ -145,7 +162,17 @@ class Router:
         pump_cls, self.pump_compiled = load_pump(prefer_compiled=not cfg.pure_python_pump)
         if not self.pump_compiled:
             log.warning("the compiled pump is NOT in use: the sleeve runs the slow pure-Python twin")
-        self._pump = pump_cls(self._tap_fd, self._udp.fileno(), layout.peer_id(name))
+        self._pump = pump_cls(
+            self._tap_fd,
+            self._udp.fileno(),
+            layout.peer_id(name),
+            batch=64,
+            crypto=cfg.password is not None,  # an encrypted mesh never sends nor accepts plaintext
+            underlay_mtu=underlay,  # frames that do not fit get ICMP "fragmentation needed"
+            # after traffic the pump polls without sleeping this long: lower latency for CPU
+            spin_us=int(os.environ.get("MESHNET_PUMP_SPIN_US", "0")),
+        )
+        self._pump_keys: dict[int, tuple[bytes, bytes, int]] = {}
         self._pump_thread = threading.Thread(target=self._pump.run, name="meshnet-pump", daemon=True)
         self._pump_thread.start()
 
@@ -170,7 +197,8 @@ class Router:
         for address in [*self.state.get("direct_peers", []), *cfg.peers]:
             self.targets.add_direct(targets_mod.normalize(address))
         # Peers we knew before a restart: dial them at once rather than wait to be found.
-        self.targets.add_known(self.state.get("known_peers", []))
+        forgotten = set(self.state.get("forgotten_peers", []))
+        self.targets.add_known([a for a in self.state.get("known_peers", []) if a not in forgotten])
         self._persist_targets()
         try:
             self._server = await asyncio.start_server(self._accept, cfg.host, cfg.port, reuse_address=True)
@@ -430,11 +458,18 @@ class Router:
         self._persist_targets()
 
     def _persist_targets(self) -> None:
-        known = sorted(self.core.discovered_targets()) if self.core else []
-        if self.state is not None:
-            self.state.put("direct_peers", self.targets.direct())
-            if known:
-                self.state.put("known_peers", known)
+        """Keep direct peers, and every peer address we know of, for the next start.
+
+        Addresses the user forgot stay out of both until `connect` names them again.
+        """
+        if self.state is None:
+            return
+        forgotten = set(self.state.get("forgotten_peers", []))
+        known = {targets_mod.normalize(f"{c.ip}:{c.port}") for c in self.core.conns.values()} if self.core else set()
+        known |= set(self.core.discovered_targets()) if self.core else set()
+        self.state.put("direct_peers", self.targets.direct())
+        if known - forgotten:
+            self.state.put("known_peers", sorted(known - forgotten))
 
     def _direct_ips(self) -> dict[int, str | None]:
         """Every reachable peer's id, with its underlay IP when we connect to it directly."""
@@ -474,12 +509,34 @@ class Router:
                 self._pump.set_peer(pid, addr, via, flood=flood)
         for pid in set(self._pump_peers) - set(wanted):
             self._pump.remove_peer(pid)
+            self._pump_keys.pop(pid, None)
+        self._program_pump_keys(wanted)
         for mac, pid in macs.items():
             if self._pump_macs.get(mac) != pid:
                 self._pump.set_mac(mac, pid)
         for mac in set(self._pump_macs) - set(macs):
             self._pump.forget_mac(mac)
         self._pump_peers, self._pump_macs = wanted, macs
+
+    def _program_pump_keys(self, peers: dict[int, Any]) -> None:
+        """Give the pump the sleeve keys of every directly connected peer's session.
+
+        Encryption is per link (hop by hop), so only peers with a control connection have
+        keys. The epoch (its low bit is the datagrams' KEY_ID) must be the same on both
+        sides: it is derived from the pair of keys itself, which both sides share."""
+        if self.config.password is None:
+            return
+        for conn_id, c in self.core.conns.items():
+            pid = layout.peer_id(c.peer)
+            link = self._conns.get(conn_id)
+            session = getattr(getattr(link, "proto", None), "session", None)
+            if pid not in peers or session is None:
+                continue
+            tx, rx = session.sleeve_keys(self.core.name, c.peer)
+            epoch = hashlib.sha256(min(tx, rx) + max(tx, rx)).digest()[0]
+            if self._pump_keys.get(pid) != (tx, rx, epoch):
+                self._pump.set_peer_keys(pid, tx, rx, epoch=epoch)
+                self._pump_keys[pid] = (tx, rx, epoch)
 
     async def _timer(self) -> None:
         while True:
@@ -682,6 +739,7 @@ class Router:
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         self.targets.add_direct(address)
+        self.state.put("forgotten_peers", [a for a in self.state.get("forgotten_peers", []) if a != address])
         self._persist_targets()
         self._wake.set()
         return {"direct_peers": self.targets.direct()}
@@ -693,6 +751,8 @@ class Router:
             raise ApiError(400, str(exc)) from None
         if not self.targets.forget(address):
             raise ApiError(404, f"{address} is not a known peer address")
+        self.state.put("forgotten_peers", sorted({*self.state.get("forgotten_peers", []), address}))
+        self.state.put("known_peers", [a for a in self.state.get("known_peers", []) if a != address])
         self._persist_targets()
         return {"direct_peers": self.targets.direct()}
 
@@ -766,7 +826,9 @@ class Router:
             },
             "dataplane": {
                 "fastdp": self.fastdp.disabled or "enabled (kernel VXLAN, UDP 6784, per-peer health probes)",
-                "pump": "compiled" if self.pump_compiled else "PURE-PYTHON TWIN (slow; the compiled pump is not built)",
+                "pump": _describe_pump(self.pump_compiled, self._pump.features() if hasattr(self._pump, "features") else {}),
+                "pump_features": self._pump.features() if hasattr(self._pump, "features") else {},
+                "rekey_due": [f"{pid:08x}" for pid in self._pump.rekey_due()] if hasattr(self._pump, "rekey_due") else [],
                 "stats": self._pump.stats(),
             },
             "peers": peers,

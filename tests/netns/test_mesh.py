@@ -1,6 +1,7 @@
 """The control plane on real routers: multi-hop relay, passwords, identity, scale."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -112,5 +113,31 @@ def test_thirty_routers_full_mesh_from_one_seed_and_idle_quietly():
         print(f"\n{n} routers: full mesh {time.monotonic() - started:.1f}s after the last start; "
               f"idle CPU {per_router * 100:.2f}% per router; RSS {sum(rss) / n / 1024:.1f} MiB average")
         assert per_router < 0.02  # near zero: under 2% of a core each
+    finally:
+        lab.down()
+
+
+def test_connect_and_forget_persist_across_restarts():
+    lab = Lab(prefix="mnc", hosts=2)
+    try:
+        lab.up(start_routers=False)
+        lab.start_router(1)
+        lab.start_router(2, seed=False)
+        assert reachable(lab, 2) == {"mnc-h2"}
+        result = subprocess.run(lab.meshnet(2, "connect", lab.host_ip(1)), capture_output=True, text=True)
+        assert result.returncode == 0 and f"{lab.host_ip(1)}:6783" in result.stdout
+        lab.wait_mesh()
+        lab.stop_router(2)
+        lab.start_router(2, seed=False)  # no peers on the command line: the connect was kept
+        lab.wait_mesh()
+        result = subprocess.run(lab.meshnet(2, "forget", lab.host_ip(1)), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "mnc-h1" in reachable(lab, 2)  # forget does not cut a live connection
+        lab.stop_router(2)
+        lab.start_router(2, seed=False)
+        time.sleep(3)
+        assert reachable(lab, 2) == {"mnc-h2"}  # ... but it is not dialled again
+        bad = subprocess.run(lab.meshnet(2, "connect", "host:notaport"), capture_output=True, text=True)
+        assert bad.returncode == 1 and "HOST[:PORT]" in bad.stderr
     finally:
         lab.down()
