@@ -113,11 +113,11 @@ class Lab:
         """
         if peers is None:
             peers = [self.host_ip(1)] if i > 1 and seed else []
-        cmd = ["ip", "netns", "exec", self.host_ns(i), *self.meshnet(i, "launch", "--state-dir", self.state_dir(i))]
-        # Every router agrees on how the address range is first split: among all lab hosts.
-        # A lab router ignores the machine's own dockerd (Docker tests pass their own socket).
-        cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", "--docker-socket=none"]
-        cmd += [*self.extra_flags, *peers]
+        # A lab router ignores the machine's own dockerd (a Docker lab's meshnet() adds its own
+        # socket after this); all routers split the address range among all lab hosts.
+        launch = self.meshnet(i, "launch", "--docker-socket=none", "--state-dir", self.state_dir(i))
+        cmd = ["ip", "netns", "exec", self.host_ns(i), *launch]
+        cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", *self.extra_flags, *peers]
         env = dict(os.environ)
         env.pop("MESHNET_PASSWORD", None)
         if password or self.password:
