@@ -348,12 +348,16 @@ class Pump:
         offload: bool = True,
         vnet_hdr: bool | None = None,
         underlay_mtu: int = 0,
+        spin_us: int = 0,
     ) -> None:
         self._local = _check_id(local_id, "local_id")
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
         if underlay_mtu and not 576 <= underlay_mtu <= 65535:
             raise ValueError(f"underlay_mtu must be 0 or 576..65535, got {underlay_mtu}")
+        if not 0 <= spin_us <= 100000:
+            raise ValueError(f"spin_us must be 0..100000, got {spin_us}")
+        self._spin_us = spin_us  # accepted for API parity; the twin always sleeps in poll()
         dup = os.dup(udp_fd)  # the pump's own socket object; the caller keeps udp_fd
         try:
             udp = socket.socket(fileno=dup)
@@ -464,6 +468,13 @@ class Pump:
                 pid for pid, p in self._peers.items() if p.tx is not None and p.tx.counter >= REKEY_AFTER_MESSAGES
             )
 
+    def _set_tx_counter(self, peer_id: int, counter: int) -> None:
+        """Tests only: jump a send key's counter (to reach the rekey and reject limits)."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.tx is None:
+            raise ValueError("no send key for that peer")
+        peer.tx.counter = counter
+
     def set_mac(self, mac: bytes, peer_id: int) -> None:
         mac = _check_mac(mac)
         _check_id(peer_id, "peer_id")
@@ -505,9 +516,11 @@ class Pump:
             "udp_gso": False,
             "udp_gro": False,
             "gro_merge": False,
+            "gro_merge_udp": False,
             "batch": self._batch,
             "syscall_batching": False,
             "threads": 1,
+            "spin_us": 0,
             "underlay_mtu": self._underlay_mtu,
         }
 

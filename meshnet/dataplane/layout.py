@@ -57,11 +57,12 @@ MIN_SEALED = SEALED_HEADER_LEN + ETH_HEADER_LEN + TAG_LEN
 KEY_LEN = 32
 AEAD = "AES-256-GCM"  # picked by measurement: docs/benchmarks.md (AEAD choice)
 REPLAY_WINDOW = 1024  # counters this far below the highest seen are still accepted once
-# A send key is used for at most REJECT_AFTER_MESSAGES datagrams (nonce and AES-GCM usage
-# bounds: 2^31 datagrams of <= 1500 bytes is < 2^38 blocks); from REKEY_AFTER_MESSAGES on,
-# `rekey_due()` names the peer so the router makes new keys before that.
+# Usage limits of one send key (AES-GCM bounds for datagrams of <= ~1500 bytes, about 2^6.5
+# blocks each; advantage ~ (blocks sealed)^2 / 2^129): from REKEY_AFTER_MESSAGES on
+# (2^36.5 blocks, ~2^-56) `rekey_due()` names the peer and the router must make new keys;
+# at REJECT_AFTER_MESSAGES (2^40.5 blocks, ~2^-48) the pump stops sending with that key.
 REKEY_AFTER_MESSAGES = 1 << 30
-REJECT_AFTER_MESSAGES = 1 << 31
+REJECT_AFTER_MESSAGES = 1 << 34
 
 # virtio_net_hdr (TAP opened with IFF_VNET_HDR), host byte order
 VNET_HDR_LEN = 10

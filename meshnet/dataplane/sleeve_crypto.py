@@ -9,7 +9,8 @@ One AEAD per datagram (docs/sleeve.md has the byte layout)::
 Keys: 32 bytes per peer pair and direction (`Session.sleeve_keys`), installed with an
 epoch; the header's KEY_ID bit is the epoch's low bit, so a receiver holds the keys of two
 epochs and in-flight datagrams of the old one still open during a rekey. A send key's
-counter starts at 0 and never repeats (it stops at REJECT_AFTER_MESSAGES); a receive key
+counter starts at 0 and never repeats (it stops at REJECT_AFTER_MESSAGES; from
+REKEY_AFTER_MESSAGES on the router must install new keys); a receive key
 has a replay window of REPLAY_WINDOW counters below the highest counter opened so far.
 """
 
@@ -64,13 +65,16 @@ def key_id_flags(epoch: int) -> int:
 
 class ReplayWindow:
     """Accepts each counter once: anything above the highest seen, or within REPLAY_WINDOW
-    below it and not seen before. `check` before opening, `accept` after it authenticated."""
+    below it and not seen before; never one at or above REJECT_AFTER_MESSAGES. `check`
+    before opening, `accept` after it authenticated."""
 
     def __init__(self) -> None:
         self.top = 0  # highest accepted counter + 1 (0: none yet)
-        self.seen: set[int] = set()  # accepted counters in [top - REPLAY_WINDOW, top)
+        self.seen: set[int] = set()  # accepted counters (those below top - REPLAY_WINDOW are moot)
 
     def check(self, counter: int) -> bool:
+        if counter >= REJECT_AFTER_MESSAGES:  # no sender ever uses it: never valid
+            return False
         if counter >= self.top:
             return True
         return self.top - counter <= REPLAY_WINDOW and counter not in self.seen
@@ -78,8 +82,9 @@ class ReplayWindow:
     def accept(self, counter: int) -> None:
         if counter >= self.top:
             self.top = counter + 1
-            floor = self.top - REPLAY_WINDOW
-            self.seen = {c for c in self.seen if c >= floor}
+            if len(self.seen) > 2 * REPLAY_WINDOW:  # forget what fell below the window
+                floor = self.top - REPLAY_WINDOW
+                self.seen = {c for c in self.seen if c >= floor}
         self.seen.add(counter)
 
 

@@ -3,7 +3,7 @@
 from posix.time cimport timespec
 from posix.uio cimport iovec
 from libc.stdint cimport uint16_t, uint32_t
-from posix.types cimport ssize_t
+
 
 cdef extern from "<poll.h>" nogil:
     ctypedef unsigned long nfds_t

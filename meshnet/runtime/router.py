@@ -60,7 +60,7 @@ def _describe_pump(compiled: bool, f: dict[str, Any]) -> str:
         used.append("TAP " + "/".join(f["tap_offload"]))
     elif f:
         used.append("no TAP offloads" + ("" if f.get("vnet_hdr") else " (no IFF_VNET_HDR)"))
-    used += [name for key, name in (("udp_gso", "UDP GSO"), ("udp_gro", "UDP GRO"), ("gro_merge", "TCP segment merging")) if f.get(key)]
+    used += [name for key, name in (("udp_gso", "UDP GSO"), ("udp_gro", "UDP GRO"), ("gro_merge", "TCP merging"), ("gro_merge_udp", "UDP merging")) if f.get(key)]
     if f.get("udp_gso_error"):
         used.append(f"UDP GSO off after error: {f['udp_gso_error']}")
     used.append(f"sleeve {f['crypto']}" if f.get("crypto") else "sleeve unencrypted")
@@ -166,11 +166,12 @@ class Router:
             self._tap_fd,
             self._udp.fileno(),
             layout.peer_id(name),
-            batch=64,
+            batch=int(os.environ.get("MESHNET_PUMP_BATCH", "64")),  # frames per read batch
             crypto=cfg.password is not None,  # an encrypted mesh never sends nor accepts plaintext
             underlay_mtu=underlay,  # frames that do not fit get ICMP "fragmentation needed"
             # after traffic the pump polls without sleeping this long: lower latency for CPU
             spin_us=int(os.environ.get("MESHNET_PUMP_SPIN_US", "0")),
+            offload=os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",  # 0: for comparisons
         )
         self._pump_keys: dict[int, tuple[bytes, bytes, int]] = {}
         self._pump_thread = threading.Thread(target=self._pump.run, name="meshnet-pump", daemon=True)
@@ -826,7 +827,8 @@ class Router:
             },
             "dataplane": {
                 "fastdp": self.fastdp.disabled or "enabled (kernel VXLAN, UDP 6784, per-peer health probes)",
-                "pump": _describe_pump(self.pump_compiled, self._pump.features() if hasattr(self._pump, "features") else {}),
+                "pump": "compiled" if self.pump_compiled else "PURE-PYTHON TWIN (slow; the compiled pump is not built)",
+                "pump_offloads": _describe_pump(self.pump_compiled, self._pump.features() if hasattr(self._pump, "features") else {}),
                 "pump_features": self._pump.features() if hasattr(self._pump, "features") else {},
                 "rekey_due": [f"{pid:08x}" for pid in self._pump.rekey_due()] if hasattr(self._pump, "rekey_due") else [],
                 "stats": self._pump.stats(),

@@ -46,14 +46,14 @@ def _read_all(sock: socket.socket) -> list[bytes]:
 class Rig:
     """One pump under test, its fake TAP and a set of fake remote peers (one socket each)."""
 
-    def __init__(self, pump_cls: type, local_id: int, *, batch: int = 32) -> None:
+    def __init__(self, pump_cls: type, local_id: int, *, batch: int = 32, **pump_args) -> None:
         self.app, self.tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.app.setblocking(False)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.addr = self.udp.getsockname()
         self.local_id = local_id
-        self.pump = pump_cls(self.tap.fileno(), self.udp.fileno(), local_id, batch=batch)
+        self.pump = pump_cls(self.tap.fileno(), self.udp.fileno(), local_id, batch=batch, **pump_args)
         self.remotes: dict[int, socket.socket] = {}
         self._unhandled = 0  # frames and datagrams injected that the pump has not read yet
         self._inbox: defaultdict[int, list[bytes]] = defaultdict(list)
@@ -119,3 +119,68 @@ class Rig:
         self.pump.close()
         for s in (self.app, self.tap, self.udp, *self.remotes.values()):
             s.close()
+
+
+# -- inner TCP/UDP packets and virtio_net_hdr, built independently of the pumps -----------
+
+VNET = struct.Struct("<BBHHHH")
+
+
+def inet_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ipv4_tcp(payload: bytes, *, seq: int = 1000, flags: int = 0x18, ip_id: int = 7, df: bool = True,
+             src: bytes = b"\x0a\x20\x01\x01", dst: bytes = b"\x0a\x20\x02\x01", options: bytes = b"",
+             partial: bool = True, dst_mac: bytes = b"\x02\x00\x00\x00\x00\x01",
+             src_mac: bytes = b"\x02\x00\x00\x00\x00\x32") -> bytes:
+    """An Ethernet/IPv4/TCP frame; its TCP checksum partial (pseudo-header sum) or full."""
+    thl = 20 + len(options)
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 99, (thl // 4) << 4, flags, 512, 0, 0) + options)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + thl + len(payload), ip_id, 0x4000 if df else 0,
+                               64, 6, 0, src, dst))
+    ip[10:12] = ((~inet_sum(bytes(ip))) & 0xFFFF).to_bytes(2, "big")
+    pseudo = inet_sum(src + dst + struct.pack("!HH", 6, thl + len(payload)))
+    if partial:
+        tcp[16:18] = pseudo.to_bytes(2, "big")
+    else:
+        tcp[16:18] = ((~inet_sum(bytes(tcp) + payload + pseudo.to_bytes(2, "big"))) & 0xFFFF).to_bytes(2, "big")
+    return dst_mac + src_mac + b"\x08\x00" + bytes(ip) + bytes(tcp) + payload
+
+
+def ipv6_tcp(payload: bytes, *, seq: int = 1000, flags: int = 0x18, partial: bool = True,
+             dst_mac: bytes = b"\x02\x00\x00\x00\x00\x01", src_mac: bytes = b"\x02\x00\x00\x00\x00\x32") -> bytes:
+    src, dst = b"\xfd" + b"\x01" * 15, b"\xfd" + b"\x02" * 15
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 99, 5 << 4, flags, 512, 0, 0))
+    ip = b"\x60\0\0\0" + (20 + len(payload)).to_bytes(2, "big") + b"\x06\x40" + src + dst
+    pseudo = inet_sum(src + dst + (20 + len(payload)).to_bytes(4, "big") + b"\0\0\0\x06")
+    tcp[16:18] = pseudo.to_bytes(2, "big")
+    if not partial:
+        tcp[16:18] = ((~inet_sum(bytes(tcp) + payload)) & 0xFFFF).to_bytes(2, "big")
+    return dst_mac + src_mac + b"\x86\xdd" + ip + bytes(tcp) + payload
+
+
+def l4_valid(frame: bytes) -> bool:
+    """Is the TCP/UDP checksum of this IPv4/IPv6 frame complete and right?"""
+    if frame[12:14] == b"\x08\x00":
+        ihl = (frame[14] & 15) * 4
+        l4 = frame[14 + ihl : 14 + int.from_bytes(frame[16:18], "big")]
+        pseudo = frame[26:34] + struct.pack("!HH", frame[23], len(l4))
+    else:
+        l4 = frame[54 : 54 + int.from_bytes(frame[18:20], "big")]
+        pseudo = frame[22:54] + len(l4).to_bytes(4, "big") + b"\0\0\0" + bytes([frame[20]])
+    return inet_sum(pseudo + l4) == 0xFFFF
+
+
+def ipv4_ok(frame: bytes) -> bool:
+    ihl = (frame[14] & 15) * 4
+    return inet_sum(frame[14 : 14 + ihl]) == 0xFFFF
+
+
+def vnet(flags: int = 0, gso_type: int = 0, hdr_len: int = 0, gso_size: int = 0, start: int = 0, offset: int = 0) -> bytes:
+    return VNET.pack(flags, gso_type, hdr_len, gso_size, start, offset)
