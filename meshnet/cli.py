@@ -324,7 +324,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s",
         f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
         f"Crypto   {r['encryption']}",
-        f"Pump     {s['dataplane']['pump']}",
+        f"Pump     {s['dataplane'].get('pump_offloads') or s['dataplane']['pump']}",
         f"fastdp   {s['dataplane']['fastdp']}",
         "",
         f"Peers ({len(s['peers'])}):",

@@ -414,7 +414,9 @@ class Router:
     # -- events ------------------------------------------------------------------------
 
     def _handle(self, events: list[Any]) -> None:
-        changed = False
+        """Carry out core events. The timer is woken only when deadlines or targets may
+        have moved (a close, a topology change): heartbeats alone must not spin it."""
+        changed = closed = False
         for event in events:
             if isinstance(event, Send):
                 link = self._conns.get(event.conn)
@@ -428,13 +430,15 @@ class Router:
                     link.proto.refuse(event.reason, retry=event.retry)
                     link.flush()
                     link.writer.close()
+                closed = True
             elif isinstance(event, Deliver):
                 self._on_deliver(event)
             elif isinstance(event, Changed):
                 changed = True
         if changed:
             self._topology_changed()
-        self._wake.set()
+        if changed or closed:
+            self._wake.set()
 
     def _on_deliver(self, event: Deliver) -> None:
         if event.channel == IPAM_CHANNEL and self.ipam is not None:
@@ -443,6 +447,7 @@ class Router:
             log.debug("no handler for channel %r from %s", event.channel, event.src.hex())
 
     def _send_ipam(self, outgoing: list[Any]) -> None:
+        self._wake.set()  # IPAM activity may have set an earlier deadline (donation timeouts)
         now = time.monotonic()
         for message in outgoing:
             if message[0] == "broadcast":
@@ -539,6 +544,14 @@ class Router:
                 self._pump.set_peer_keys(pid, tx, rx, epoch=epoch)
                 self._pump_keys[pid] = (tx, rx, epoch)
 
+    def _rekey(self) -> None:
+        """A sleeve key near its datagram limit: reconnect, and the new handshake rekeys."""
+        due = set(self._pump.rekey_due())
+        for conn, c in self.core.conns.items():
+            if layout.peer_id(c.peer) in due and conn in self._conns:
+                log.info("rekeying the sleeve with %s: reconnecting", c.nick)
+                self._handle([Close(conn, "rekeying the sleeve")])
+
     async def _timer(self) -> None:
         while True:
             now = time.monotonic()
@@ -548,6 +561,7 @@ class Router:
                 self._spawn(self._dial(address))
             await self.fastdp.tick()
             self.ipam.tick()
+            self._rekey()
             deadlines = [self.core.next_deadline(), self.targets.next_deadline(connected) or now + 60]
             deadlines += [self.fastdp.next_deadline() or now + 60, self.ipam.next_deadline()]
             self._wake.clear()
@@ -760,11 +774,8 @@ class Router:
     async def _metrics_snapshot(self) -> dict[str, Any]:
         """What /metrics shows, read on the loop thread (meshnet/runtime/metrics.py)."""
         snap = await self._status({})
-        ipam_status = self._routes().get(("GET", "/ipam/status"))
-        if "ipam" not in snap and ipam_status is not None:
-            snap["ipam"] = await ipam_status({})
-        if hasattr(self._pump, "peer_stats"):
-            snap["peer_stats"] = self._pump.peer_stats()
+        snap["ipam"] = await self._ipam_status({})
+        snap["peer_stats"] = self._pump.peer_stats()
         return snap
 
     def _mode(self, peer: bytes) -> dict[str, str]:
@@ -828,9 +839,9 @@ class Router:
             "dataplane": {
                 "fastdp": self.fastdp.disabled or "enabled (kernel VXLAN, UDP 6784, per-peer health probes)",
                 "pump": "compiled" if self.pump_compiled else "PURE-PYTHON TWIN (slow; the compiled pump is not built)",
-                "pump_offloads": _describe_pump(self.pump_compiled, self._pump.features() if hasattr(self._pump, "features") else {}),
-                "pump_features": self._pump.features() if hasattr(self._pump, "features") else {},
-                "rekey_due": [f"{pid:08x}" for pid in self._pump.rekey_due()] if hasattr(self._pump, "rekey_due") else [],
+                "pump_offloads": _describe_pump(self.pump_compiled, self._pump.features()),
+                "pump_features": self._pump.features(),
+                "rekey_due": [f"{pid:08x}" for pid in self._pump.rekey_due()],
                 "stats": self._pump.stats(),
             },
             "peers": peers,
