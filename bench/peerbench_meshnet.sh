@@ -15,9 +15,12 @@
 MESHNET_ROOT=${MESHNET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 MESHNET_PY=${MESHNET_PY:-$MESHNET_ROOT/.venv/bin/python}
 
-# $1 path name, $2 port (TCP control = UDP sleeve), $3 bridge, $4 tap, $5 subnet prefix, $6 password or ""
+# $1 path name, $2 port (TCP control = UDP sleeve), $3 bridge, $4 tap, $5 subnet prefix, $6 password or "",
+# $7 "fastdp" to let the routers use kernel VXLAN (the default keeps everything on the sleeve)
 _meshnet_path() {
-  local name=$1 port=$2 br=$3 tap=$4 pfx=$5 pw=$6 d=$WORK/$1 n ns ip peers i
+  local name=$1 port=$2 br=$3 tap=$4 pfx=$5 pw=$6 dp=${7:-sleeve} d=$WORK/$1 n ns ip peers i
+  local mode_flag="--no-fastdp"
+  [ "$dp" = fastdp ] && mode_flag=""
   if [ "${MESHNET_BENCH_BRNF:-}" = 0 ]; then  # opt-in experiment: bridged frames skip iptables
     for ns in "$NS_A" "$NS_B"; do
       ip netns exec "$ns" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0
@@ -29,7 +32,7 @@ _meshnet_path() {
     # ip netns exec execs the router: $! is its PID
     env PYTHONPATH="$MESHNET_ROOT" MESHNET_PASSWORD="$pw" MESHNET_PUMP_SPIN_US="${MESHNET_PUMP_SPIN_US:-0}" MESHNET_PUMP_OFFLOAD="${MESHNET_PUMP_OFFLOAD:-1}" MESHNET_PUMP_BATCH="${MESHNET_PUMP_BATCH:-64}" ip netns exec "$ns" "$MESHNET_PY" -m meshnet launch --foreground \
       --run-dir "$d/$n/run" --state-dir "$d/$n/state" --port "$port" --udp-port "$port" \
-      --bridge "$br" --tap "$tap" --nickname "$name-$n" --no-fastdp --metrics-addr "" \
+      --bridge "$br" --tap "$tap" --nickname "$name-$n" $mode_flag --metrics-addr "" \
       --docker-socket none --docker-network "" --ipalloc-range 10.64.0.0/16 $peers \
       </dev/null >"$d/$n/router.log" 2>&1 &
     track "$name" "$n" $!
@@ -41,6 +44,12 @@ _meshnet_path() {
     ip -n "$ns" link set "$br" up
   done
   if ! wait_ping "$NS_A" "$pfx.2" 20; then fail_path "$name" "no ping over $br ($(tail -2 "$d/a/router.log" | tr '\n' ' '))"; return 1; fi
+  if [ "$dp" = fastdp ]; then  # the VXLAN path is used once its probes are answered
+    for ((i = 0; i < 60; i++)); do
+      PYTHONPATH="$MESHNET_ROOT" "$MESHNET_PY" -m meshnet status --run-dir "$d/a/run" --json 2>/dev/null | grep -q '"mode": "fastdp"' && break
+      sleep 0.25
+    done
+  fi
   local pump
   pump=$(PYTHONPATH="$MESHNET_ROOT" "$MESHNET_PY" -m meshnet status --run-dir "$d/a/run" --json 2>/dev/null |
     "$MESHNET_PY" -c 'import json,sys; print(json.load(sys.stdin)["dataplane"]["pump_offloads"])' 2>/dev/null)
@@ -50,3 +59,4 @@ _meshnet_path() {
 
 setup_meshnet_plain() { _meshnet_path meshnet-plain 6790 mnbrP mntapP 10.99.20 ""; }
 setup_meshnet_aes() { _meshnet_path meshnet-aes 6791 mnbrE mntapE 10.99.21 "peerbench-not-secret"; }
+setup_meshnet_fastdp() { _meshnet_path meshnet-fastdp 6792 mnbrF mntapF 10.99.22 "" fastdp; }

@@ -3,7 +3,7 @@
 Flow, as the router drives it (the decisions are in meshnet/dataplane/fastdp.py)::
 
     kernel = VxlanKernel(netns=None)            # or VxlanKernel(FakeNetlink()) in tests
-    kernel.ensure_device(local)                 # VXLAN port on the bridge, isolated, no learning
+    kernel.ensure_device(local)                 # VXLAN port on the bridge, isolated
     ops = kernel.converge(local, plan(...))     # dump -> diff -> apply, whenever the plan changes
     sock = ProbeSocket(local.vxlan, local.peer_id, probe_frame_size(local.mtu))
 
@@ -67,7 +67,10 @@ class VxlanKernel:
         A device with the right name but other parameters (VNI, port, local address,
         learning, DF) is replaced: its FDB goes with it and the next converge refills it.
         The VXLAN port gets `isolated on` (no forwarding to/from the TAP: split horizon) and
-        `learning off` (its entries come from gossip only); the TAP gets `isolated on`.
+        bridge learning *on*: gossiped endpoints have sticky static entries that learning
+        cannot move, and a MAC nobody gossips (a host's own bridge address, say) must move
+        to the VXLAN port once it is heard there; left where the sleeve phase put it, its
+        traffic would keep riding the TAP. The TAP gets `isolated on`.
 
         Raises:
             KernelError: the bridge is missing or the kernel refused a step.
@@ -83,7 +86,7 @@ class VxlanKernel:
             link = self._need(local.vxlan)
         if link.master != bridge.index or link.mtu != local.mtu or not link.up:
             self.nl.set_link(link.index, master=bridge.index, mtu=local.mtu, up=True)
-        self.nl.set_brport(link.index, isolated=True, learning=False)
+        self.nl.set_brport(link.index, isolated=True, learning=True)
         tap = self.nl.link(local.tap)
         if tap is not None and tap.master == bridge.index:
             self.nl.set_brport(tap.index, isolated=True)

@@ -46,7 +46,7 @@ def test_ensure_device_creates_an_isolated_port_once():
     vx = nl.link("vxmesh")
     assert vx.kind == "vxlan" and vx.master == nl.link("meshnet").index and vx.up and vx.mtu == 1422
     assert (vx.vxlan.vni, vx.vxlan.port, vx.vxlan.local, vx.vxlan.learning) == (0x4D5348, 6784, "192.168.90.1", False)
-    assert ("set_brport", vx.index, True, False) in nl.calls  # isolated, no learning
+    assert ("set_brport", vx.index, True, True) in nl.calls  # isolated, learning (entries of ours are sticky)
     assert ("set_brport", nl.link("mntap").index, True, None) in nl.calls
     nl.calls.clear()
     assert kernel.ensure_device(LOCAL) == vx.index
