@@ -20,7 +20,6 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test,kubernetes]'
-.venv/bin/python setup.py -q build_ext --inplace
+.venv/bin/pip install -q -e '.[test,kubernetes]'   # also compiles meshnet/_fastpath.pyx in place
 .venv/bin/python -c "import meshnet._fastpath" || { echo "the compiled pump did not build" >&2; exit 1; }
 echo "meshnet installed: .venv/bin/meshnet"
