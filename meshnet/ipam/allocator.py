@@ -211,13 +211,18 @@ class Allocator:
         self._progress(now)
         return self._flush()
 
+    def _consensus_held(self) -> bool:
+        """Consensus waits until every reachable peer told us its state (one may hold a ring
+        already), and stops while peers disagree about N; messages, not time, end the wait."""
+        return not self.reachable <= self.heard or self.mismatch is not None
+
     def next_deadline(self) -> float | None:
         deadlines = [self.hint_due]
         if self.want is not None:
             deadlines.append(self.want.deadline)
         if self.reclaim.round is not None:
             deadlines.append(self.reclaim.round.resend_at)
-        if self.ring is None and self.consensus is not None:
+        if self.ring is None and self.consensus is not None and not self._consensus_held():
             deadlines.append(self.consensus.next_deadline())
         if self.requests and self.silent:
             deadlines.append(min(self.silent.values()))
@@ -445,7 +450,7 @@ class Allocator:
                     f"{len(self.consensus.states)} peers run consensus={self.consensus.n}: N must count "
                     "every peer that bootstraps by consensus, or two rings may be created"
                 )
-            if not self.reachable <= self.heard or self.mismatch:
+            if self._consensus_held():
                 # Not before every reachable peer has told us its state (see on_peers_changed).
                 self._advance_round(now)
                 self._serve(now)
