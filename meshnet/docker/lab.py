@@ -350,25 +350,15 @@ class DockerLab(Lab):
         raise TimeoutError(f"{what} not within {timeout}s (last: {last!r})")
 
 
-class IpamMissing(RuntimeError):
-    """The routers have no IPAM API (GET /ipam/owners)."""
-
-
 @contextlib.contextmanager
 def running_lab(hosts: int = 3, prefix: str = "mndk", keep: bool | None = None) -> Iterator[DockerLab]:
     """A DockerLab that is up (mesh formed) inside the block and torn down after it, even on
     failure; the logs are printed at the end (pytest shows them for a failed test).
     MNDK_KEEP=1 keeps it for debugging (remove it with `DockerLab(prefix).down()`)."""
-    from meshnet.runtime.api import ApiClient, ApiError
-
     lab = DockerLab(prefix=prefix, hosts=hosts)
     lab.up()
     try:
         lab.wait_mesh()
-        try:
-            ApiClient(f"{lab.run_dir(1)}/meshnet.sock").get("/ipam/owners")
-        except ApiError as exc:
-            raise IpamMissing(f"the router has no IPAM API: {exc.message}") from None
         yield lab
     finally:
         print(lab.dump_logs())

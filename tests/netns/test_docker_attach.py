@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from meshnet.docker.lab import IMAGE, IpamMissing, running_lab
+from meshnet.docker.lab import IMAGE, running_lab
 
 pytestmark = [
     pytest.mark.netns,
@@ -24,11 +24,8 @@ pytestmark = [
 
 @pytest.fixture
 def lab():
-    try:
-        with running_lab(3) as lab:
-            yield lab
-    except IpamMissing as exc:
-        pytest.skip(str(exc))
+    with running_lab(3) as lab:
+        yield lab
 
 
 def links_in(ns: str) -> int:

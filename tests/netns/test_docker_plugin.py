@@ -13,7 +13,7 @@ import subprocess
 import docker.errors
 import pytest
 
-from meshnet.docker.lab import IpamMissing, running_lab
+from meshnet.docker.lab import running_lab
 
 pytestmark = [
     pytest.mark.netns,
@@ -25,11 +25,8 @@ pytestmark = [
 
 @pytest.fixture
 def lab():
-    try:
-        with running_lab(3) as lab:
-            yield lab
-    except IpamMissing as exc:
-        pytest.skip(str(exc))
+    with running_lab(3) as lab:
+        yield lab
 
 
 def container_ips(lab, hosts=(1, 2, 3)) -> dict[str, str]:
