@@ -496,7 +496,6 @@ class Router:
         routes = topo.routes()
         direct = {c.peer: c for c in self.core.conns.values()}
         wanted: dict[int, tuple[Any, int, bool]] = {}
-        macs: dict[bytes, int] = {}
         for peer, hop in routes.items():
             pid = layout.peer_id(peer)
             if pid == layout.peer_id(self.core.name) or pid in wanted:
@@ -507,8 +506,7 @@ class Router:
             # Peers on kernel VXLAN get floods from the VXLAN device; the sleeve must not copy them.
             flood = self.fastdp is None or self.fastdp.mode(pid)[0] != "fastdp"
             wanted[pid] = (addr, layout.peer_id(hop), flood)
-            for mac, *_ in topo.entries[peer].data.get("eps", []):
-                macs[bytes.fromhex(mac.replace(":", ""))] = pid
+        macs = {bytes.fromhex(m.replace(":", "")): pid for m, pid in self._remote_endpoints().items() if pid in wanted}
         # Direct peers first, so a relayed peer's next hop already exists.
         for pid, (addr, via, flood) in sorted(wanted.items(), key=lambda kv: kv[1][0] is None):
             if self._pump_peers.get(pid) != (addr, via, flood):
