@@ -16,8 +16,8 @@ import time
 from typing import Any, Callable
 
 from meshnet.docker import cli as docker_cli
-from meshnet.errors import MeshnetError
-from meshnet.runtime.api import ApiClient, ApiError, RouterUnavailable
+from meshnet.api.client import ApiClient
+from meshnet.errors import MeshnetError, RouterUnavailable
 from meshnet.runtime.config import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, RouterConfig, default_socket
 
 LAUNCH_TIMEOUT = 15.0  # seconds to wait for a background router to answer on its socket
@@ -118,12 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except RouterUnavailable as exc:
-        print(f"meshnet: {exc}", file=sys.stderr)
-        return 1
-    except ApiError as exc:
-        print(f"meshnet: {exc.message}", file=sys.stderr)
-        return 1
     except (MeshnetError, OSError, ValueError) as exc:
         print(f"meshnet: {exc}", file=sys.stderr)
         return 1
@@ -207,7 +201,7 @@ def _launch_background(args: argparse.Namespace, config: RouterConfig) -> int:
             return 1
         try:
             status = client.get("/status")
-        except (RouterUnavailable, ApiError, OSError):
+        except (MeshnetError, OSError):
             time.sleep(0.1)
             continue
         if status["router"]["name"] and _pid_matches(config, child.pid):
@@ -308,7 +302,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         client.post("/ipam/reset")
-    except ApiError as exc:
+    except MeshnetError as exc:
         print(f"meshnet: cannot hand off the address space: {exc.message}", file=sys.stderr)
         return 1
     if cmd_stop(args) != 0:

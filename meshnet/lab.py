@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from meshnet.runtime.api import ApiClient, ApiError
+from meshnet.api.client import ApiClient
+from meshnet.errors import MeshnetError
 
 UNDERLAY = "192.168.90"
 LAB_RUN = "/run/meshnet-lab"
@@ -203,7 +204,7 @@ class Lab:
             try:
                 if all(nicks <= {p["nick"] for p in self.status(i)["peers"] if p["reachable"]} for i in hosts):
                     return
-            except (OSError, ApiError):
+            except (OSError, MeshnetError):
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"routers {hosts} of lab {self.prefix} did not form a mesh within {timeout}s")

@@ -27,7 +27,8 @@ from typing import Any
 
 from meshnet.cni import spec
 from meshnet.cni.spec import CniError, Request
-from meshnet.runtime.api import ApiClient, ApiError, RouterUnavailable
+from meshnet.api.client import ApiClient
+from meshnet.errors import Conflict, MeshnetError, NotFound, RouterUnavailable, Unavailable
 
 log = logging.getLogger("meshnet.cni")
 LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -99,7 +100,7 @@ class Plugin:
             status = api.get("/status")
         except RouterUnavailable as exc:
             raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router is not running", str(exc)) from None
-        except ApiError as exc:
+        except MeshnetError as exc:
             raise CniError(spec.TRY_AGAIN_LATER, f"the meshnet router is not ready: {exc.message}") from None
         router = status.get("router", {})
         if router.get("bridge") and router["bridge"] != conf.bridge:
@@ -143,7 +144,7 @@ class Plugin:
                 api.post("/endpoints/add", endpoint)
             except RouterUnavailable as exc:
                 raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router went away during ADD", str(exc)) from None
-            except ApiError as exc:
+            except MeshnetError as exc:
                 raise CniError(spec.INTERNAL, f"the router refused the endpoint: {exc.message}") from None
             made_endpoint = True
             host_mac = links.mac_of(host_if) or ""
@@ -169,12 +170,12 @@ class Plugin:
             alloc = api.post("/ipam/allocate", body)
         except RouterUnavailable as exc:
             raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router is not running", str(exc)) from None
-        except ApiError as exc:
-            if exc.status == 503:
+        except MeshnetError as exc:
+            if isinstance(exc, Unavailable):
                 raise CniError(spec.TRY_AGAIN_LATER, f"no address available: {exc.message}") from None
-            if exc.status == 409:
+            if isinstance(exc, Conflict):
                 raise CniError(spec.IPAM_FAILURE, f"address {body.get('address')} is in use: {exc.message}") from None
-            if exc.status == 404:
+            if isinstance(exc, NotFound):
                 raise CniError(spec.IPAM_FAILURE, "this meshnet router has no IPAM (/ipam/allocate is missing)") from None
             raise CniError(spec.IPAM_FAILURE, f"IPAM refused: {exc.message}") from None
         try:
@@ -220,7 +221,7 @@ class Plugin:
         except RouterUnavailable:
             self._journal_release(req)
             log.info("DEL %s: router down, release journalled in %s", req.owner, req.conf.state_dir)
-        except ApiError as exc:
+        except MeshnetError as exc:
             raise CniError(spec.IPAM_FAILURE, f"the router refused the release: {exc.message}") from None
 
     def _journal_release(self, req: Request) -> None:
@@ -265,7 +266,7 @@ class Plugin:
             local = {e.get("id") for e in api.get("/endpoints").get("local", [])}
         except RouterUnavailable as exc:
             raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router is not running", str(exc)) from None
-        except ApiError as exc:
+        except MeshnetError as exc:
             raise CniError(spec.CHECK_FAILED, f"the router cannot confirm the attachment: {exc.message}") from None
         held = set(owners.get(req.owner, []))
         lost = [c for c in expected if c.split("/")[0] not in held]
@@ -280,7 +281,7 @@ class Plugin:
         api = self.client(req)
         try:
             api.get("/status")
-        except (RouterUnavailable, ApiError, OSError) as exc:
+        except (MeshnetError, OSError) as exc:
             # Pods already on the bridge lose their sleeve peers while the router is down.
             bridge_up = self._bridge_exists(req.conf.bridge)
             code = spec.PLUGIN_NOT_AVAILABLE_LIMITED if bridge_up else spec.PLUGIN_NOT_AVAILABLE
@@ -302,7 +303,7 @@ class Plugin:
             owners = api.get("/ipam/owners").get("owners", {})
         except RouterUnavailable as exc:
             raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router is not running", str(exc)) from None
-        except ApiError as exc:
+        except MeshnetError as exc:
             raise CniError(spec.IPAM_FAILURE, f"cannot list IPAM owners: {exc.message}") from None
         failures = []
         for owner in sorted(owners):
@@ -315,7 +316,7 @@ class Plugin:
                 api.post("/endpoints/del", {"id": f"cni:{cid}:{ifname}"})
                 self._release(api, owner)
                 log.info("GC: released %s %s", owner, owners[owner])
-            except (KernelError, ApiError, RouterUnavailable) as exc:
+            except (KernelError, MeshnetError) as exc:
                 failures.append(f"{owner}: {exc}")
         if failures:
             raise CniError(spec.IPAM_FAILURE, f"GC could not release {len(failures)} attachment(s)", "; ".join(failures))

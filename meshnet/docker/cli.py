@@ -13,7 +13,8 @@ import os
 import sys
 from typing import Any, Callable
 
-from meshnet.runtime.api import ApiClient, ApiError
+from meshnet.api.client import ApiClient
+from meshnet.errors import MeshnetError
 
 DOCKER_ATTACH_TIMEOUT = 60.0
 
@@ -137,8 +138,8 @@ def cmd_attach(args: argparse.Namespace, netns_attach: Callable[[argparse.Namesp
         return netns_attach(args)
     try:
         result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
-    except ApiError as exc:  # say both things we looked for
-        raise ApiError(exc.status, f"no network namespace named {args.netns!r}, and as a container: {exc.message}") from None
+    except MeshnetError as exc:  # say both things we looked for
+        raise type(exc)(f"no network namespace named {args.netns!r}, and as a container: {exc.message}") from None
     print(f"{result['id'][:12]} {result['name']} {result['mac']} {' '.join(result['cidrs'])}")
     return 0
 
@@ -173,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rest[:1] == ["--"]:
         rest = rest[1:]
     cidrs, docker_args = split_addresses(rest)
-    check_cidrs(cidrs)  # ApiError(400) before anything is made
+    check_cidrs(cidrs)  # UsageError before anything is made
     spec = parse_run_args(docker_args)
     client = _client(args, DOCKER_ATTACH_TIMEOUT)
     info = client.get("/docker/info")

@@ -30,7 +30,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from meshnet.docker.engine import dns_label
-from meshnet.runtime.api import ApiError
+from meshnet.errors import Conflict, MeshnetError, NotFound, UsageError
 
 log = logging.getLogger("meshnet.docker.cnm")
 
@@ -144,7 +144,7 @@ class CnmDriver:
             self.calls[path] = self.calls.get(path, 0) + 1
             try:
                 return await fn(body)
-            except ApiError as exc:
+            except MeshnetError as exc:
                 log.warning("%s failed: %s", path, exc.message)
                 return error(exc.message)
             except (KeyError, TypeError, ValueError) as exc:
@@ -179,20 +179,20 @@ class CnmDriver:
 
     async def request_pool(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("V6"):
-            raise ApiError(400, "IPv6 pools are not supported (create the network without --ipv6)")
+            raise UsageError("IPv6 pools are not supported (create the network without --ipv6)")
         universe = ipaddress.IPv4Network(self.universe())
         pool_text, sub_text = body.get("Pool") or "", body.get("SubPool") or ""
         try:
             pool = ipaddress.IPv4Network(pool_text, strict=True) if pool_text else universe
             sub = ipaddress.IPv4Network(sub_text, strict=True) if sub_text else None
         except ValueError as exc:
-            raise ApiError(400, f"bad subnet: {exc}") from None
+            raise UsageError(f"bad subnet: {exc}") from None
         if not pool.subnet_of(universe):
-            raise ApiError(400, f"subnet {pool} is outside meshnet's allocation range {universe}")
+            raise UsageError(f"subnet {pool} is outside meshnet's allocation range {universe}")
         if not pool_text:
             self._loop_guard(universe)
         if sub is not None and not sub.subnet_of(pool):
-            raise ApiError(400, f"ip-range {sub} is not inside subnet {pool}")
+            raise UsageError(f"ip-range {sub} is not inside subnet {pool}")
         return {"PoolID": pool_id(str(pool), str(sub) if sub else ""), "Pool": str(pool), "Data": {}}
 
     def _loop_guard(self, universe: ipaddress.IPv4Network) -> None:
@@ -203,9 +203,7 @@ class CnmDriver:
         self._pool_asks = [t for t in getattr(self, "_pool_asks", []) if now - t < POOL_LOOP_WINDOW] + [now]
         if len(self._pool_asks) > POOL_LOOP_LIMIT:
             self._pool_asks = []
-            raise ApiError(
-                409,
-                f"meshnet's range {universe} overlaps a route on this host, which Docker refuses for a pool it "
+            raise Conflict(f"meshnet's range {universe} overlaps a route on this host, which Docker refuses for a pool it "
                 f"did not ask for by name: give it, docker network create -d meshnet --ipam-driver meshnet "
                 f"--subnet {universe} NAME (or a subnet inside it)",
             )
@@ -224,10 +222,10 @@ class CnmDriver:
         if wanted:
             ip = ipaddress.IPv4Address(wanted)
             if ip not in pool:
-                raise ApiError(400, f"address {ip} is not in subnet {pool}")
+                raise UsageError(f"address {ip} is not in subnet {pool}")
             held = self.addresses.get(str(ip))
             if held is not None:
-                raise ApiError(409, f"address {ip} is already in use")
+                raise Conflict(f"address {ip} is already in use")
             request["address"] = str(ip)
         else:
             block = sub or pool
@@ -236,14 +234,12 @@ class CnmDriver:
             request["wait"] = ALLOCATE_WAIT
         try:
             got = await self.call("POST", "/ipam/allocate", request)
-        except ApiError as exc:
-            if exc.status == 409:
-                raise ApiError(409, f"address {wanted} is already in use") from None
-            raise
+        except Conflict:
+            raise Conflict(f"address {wanted} is already in use") from None
         ip = str(got["address"])
         if ipaddress.IPv4Address(ip) not in pool:  # cannot happen with a correct IPAM; be safe
             await self.call("POST", "/ipam/release", {"owner": owner})
-            raise ApiError(500, f"IPAM gave {ip}, outside {pool}")
+            raise MeshnetError(f"IPAM gave {ip}, outside {pool}")
         self.addresses[ip] = {"owner": owner, "pool": str(pool), "since": self.clock(), "gateway": gateway}
         self._save()
         return {"Address": f"{ip}/{pool.prefixlen}", "Data": {}}
@@ -270,12 +266,10 @@ class CnmDriver:
     async def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
         nid = body["NetworkID"]
         if body.get("IPv6Data"):
-            raise ApiError(400, "IPv6 is not supported on meshnet networks")
+            raise UsageError("IPv6 is not supported on meshnet networks")
         v4 = body.get("IPv4Data") or []
         if not v4 or any((d or {}).get("AddressSpace") != ADDRESS_SPACE for d in v4):
-            raise ApiError(
-                400,
-                "meshnet networks take their addresses from meshnet's IPAM: "
+            raise UsageError("meshnet networks take their addresses from meshnet's IPAM: "
                 "docker network create -d meshnet --ipam-driver meshnet NAME",
             )
         self.networks[nid] = {"pools": [d.get("Pool") for d in v4], "created": self.clock()}
@@ -292,9 +286,9 @@ class CnmDriver:
         iface = body.get("Interface") or {}
         address = iface.get("Address") or ""
         if not address:
-            raise ApiError(400, "the endpoint has no IPv4 address (use --ipam-driver meshnet)")
+            raise UsageError("the endpoint has no IPv4 address (use --ipam-driver meshnet)")
         if iface.get("AddressIPv6"):
-            raise ApiError(400, "IPv6 is not supported on meshnet networks")
+            raise UsageError("IPv6 is not supported on meshnet networks")
         ipaddress.IPv4Interface(address)
         given_mac = (iface.get("MacAddress") or "").lower()
         mac = given_mac or mac_for(eid)
@@ -313,7 +307,7 @@ class CnmDriver:
         eid = body["EndpointID"]
         ep = self.endpoints.get(eid)
         if ep is None:
-            raise ApiError(404, f"unknown endpoint {eid[:12]} (was it created while meshnet's state was lost?)")
+            raise NotFound(f"unknown endpoint {eid[:12]} (was it created while meshnet's state was lost?)")
         mac = await self.kernel.add_veth(ep["host_if"], ep["peer_if"], ep["mac"])
         ep["mac"] = (mac or ep["mac"]).lower()
         try:

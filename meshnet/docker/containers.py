@@ -27,8 +27,8 @@ import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
 
+from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 from meshnet.docker.engine import Container, DockerError, DockerUnavailable, dns_label
-from meshnet.runtime.api import ApiError
 
 log = logging.getLogger("meshnet.docker")
 
@@ -54,26 +54,26 @@ def mac_of(cid: str) -> str:
 
 
 def check_cidrs(cidrs: Any) -> list[str]:
-    """Raises ApiError(400) unless a list of ADDRESS/PREFIX strings (IPv4)."""
+    """Raises UsageError unless a list of ADDRESS/PREFIX strings (IPv4)."""
     if cidrs is None:
         return []
     if not isinstance(cidrs, list):
-        raise ApiError(400, "cidrs must be a list of IP/CIDR")
+        raise UsageError("cidrs must be a list of IP/CIDR")
     out = []
     for c in cidrs:
         if not isinstance(c, str) or "/" not in c:
-            raise ApiError(400, f"{c!r} is not ADDRESS/PREFIX (e.g. 10.32.1.5/12)")
+            raise UsageError(f"{c!r} is not ADDRESS/PREFIX (e.g. 10.32.1.5/12)")
         try:
             iface = ipaddress.ip_interface(c)
         except ValueError:
-            raise ApiError(400, f"{c!r} is not a valid IP/CIDR") from None
+            raise UsageError(f"{c!r} is not a valid IP/CIDR") from None
         if iface.version != 4:
-            raise ApiError(400, f"{c!r}: only IPv4 addresses are supported")
+            raise UsageError(f"{c!r}: only IPv4 addresses are supported")
         if iface.ip == iface.network.network_address or iface.ip == iface.network.broadcast_address:
-            raise ApiError(400, f"{c!r} is the network or broadcast address of {iface.network}")
+            raise UsageError(f"{c!r} is the network or broadcast address of {iface.network}")
         out.append(str(iface))
     if len({ipaddress.ip_interface(c).ip for c in out}) != len(out):
-        raise ApiError(400, "the same address is given twice")
+        raise UsageError("the same address is given twice")
     return out
 
 
@@ -92,46 +92,46 @@ class ContainerManager:
 
     async def _inspect(self, ref: str) -> Container | None:
         if self.engine is None:
-            raise ApiError(503, "the router has no Docker connection (meshnet launch --docker-socket PATH, or DOCKER_HOST)")
+            raise Unavailable("the router has no Docker connection (meshnet launch --docker-socket PATH, or DOCKER_HOST)")
         try:
             return await self.blocking(self.engine.inspect, ref)
         except DockerUnavailable as exc:
-            raise ApiError(503, str(exc)) from None
+            raise Unavailable(str(exc)) from None
         except DockerError as exc:
-            raise ApiError(502, f"Docker: {exc}") from None
+            raise MeshnetError(f"Docker: {exc}") from None
 
     # -- API -----------------------------------------------------------------------------
 
     async def attach(self, ref: Any, cidrs: Any) -> dict[str, Any]:
         if not isinstance(ref, str) or not ref.strip():
-            raise ApiError(400, "attach needs a container name or id")
+            raise UsageError("attach needs a container name or id")
         wanted = check_cidrs(cidrs)
         async with self.lock:
             info = await self._inspect(ref.strip())
             if info is None:
-                raise ApiError(404, f"no such container: {ref}")
+                raise NotFound(f"no such container: {ref}")
             if not info.running:
-                raise ApiError(409, f"container {info.name} is not running (start it first)")
+                raise Conflict(f"container {info.name} is not running (start it first)")
             cur = self.tracked.get(info.id)
             if cur is not None and cur.get("netns") == info.netns and await self._endpoint_live(info.id):
                 if wanted and sorted(wanted) != sorted(cur["cidrs"]):
-                    raise ApiError(409, f"container {info.name} is already attached with {', '.join(cur['cidrs'])}; detach it first")
+                    raise Conflict(f"container {info.name} is already attached with {', '.join(cur['cidrs'])}; detach it first")
                 return self._row(info.id, cur, info)
             return await self._attach(info, wanted or (cur or {}).get("cidrs") or [], fresh=cur is None)
 
     async def detach(self, ref: Any) -> dict[str, Any]:
         if not isinstance(ref, str) or not ref.strip():
-            raise ApiError(400, "detach needs a container name or id")
+            raise UsageError("detach needs a container name or id")
         ref = ref.strip()
         async with self.lock:
             cid = self._find_tracked(ref)
             if cid is None:
                 info = await self._inspect(ref)
                 if info is None:
-                    raise ApiError(404, f"no such container: {ref}")
+                    raise NotFound(f"no such container: {ref}")
                 cid = info.id if info.id in self.tracked else None
                 if cid is None:
-                    raise ApiError(404, f"container {info.name} is not attached to meshnet")
+                    raise NotFound(f"container {info.name} is not attached to meshnet")
             entry = self.tracked[cid]
             released = await self._forget(cid)
             return {"id": cid, "name": entry.get("name", ""), "detached": True, "released": released}
@@ -178,7 +178,7 @@ class ContainerManager:
                     info = await self._inspect(cid)
                     if info is not None and info.running:
                         await self._bring_up(info)
-            except ApiError as exc:
+            except MeshnetError as exc:
                 log.warning("container %s: %s after %s", cid[:12], exc.message, action)
 
     async def reconcile(self) -> None:
@@ -194,8 +194,8 @@ class ContainerManager:
                         await self._down(cid)
                     elif self.tracked[cid].get("netns") != info.netns or not await self._endpoint_live(cid):
                         await self._bring_up(info)
-                except ApiError as exc:
-                    if exc.status == 503:
+                except MeshnetError as exc:
+                    if isinstance(exc, Unavailable):
                         raise
                     log.warning("container %s: %s", cid[:12], exc.message)
 
@@ -234,21 +234,17 @@ class ContainerManager:
         if not cidrs:
             try:
                 got = await self.call("POST", "/ipam/allocate", {"owner": owner, "wait": ALLOCATE_WAIT})
-            except ApiError as exc:
-                if exc.status == 503:
-                    raise ApiError(503, f"no address free yet: {exc.message}") from None
-                raise
+            except Unavailable as exc:
+                raise Unavailable(f"no address free yet: {exc.message}") from None
             return [got["cidr"]]
         for cidr in cidrs:
             ip = cidr.split("/")[0]
             try:
                 await self.call("POST", "/ipam/allocate", {"owner": owner, "address": ip})
-            except ApiError as exc:
-                if exc.status == 409:
-                    raise ApiError(409, f"address {ip} is already in use: {exc.message}") from None
-                if exc.status == 400:
-                    raise ApiError(400, f"address {ip}: {exc.message}") from None
-                raise
+            except Conflict as exc:
+                raise Conflict(f"address {ip} is already in use: {exc.message}") from None
+            except UsageError as exc:
+                raise UsageError(f"address {ip}: {exc.message}") from None
         return cidrs
 
     async def _attach(self, info: Container, cidrs: list[str], *, fresh: bool) -> dict[str, Any]:
@@ -267,7 +263,7 @@ class ContainerManager:
             if fresh:  # nothing half-made: give back what this attach claimed
                 try:
                     await self.call("POST", "/ipam/release", {"owner": owner})
-                except ApiError as exc:
+                except MeshnetError as exc:
                     log.warning("could not release %s after a failed attach: %s", owner, exc.message)
             raise
         entry = {"name": info.name, "cidrs": list(cidrs), "mac": mac, "netns": info.netns, "ifname": IFNAME}

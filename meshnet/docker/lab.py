@@ -216,7 +216,7 @@ class DockerLab(Lab):
         return r.stdout
 
     def api(self, i: int) -> Any:
-        from meshnet.runtime.api import ApiClient
+        from meshnet.api.client import ApiClient
 
         return ApiClient(f"{self.run_dir(i)}/meshnet.sock")
 

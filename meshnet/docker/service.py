@@ -19,7 +19,6 @@ calls through `router._kernel`.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import threading
@@ -32,9 +31,9 @@ from meshnet.dns.server import DnsServer, parse_upstreams
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
-from meshnet.errors import UsageError
+from meshnet.errors import MeshnetError, NotFound, UsageError
 from meshnet.kernel.errors import KernelError
-from meshnet.runtime.api import ApiError, ApiServer
+from meshnet.api.server import ApiServer
 
 log = logging.getLogger("meshnet.docker")
 
@@ -58,7 +57,7 @@ class _Kernel:
         try:
             return await r._kernel(r.links.add_veth_pair, host, peer, bridge=r.config.bridge, mtu=r.mtu, mac=mac)
         except KernelError as exc:
-            raise ApiError(500, exc.strerror or str(exc)) from None
+            raise MeshnetError(exc.strerror or str(exc)) from None
 
     async def attach(self, netns: str, host_if: str, ifname: str, cidrs: list[str], mac: str) -> str:
         """A container's veth: `ifname` inside `netns` with addresses, `host_if` on the bridge."""
@@ -68,9 +67,7 @@ class _Kernel:
                 r.links.add_pod_veth, netns, host_if=host_if, ifname=ifname, bridge=r.config.bridge, cidrs=cidrs, mtu=r.mtu, mac=mac
             )
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
-        except KernelError as exc:
-            raise ApiError(400 if exc.errno in (errno.ENOENT, errno.EEXIST) else 500, exc.strerror or str(exc)) from None
+            raise UsageError(str(exc)) from None
         return att.mac
 
     async def delete_link(self, name: str) -> bool:
@@ -78,7 +75,7 @@ class _Kernel:
         try:
             return await r._kernel(r.links.delete_link, name)
         except KernelError as exc:
-            raise ApiError(500, exc.strerror or str(exc)) from None
+            raise MeshnetError(exc.strerror or str(exc)) from None
 
 
 class DockerService:
@@ -119,9 +116,10 @@ class DockerService:
         self._loop = asyncio.get_running_loop()
         self.cnm = CnmDriver(self.call, _Kernel(r), r.state, mtu=lambda: r.mtu, universe=self.universe)
         self.containers = ContainerManager(self.call, self.engine, self.blocking, r.state, _Kernel(r))
-        r._api.routes.update(self.routes())
+        r._api.add_routes(self.routes())
         if not self.disabled and (self.url or self.plugin_dir_given):
-            self.plugin = ApiServer(self.plugin_path, self.cnm.routes())
+            self.plugin = ApiServer(self.plugin_path)
+            self.plugin.add_routes(self.cnm.routes())
             try:
                 await self.plugin.start()
             except OSError as exc:
@@ -130,7 +128,7 @@ class DockerService:
             log.info("Docker network plugin %r on %s", PLUGIN_NAME, self.plugin_path)
         try:
             await self._restore_exposure()
-        except (ApiError, KernelError) as exc:
+        except (MeshnetError, KernelError) as exc:
             log.warning("could not restore the host's overlay address: %s", getattr(exc, "message", exc))
         if self.engine is not None and not self.disabled:
             self._tasks.append(asyncio.ensure_future(self._consume()))
@@ -164,7 +162,7 @@ class DockerService:
         """The router's own API, in process (same handlers and errors as over the socket)."""
         handler = self.router._api.routes.get((method, path))
         if handler is None:
-            raise ApiError(501, f"this router has no {method} {path}")
+            raise MeshnetError(f"this router has no {method} {path}")
         return await handler(dict(body))
 
     async def blocking(self, fn: Any, *args: Any) -> Any:
@@ -249,7 +247,7 @@ class DockerService:
                         await self._name_cnm(str((data.get("Actor") or {}).get("ID") or ""))
             except asyncio.CancelledError:
                 raise
-            except (ApiError, DockerError, DockerUnavailable, KernelError) as exc:
+            except (MeshnetError, DockerError, DockerUnavailable, KernelError) as exc:
                 log.warning("Docker %s: %s", kind, getattr(exc, "message", exc))
             except Exception:
                 log.exception("Docker %s handling failed", kind)
@@ -353,8 +351,8 @@ class DockerService:
                 ip = cidr.split("/")[0]
                 try:
                     await self.call("POST", "/ipam/allocate", {"owner": owner, "address": ip})
-                except ApiError as exc:
-                    raise ApiError(exc.status, f"address {ip}: {exc.message}") from None
+                except MeshnetError as exc:
+                    raise type(exc)(f"address {ip}: {exc.message}") from None
                 claimed.append(ip)
                 new["cidrs"].append(cidr)
             await self._apply_exposure(new, old)
@@ -366,7 +364,7 @@ class DockerService:
             except Exception:
                 log.exception("could not roll back a failed expose")
             if isinstance(exc, KernelError):
-                raise ApiError(500, exc.strerror or str(exc)) from None
+                raise MeshnetError(exc.strerror or str(exc)) from None
             raise
         self.router.state.put(EXPOSE_KEY, new)
         return self._exposure_info(new)
@@ -377,14 +375,14 @@ class DockerService:
         gone = [c for c in old["cidrs"] if not which or c in which]
         unknown = [c for c in which if c not in old["cidrs"]]
         if unknown:
-            raise ApiError(404, f"not exposed: {', '.join(unknown)}")
+            raise NotFound(f"not exposed: {', '.join(unknown)}")
         new = {"cidrs": [c for c in old["cidrs"] if c not in gone], "nat": old.get("nat", False)}
         if not new["cidrs"]:
             new["nat"] = False
         try:
             await self._apply_exposure(new, old)
         except KernelError as exc:
-            raise ApiError(500, exc.strerror or str(exc)) from None
+            raise MeshnetError(exc.strerror or str(exc)) from None
         for cidr in gone:
             await self.call("POST", "/ipam/release", {"owner": self._host_owner(), "address": cidr.split("/")[0]})
         self.router.state.put(EXPOSE_KEY, new)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.docker.engine import Container
-from meshnet.runtime.api import ApiError
+from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 
 
 class MemoryStore:
@@ -52,7 +52,7 @@ class FakeRouter:
             ("GET", "/endpoints"): self.ep_list,
         }.get((method, path))
         if handler is None:
-            raise ApiError(404, f"no such endpoint: {method} {path}")
+            raise NotFound(f"no such endpoint: {method} {path}")
         return handler(body)
 
     def paths(self) -> list[str]:
@@ -64,10 +64,10 @@ class FakeRouter:
         if body.get("address"):
             ip = ipaddress.IPv4Address(body["address"])
             if ip not in self.universe or ip in (self.universe.network_address, self.universe.broadcast_address):
-                raise ApiError(400, f"address {ip} is outside the allocation range {self.universe}")
+                raise UsageError(f"address {ip} is outside the allocation range {self.universe}")
             holder = self.held.get(str(ip))
             if holder is not None and holder != owner:
-                raise ApiError(409, f"address {ip} is held by {holder}")
+                raise Conflict(f"address {ip} is held by {holder}")
             self.held[str(ip)] = owner
             return {"address": str(ip), "cidr": f"{ip}/{self.universe.prefixlen}", "owner": owner}
         mine = [ip for ip, o in self.held.items() if o == owner and ipaddress.IPv4Address(ip) in net]
@@ -77,7 +77,7 @@ class FakeRouter:
             if str(ip) not in self.held:
                 self.held[str(ip)] = owner
                 return {"address": str(ip), "cidr": f"{ip}/{self.universe.prefixlen}", "owner": owner}
-        raise ApiError(503, "no free address")
+        raise Unavailable("no free address")
 
     def release(self, body: dict[str, Any]) -> dict[str, Any]:
         owner, address = body["owner"], body.get("address")
@@ -94,14 +94,14 @@ class FakeRouter:
 
     def attach(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.fail_attach:
-            raise ApiError(500, self.fail_attach)
+            raise MeshnetError(self.fail_attach)
         netns = body["netns"]
         if netns in self.attached:
-            raise ApiError(400, f"namespace {netns!r} is already attached")
+            raise UsageError(f"namespace {netns!r} is already attached")
         for cidr in body["cidrs"]:
             ip = cidr.split("/")[0]
             if self.held.get(ip) not in (None, body.get("id")):
-                raise ApiError(409, f"{ip} held by another owner")
+                raise Conflict(f"{ip} held by another owner")
         mac = "02:00:00:00:%02x:%02x" % divmod(len(self.attached) + 1, 256)
         att = {"netns": netns, "cidrs": list(body["cidrs"]), "ifname": body.get("ifname") or "mesh0", "mac": mac, "mtu": 1376}
         self.attached[netns] = att
@@ -114,7 +114,7 @@ class FakeRouter:
         netns = body.get("netns") or (ep or {}).get("netns")
         att = self.attached.pop(netns, None) if netns else None
         if ep is None and att is None:
-            raise ApiError(404, "not attached")
+            raise NotFound("not attached")
         return {"detached": True}
 
     def ep_add(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -137,16 +137,16 @@ class FakeKernel:
 
     async def attach(self, netns: str, host_if: str, ifname: str, cidrs: list[str], mac: str) -> str:
         if self.fail:
-            raise ApiError(500, self.fail)
+            raise MeshnetError(self.fail)
         if netns in self.netns.values() and self.netns.get(host_if) != netns:
-            raise ApiError(400, f"{netns!r} already has an interface named {ifname}")
+            raise UsageError(f"{netns!r} already has an interface named {ifname}")
         self.links[host_if] = mac
         self.netns[host_if] = netns
         return mac
 
     async def add_veth(self, host: str, peer: str, mac: str | None) -> str:
         if self.fail:
-            raise ApiError(500, self.fail)
+            raise MeshnetError(self.fail)
         self.links[host] = mac or "02:11:22:33:44:55"
         return self.links[host]
 

@@ -1,14 +1,14 @@
 """IPAM errors: every failure the allocator raises on purpose is an `IpamError`.
 
-Bad input from an API caller (`IpamBadRequest` and its kin) is also a `UsageError`, so the
-HTTP layer can map the whole family to 4xx with the message as is. Every one of them is
+Each also derives from the kind in `meshnet.errors` it is (usage, conflict, unavailable), so the
+API transport maps the whole family to HTTP status in its one place. Every one of them is
 raised before anything is changed. Hostile or malformed gossip raises `IpamProtocolError`
 (a `RemoteProtocolError`) and nothing else.
 """
 
 from __future__ import annotations
 
-from meshnet.errors import MeshnetError, RemoteProtocolError, UsageError
+from meshnet.errors import Conflict, MeshnetError, RemoteProtocolError, Unavailable, UsageError
 
 
 class IpamError(MeshnetError):
@@ -27,7 +27,7 @@ class IpamBadRequest(IpamError, UsageError, ValueError):
     """Malformed request: invalid CIDR or address, outside the range, empty owner."""
 
 
-class AddressInUse(IpamError, UsageError):
+class AddressInUse(IpamError, Conflict):
     """The address is held by another owner."""
 
 
@@ -35,21 +35,21 @@ class NotHeld(IpamError, UsageError):
     """Release named an address that this owner does not hold."""
 
 
-class NotOwner(IpamError, UsageError):
+class NotOwner(IpamError, Conflict):
     """The address lies in a range owned by another peer; claim it there."""
 
 
-class RangeExhausted(IpamError):
+class RangeExhausted(IpamError, Unavailable):
     """No free address is left in the requested subnet on any reachable peer."""
 
 
-class PeerReachable(IpamError, UsageError):
+class PeerReachable(IpamError, Conflict):
     """rmpeer refused: the peer is reachable, so it is not gone."""
 
 
-class NoHeir(IpamError):
+class NoHeir(IpamError, Unavailable):
     """reset refused: no reachable peer can take this peer's ranges."""
 
 
-class Cancelled(IpamError):
+class Cancelled(IpamError, Unavailable):
     """A pending request ended without an address (released, reset, or cancelled)."""

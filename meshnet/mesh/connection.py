@@ -23,7 +23,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from meshnet.errors import HandshakeRefused, LocalProtocolError, RemoteProtocolError
+from meshnet.errors import HandshakeRefused, LocalProtocolError, Refusal, RemoteProtocolError
 from meshnet.mesh import wire
 from meshnet.mesh.session import Ephemeral, Session
 from meshnet.mesh.wire import Message, Msg
@@ -66,10 +66,10 @@ class ControlConnection:
             raise LocalProtocolError(f"cannot send {kind.name} in state {self.state.value}")
         self._send_body(wire.encode_message(kind, *fields))
 
-    def refuse(self, reason: str, *, retry: bool = True) -> None:
+    def refuse(self, refusal: Refusal, reason: str) -> None:
         """Queue a REFUSE for the peer (if it can read one) and close."""
         if self.state in (State.FEATURES, State.ESTABLISHED):
-            self._send_body(wire.encode_message(Msg.REFUSE, reason, retry))
+            self._send_body(wire.encode_message(Msg.REFUSE, reason, refusal.retry, refusal.value))
         self.state = State.CLOSED
 
     def receive_data(self, data: bytes) -> list[Message]:
@@ -106,7 +106,7 @@ class ControlConnection:
                 message = wire.decode_message(self._open_body(body))
                 if message.kind is Msg.REFUSE:
                     self.state = State.CLOSED
-                    raise HandshakeRefused(f"peer refused: {message.fields[0]}", retry=message.fields[1])
+                    raise _refused_by_peer(message)
                 messages.append(message)
             else:
                 break
@@ -118,9 +118,9 @@ class ControlConnection:
         hello = message.fields[0]
         theirs_encrypted = hello.get("encrypt") is True
         if self._ephemeral is not None and not theirs_encrypted:
-            raise HandshakeRefused("we have a password but the peer has none (unencrypted)")
+            raise HandshakeRefused(Refusal.PASSWORD_MISMATCH, "we have a password but the peer has none (unencrypted)")
         if self._ephemeral is None and theirs_encrypted:
-            raise HandshakeRefused("the peer requires a password but we have none")
+            raise HandshakeRefused(Refusal.PASSWORD_MISMATCH, "the peer requires a password but we have none")
         if self._ephemeral is not None:
             their_pub = hello.get("pub")
             if not isinstance(their_pub, bytes):
@@ -141,12 +141,12 @@ class ControlConnection:
         try:
             plain = self._open_body(body)
         except RemoteProtocolError:
-            raise HandshakeRefused("wrong password: the peer's first sealed message did not authenticate")
+            raise HandshakeRefused(Refusal.WRONG_PASSWORD, "wrong password: the peer's first sealed message did not authenticate")
         return wire.decode_message(plain)
 
     def _on_features(self, message: Message) -> None:
         if message.kind is Msg.REFUSE:
-            raise HandshakeRefused(f"peer refused: {message.fields[0]}", retry=message.fields[1])
+            raise _refused_by_peer(message)
         if message.kind is not Msg.FEATURES:
             raise RemoteProtocolError(f"expected FEATURES, got {message.kind.name}")
         features = message.fields[0]
@@ -166,3 +166,10 @@ class ControlConnection:
 
     def _open_body(self, body: bytes) -> bytes:
         return self.session.open(body) if self.session is not None else body
+
+
+def _refused_by_peer(message: Message) -> HandshakeRefused:
+    """The peer's REFUSE: its reason as prose, its kind (a peer without one: OTHER), its retry."""
+    reason, retry, *kind = message.fields
+    refusal = Refusal.from_wire(kind[0]) if kind else Refusal.OTHER
+    return HandshakeRefused(refusal, f"peer refused: {reason}", retry=retry)

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from meshnet.errors import RemoteProtocolError
+from meshnet.errors import Refusal, RemoteProtocolError
 from meshnet.mesh.targets import normalize
 from meshnet.mesh.topology import Link, PeerEntry, Topology
 from meshnet.mesh.wire import MAX_FRAME, Message, Msg
@@ -49,7 +49,15 @@ class Send:
 class Close:
     conn: int
     reason: str
-    retry: bool = True
+    refusal: Refusal = Refusal.CLOSING
+
+
+@dataclass(frozen=True)
+class Refused:
+    """`add_connection` did not admit a connection: why (the enum) and a line for people."""
+
+    refusal: Refusal
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -127,19 +135,20 @@ class MeshCore:
 
     def add_connection(
         self, conn: int, *, remote: dict[str, Any], ip: str, outbound: bool, now: float
-    ) -> tuple[str | None, list[Event]]:
-        """Admit an established connection; return (refusal reason or None, events)."""
+    ) -> tuple[Refused | None, list[Event]]:
+        """Admit an established connection; return (why not, or None; events)."""
         peer, uid = remote["name"], remote["uid"]
         if peer == self.name:
             if uid == self.topology.local.uid:
-                return self._refused("connection to ourselves")
-            return self._refused(f"duplicate peer name {peer.hex()}: another router uses our name")
+                return self._refused(Refusal.SELF, "connection to ourselves")
+            return self._refused(Refusal.DUPLICATE_NAME, f"duplicate peer name {peer.hex()}: another router uses our name")
         events: list[Event] = []
         existing = self.by_peer().get(peer)
         if existing is not None:
             old = self.conns[existing]
             if old.uid != uid:
                 return self._refused(
+                    Refusal.DUPLICATE_NAME,
                     f"duplicate peer name {peer.hex()}: already connected to {old.nick!r} at {old.ip} "
                     f"(another incarnation); refusing {remote.get('nick')!r} at {ip}"
                 )
@@ -147,11 +156,11 @@ class MeshCore:
             new_initiator = self.name if outbound else peer
             old_initiator = self.name if old.outbound else peer
             if new_initiator >= old_initiator:
-                return "duplicate connection", []
-            events.append(Close(existing, "duplicate connection"))
+                return Refused(Refusal.DUPLICATE_CONNECTION, "duplicate connection"), []
+            events.append(Close(existing, "duplicate connection", Refusal.DUPLICATE_CONNECTION))
             del self.conns[existing]
         if len(self.conns) >= self.conn_limit:
-            return self._refused(f"connection limit ({self.conn_limit}) reached")
+            return self._refused(Refusal.CONN_LIMIT, f"connection limit ({self.conn_limit}) reached")
         self.conns[conn] = Conn(
             peer,
             remote.get("nick", ""),
@@ -169,9 +178,9 @@ class MeshCore:
         events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
         return None, events
 
-    def _refused(self, reason: str) -> tuple[str, list[Event]]:
+    def _refused(self, refusal: Refusal, reason: str) -> tuple[Refused, list[Event]]:
         self.counters["refused"] += 1
-        return reason, []
+        return Refused(refusal, reason), []
 
     def remove_connection(self, conn: int, *, now: float) -> list[Event]:
         if self.conns.pop(conn, None) is None:

@@ -41,7 +41,7 @@ class Msg(IntEnum):
     REQUEST = 5  # [5, [name, ...]] please send these entries
     BROADCAST = 6  # [6, channel, src, seq, payload] relayed along src's spanning tree
     UNICAST = 7  # [7, channel, src, dst, payload] relayed along shortest paths
-    REFUSE = 8  # [8, reason, retry] the sender is closing the connection on purpose
+    REFUSE = 8  # [8, reason, retry, kind] the sender is closing on purpose; kind is optional
     SUMMARY = 9  # [9, hash] anti-entropy: a hash of the sender's digest; a mismatch asks for DIGEST
 
 
@@ -113,9 +113,11 @@ _SHAPES: dict[Msg, tuple[type | tuple[type, ...], ...]] = {
     Msg.REQUEST: (list,),
     Msg.BROADCAST: (str, bytes, int, bytes),
     Msg.UNICAST: (str, bytes, bytes, bytes),
-    Msg.REFUSE: (str, bool),
+    Msg.REFUSE: (str, bool, str),
     Msg.SUMMARY: (bytes,),
 }
+# Trailing fields a sender may leave out (added after version 1 first shipped).
+_OPTIONAL = {Msg.REFUSE: 1}
 
 
 def decode_message(body: bytes) -> Message:
@@ -136,7 +138,7 @@ def decode_message(body: bytes) -> Message:
         raise RemoteProtocolError(f"unknown message type {obj[0]}") from None
     fields = tuple(obj[1:])
     shape = _SHAPES[kind]
-    if len(fields) != len(shape) or not all(
+    if not len(shape) - _OPTIONAL.get(kind, 0) <= len(fields) <= len(shape) or not all(
         isinstance(f, t) and not (t is int and isinstance(f, bool)) for f, t in zip(fields, shape)
     ):
         raise RemoteProtocolError(f"malformed {kind.name} message")

@@ -13,14 +13,12 @@ import os
 import time
 from typing import Any, Callable
 
-from meshnet.errors import MeshnetError, RemoteProtocolError, UsageError
+from meshnet.errors import RemoteProtocolError, Unavailable
 from meshnet.ipam.addr import fmt
 from meshnet.ipam.allocator import Allocator
-from meshnet.ipam.errors import AddressInUse, IpamError, NotHeld, NotOwner, PeerReachable
 from meshnet.ipam.journal import Journal
 from meshnet.ipam.outcome import Result
 from meshnet.ipam.store import SqliteStore
-from meshnet.runtime.api import ApiError
 
 log = logging.getLogger("meshnet.ipam")
 
@@ -117,17 +115,15 @@ class IpamService:
         """An address for owner (the given one if `address`); waits for space up to `wait` s.
 
         Raises:
-            ApiError: 400 bad input, 409 address in use or owned elsewhere, 503 no space in time.
+            IpamError: a UsageError for bad input, a Conflict for an address in use or owned
+                elsewhere, Unavailable when no space came in time.
         """
         now = time.monotonic()
         self._replay_journal(now)  # a journalled DEL of this very owner must not free what we hand out now
-        try:
-            if address:
-                outcome, out = self.allocator.claim(owner, address, now=now)
-            else:
-                outcome, out = self.allocator.allocate(owner, subnet=subnet, now=now)
-        except IpamError as exc:
-            raise _api_error(exc) from None
+        if address:
+            outcome, out = self.allocator.claim(owner, address, now=now)
+        else:
+            outcome, out = self.allocator.allocate(owner, subnet=subnet, now=now)
         if isinstance(outcome, Result):
             self._flush(out)
             return outcome
@@ -140,16 +136,11 @@ class IpamService:
         except asyncio.TimeoutError:
             if self.allocator.cancel(outcome.request_id):
                 self._waiting.pop(outcome.request_id, None)
-            raise ApiError(503, f"no address available yet: {outcome.reason}") from None
-        except IpamError as exc:
-            raise _api_error(exc) from None
+            raise Unavailable(f"no address available yet: {outcome.reason}") from None
 
     def release(self, owner: str, address: str | None = None) -> list[str]:
         held = self.allocator.addresses(owner)
-        try:
-            self._flush(self.allocator.release(owner, address=address, now=time.monotonic()))
-        except IpamError as exc:
-            raise _api_error(exc) from None
+        self._flush(self.allocator.release(owner, address=address, now=time.monotonic()))
         return [address] if address else held
 
     def owners(self) -> dict[str, list[str]]:
@@ -162,23 +153,10 @@ class IpamService:
         return self.allocator.status()
 
     def rmpeer(self, peer: bytes) -> int:
-        try:
-            count, out = self.allocator.rmpeer(peer, now=time.monotonic())
-        except IpamError as exc:
-            raise _api_error(exc) from None
+        count, out = self.allocator.rmpeer(peer, now=time.monotonic())
         self._flush(out)
         return count
 
     def reset(self) -> None:
-        try:
-            self._flush(self.allocator.reset(now=time.monotonic()))
-        except IpamError as exc:
-            raise _api_error(exc) from None
+        self._flush(self.allocator.reset(now=time.monotonic()))
 
-
-def _api_error(exc: MeshnetError) -> ApiError:
-    if isinstance(exc, (AddressInUse, NotOwner)):
-        return ApiError(409, str(exc))
-    if isinstance(exc, (NotHeld, PeerReachable)) or isinstance(exc, UsageError):
-        return ApiError(400, str(exc))
-    return ApiError(503, str(exc))

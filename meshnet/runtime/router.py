@@ -13,7 +13,6 @@ it backwards; the bridge and attached containers stay, so a restart picks them u
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import ipaddress
 import logging
@@ -29,14 +28,14 @@ from typing import Any
 
 from meshnet.dataplane import layout
 from meshnet.dataplane.pump import load_pump
-from meshnet.errors import HandshakeRefused, RemoteProtocolError, UsageError
+from meshnet.errors import Conflict, HandshakeRefused, MeshnetError, NotFound, Refusal, RemoteProtocolError, UsageError
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.links import Links, netns_path, parse_cidrs
 from meshnet.mesh import targets as targets_mod
 from meshnet.mesh.connection import ControlConnection, State
 from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
 from meshnet.mesh.targets import Targets
-from meshnet.runtime.api import ApiError, ApiServer
+from meshnet.api.server import ApiServer
 from meshnet.runtime.config import RouterConfig
 from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
 from meshnet.runtime.metrics import MetricsServer
@@ -47,7 +46,6 @@ from meshnet.runtime.state import StateDir
 
 log = logging.getLogger("meshnet.router")
 
-DUPLICATE = "duplicate connection"  # MeshCore's reason when both sides dialled at once
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a dialled or accepted connection to finish its handshake
 
 
@@ -205,7 +203,8 @@ class Router:
             self._server = await asyncio.start_server(self._accept, cfg.host, cfg.port, reuse_address=True)
         except OSError as exc:
             raise UsageError(f"cannot listen on TCP {cfg.host}:{cfg.port}: {exc.strerror}") from None
-        self._api = ApiServer(cfg.socket, self._routes())
+        self._api = ApiServer(cfg.socket)
+        self._api.add_routes(self._routes())
         await self._api.start()
         self._metrics = MetricsServer(cfg.metrics_addr, self._metrics_snapshot)
         self._metrics.start()
@@ -320,21 +319,22 @@ class Router:
         try:
             link.flush()
             early = await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
-            reason, events = self.core.add_connection(
+            refused, events = self.core.add_connection(
                 link.id, remote=proto.remote, ip=peer_ip, outbound=address is not None, now=time.monotonic()
             )
-            if reason == DUPLICATE:  # both sides dialled at once; the other connection stays
-                proto.refuse(reason)
+            if refused is not None and refused.refusal.benign:  # both sides dialled; the other connection stays
+                proto.refuse(refused.refusal, refused.reason)
                 link.flush()
                 if address is not None:
                     self.targets.succeeded(address, proto.remote["name"])
                     benign = True
                 return
-            if reason is not None:
-                self._note_refusal(peer_ip, proto.remote, reason)
-                proto.refuse(reason, retry="duplicate peer name" not in reason)
+            if refused is not None:
+                self._note_refusal(peer_ip, proto.remote, refused.reason)
+                proto.refuse(refused.refusal, refused.reason)
                 link.flush()
-                error, retry = f"refused by us: {reason}", "connection to ourselves" not in reason
+                # A name clash may clear (a stale incarnation times out): only our own address is hopeless.
+                error, retry = f"refused by us: {refused.reason}", refused.refusal is not Refusal.SELF
                 return
             admitted = True
             self._conns[link.id] = link
@@ -361,13 +361,13 @@ class Router:
                 link.flush()
         except HandshakeRefused as exc:
             error, retry = exc.reason, exc.retry
-            if DUPLICATE in exc.reason:
+            if exc.refusal.benign:
                 benign = address is not None
                 if benign:
                     self.targets.succeeded(address, proto.remote["name"])
                 return
             self.counters["handshake_failures"] += 1
-            if "wrong password" in exc.reason:
+            if exc.refusal is Refusal.WRONG_PASSWORD:
                 self.counters["wrong_password"] += 1
             self._note_refusal(peer_ip, proto.remote, exc.reason)
             log.warning("connection with %s refused: %s", peer_ip, exc.reason)
@@ -427,7 +427,7 @@ class Router:
                 link = self._conns.get(event.conn)
                 if link is not None:
                     log.info("closing connection %d: %s", event.conn, event.reason)
-                    link.proto.refuse(event.reason, retry=event.retry)
+                    link.proto.refuse(event.refusal, event.reason)
                     link.flush()
                     link.writer.close()
                 closed = True
@@ -548,7 +548,7 @@ class Router:
         for conn, c in self.core.conns.items():
             if layout.peer_id(c.peer) in due and conn in self._conns:
                 log.info("rekeying the sleeve with %s: reconnecting", c.nick)
-                self._handle([Close(conn, "rekeying the sleeve")])
+                self._handle([Close(conn, "rekeying the sleeve", Refusal.CLOSING)])
 
     async def _timer(self) -> None:
         while True:
@@ -585,30 +585,31 @@ class Router:
         netns = body.get("netns")
         cidrs = body.get("cidrs") or []
         if not isinstance(netns, str) or not netns:
-            raise ApiError(400, "attach needs a network namespace (name or path)")
+            raise UsageError("attach needs a network namespace (name or path)")
         if not isinstance(cidrs, list):
-            raise ApiError(400, "cidrs must be a list of IP/CIDR")
+            raise UsageError("cidrs must be a list of IP/CIDR")
         path = netns if "/" in netns else f"/run/netns/{netns}"
         ep_id = str(body.get("id") or f"netns:{path}")
         if self.endpoints.get(ep_id) is not None:
-            raise ApiError(409, f"{netns!r} is already attached")
+            raise Conflict(f"{netns!r} is already attached")
         try:
             parse_cidrs(cidrs)
             netns_path(netns)
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise UsageError(str(exc)) from None
         except KernelError as exc:
-            raise ApiError(400, exc.strerror or str(exc)) from None
+            raise UsageError(exc.strerror or str(exc)) from None
         claimed = await self._claim_addresses(ep_id, cidrs)
         try:
             att = await self._kernel(
                 self.links.attach, netns, bridge=self.config.bridge, cidrs=claimed, mtu=self.mtu, ifname=body.get("ifname") or "mesh0"
             )
-        except (ValueError, KernelError) as exc:
+        except ValueError as exc:
             self.ipam.release(ep_id)
-            if isinstance(exc, ValueError):
-                raise ApiError(400, str(exc)) from None
-            raise ApiError(400 if exc.errno in (errno.ENOENT, errno.EEXIST) else 500, exc.strerror or str(exc)) from None
+            raise UsageError(str(exc)) from None
+        except KernelError:
+            self.ipam.release(ep_id)
+            raise
         self.endpoints.add(Endpoint(ep_id, att.mac, att.cidrs, str(body.get("name") or ""), att.host_if))
         self._publish_endpoints()
         return {"id": ep_id, "netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.mtu}
@@ -625,7 +626,7 @@ class Router:
                 if iface.ip in universe:
                     await self.ipam.allocate(owner, address=str(iface.ip), wait=5)
                 claimed.append(cidr)
-        except ApiError:
+        except MeshnetError:
             self.ipam.release(owner)
             raise
         return claimed
@@ -634,7 +635,7 @@ class Router:
         """Take a namespace (or an endpoint id) off the bridge and release its addresses."""
         netns, ep_id = body.get("netns"), body.get("id")
         if not (isinstance(netns, str) and netns) and not (isinstance(ep_id, str) and ep_id):
-            raise ApiError(400, "detach needs a network namespace (name or path) or an endpoint id")
+            raise UsageError("detach needs a network namespace (name or path) or an endpoint id")
         if not ep_id:
             ep_id = f"netns:{netns if '/' in netns else f'/run/netns/{netns}'}"
         ep = self.endpoints.get(ep_id)
@@ -647,7 +648,7 @@ class Router:
         released = self.ipam.release(ep_id)
         self._publish_endpoints()
         if not (removed or ep is not None or released):
-            raise ApiError(404, f"{netns or ep_id!r} is not attached")
+            raise NotFound(f"{netns or ep_id!r} is not attached")
         return {"id": ep_id, "detached": True, "released": released}
 
     # -- IPAM API ----------------------------------------------------------------------
@@ -655,7 +656,7 @@ class Router:
     async def _ipam_allocate(self, body: dict[str, Any]) -> dict[str, Any]:
         owner = body.get("owner")
         if not isinstance(owner, str) or not owner:
-            raise ApiError(400, "an allocation needs an owner (e.g. container id + interface)")
+            raise UsageError("an allocation needs an owner (e.g. container id + interface)")
         wait = float(body.get("wait", 30))
         result = await self.ipam.allocate(owner, subnet=body.get("subnet"), address=body.get("address"), wait=wait)
         return {"owner": owner, "address": result.address, "cidr": result.cidr}
@@ -663,7 +664,7 @@ class Router:
     async def _ipam_release(self, body: dict[str, Any]) -> dict[str, Any]:
         owner = body.get("owner")
         if not isinstance(owner, str) or not owner:
-            raise ApiError(400, "a release needs an owner")
+            raise UsageError("a release needs an owner")
         return {"owner": owner, "released": self.ipam.release(owner, body.get("address"))}
 
     async def _ipam_owners(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -693,13 +694,13 @@ class Router:
             name = b""
         if len(name) == 16:
             return name
-        raise ApiError(400, f"{text!r} is neither a known nickname nor a 32-hex-digit peer name")
+        raise UsageError(f"{text!r} is neither a known nickname nor a 32-hex-digit peer name")
 
     async def _endpoint_add(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             ep = Endpoint.parse(body)
         except UsageError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise UsageError(str(exc)) from None
         self.endpoints.add(ep)
         self._publish_endpoints()
         return {"id": ep.id}
@@ -750,7 +751,7 @@ class Router:
         try:
             address = targets_mod.normalize(str(body.get("address", "")))
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise UsageError(str(exc)) from None
         self.targets.add_direct(address)
         self.state.put("forgotten_peers", [a for a in self.state.get("forgotten_peers", []) if a != address])
         self._persist_targets()
@@ -761,9 +762,9 @@ class Router:
         try:
             address = targets_mod.normalize(str(body.get("address", "")))
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise UsageError(str(exc)) from None
         if not self.targets.forget(address):
-            raise ApiError(404, f"{address} is not a known peer address")
+            raise NotFound(f"{address} is not a known peer address")
         self.state.put("forgotten_peers", sorted({*self.state.get("forgotten_peers", []), address}))
         self.state.put("known_peers", [a for a in self.state.get("known_peers", []) if a != address])
         self._persist_targets()

@@ -130,14 +130,14 @@ class CniLab:
 
     def wait_ipam(self, timeout: float = 30) -> None:
         """Until every router's allocator has the ring (GET /ipam/status: state "ready")."""
-        from meshnet.runtime.api import ApiError, RouterUnavailable
+        from meshnet.errors import MeshnetError
 
         end = time.monotonic() + timeout
         for i in range(1, self.hosts + 1):
             while True:
                 try:
                     state = self.api(i, "GET", "/ipam/status").get("state")
-                except (RouterUnavailable, ApiError, OSError) as exc:
+                except (MeshnetError, OSError) as exc:
                     state = str(exc)
                 if state == "ready":
                     break
@@ -149,7 +149,7 @@ class CniLab:
         return sh("nsenter", f"--net=/run/netns/{self.lab.host_ns(i)}", "--", *cmd, **kw)
 
     def api(self, i: int, method: str, path: str, body: dict | None = None) -> dict:
-        from meshnet.runtime.api import ApiClient
+        from meshnet.api.client import ApiClient
 
         client = ApiClient(f"{self.lab.run_dir(i)}/meshnet.sock", timeout=60)
         return client.call(method, path, body)

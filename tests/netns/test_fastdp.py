@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from meshnet.lab import Lab
-from meshnet.runtime.api import ApiClient
+from meshnet.api.client import ApiClient
 from meshnet.testing.labtools import block, ping, unblock, wait_for
 
 pytestmark = pytest.mark.netns

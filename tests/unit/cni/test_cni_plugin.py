@@ -15,7 +15,7 @@ from meshnet.cni.plugin import Plugin, main
 from meshnet.ipam.journal import Journal, parse
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.links import Attachment
-from meshnet.runtime.api import ApiError, RouterUnavailable
+from meshnet.errors import Conflict, MeshnetError, NotFound, RouterUnavailable, Unavailable, UsageError
 
 CID = "feedc0de" * 8
 
@@ -29,7 +29,7 @@ class FakeRouter:
         self.held: dict[str, list[str]] = {}
         self.endpoints: dict[str, dict] = {}
         self.calls: list[tuple[str, str, dict]] = []
-        self.fail: dict[str, ApiError] = {}
+        self.fail: dict[str, MeshnetError] = {}
 
     def client(self, path: str, timeout: float) -> FakeRouter:
         self.socket = path
@@ -50,7 +50,7 @@ class FakeRouter:
             return {"owners": {k: list(v) for k, v in self.held.items()}}
         if path == "/endpoints":
             return {"local": [dict(e) for e in self.endpoints.values()], "mesh": []}
-        raise ApiError(404, path)
+        raise NotFound(path)
 
     def post(self, path: str, body: dict) -> dict:
         self._check("POST", path, body)
@@ -61,9 +61,9 @@ class FakeRouter:
             taken = {a for v in self.held.values() for a in v}
             if "address" in body:
                 if ipaddress.ip_address(body["address"]) not in self.range:
-                    raise ApiError(400, f"{body['address']} is outside {self.range}")
+                    raise UsageError(f"{body['address']} is outside {self.range}")
                 if body["address"] in taken:
-                    raise ApiError(409, f"{body['address']} is held by another owner")
+                    raise Conflict(f"{body['address']} is held by another owner")
                 address = body["address"]
             else:
                 address = next(str(a) for a in self.range.hosts() if str(a) not in taken)
@@ -76,7 +76,7 @@ class FakeRouter:
             return {"id": body["id"]}
         if path == "/endpoints/del":
             return {"id": body["id"], "removed": self.endpoints.pop(body["id"], None) is not None}
-        raise ApiError(404, path)
+        raise NotFound(path)
 
 
 class FakeLinks:
@@ -187,7 +187,7 @@ def test_add_router_down_is_try_again_later(rig):
 
 def test_add_no_space_is_try_again_later(rig):
     router, _, call, _ = rig
-    router.fail["/ipam/allocate"] = ApiError(503, "no free address in 10.32.0.0/12 within 10s")
+    router.fail["/ipam/allocate"] = Unavailable("no free address in 10.32.0.0/12 within 10s")
     rc, err = call("ADD")
     assert rc == 1 and err["code"] == spec.TRY_AGAIN_LATER and "no free address" in err["msg"]
 
@@ -209,7 +209,7 @@ def test_add_kernel_failure_releases_the_address(rig):
 
 def test_add_endpoint_refused_undoes_everything(rig):
     router, links, call, _ = rig
-    router.fail["/endpoints/add"] = ApiError(400, "bad mac")
+    router.fail["/endpoints/add"] = UsageError("bad mac")
     rc, err = call("ADD")
     assert rc == 1 and err["code"] == spec.INTERNAL
     assert router.held == {} and links.veths == {}

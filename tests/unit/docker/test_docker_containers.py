@@ -8,7 +8,8 @@ import pytest
 
 from meshnet.docker.containers import KEY, ContainerManager, check_cidrs, host_if_of, mac_of
 from meshnet.docker.testing import FakeEngine, FakeKernel, FakeRouter, MemoryStore, direct
-from meshnet.runtime.api import ApiError
+from meshnet.api.server import status_for
+from meshnet.errors import MeshnetError
 
 CID = "a" * 64
 CID2 = "b" * 64
@@ -51,9 +52,9 @@ def test_attach_allocates_and_is_idempotent():
         again = await mgr.attach(CID[:12], [])
         assert again["cidrs"] == got["cidrs"]
         assert sum(p == "/endpoints/add" for p in router.paths()) == 1
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(MeshnetError) as exc:
             await mgr.attach("web", ["10.32.9.9/12"])
-        assert exc.value.status == 409 and "already attached" in exc.value.message
+        assert status_for(exc.value)[0] == 409 and "already attached" in exc.value.message
 
     run(main())
 
@@ -89,9 +90,9 @@ def test_bad_input_clear_errors_nothing_half_made(setup, ref, cidrs, status, wor
         if setup == "taken":
             router.held["10.32.1.1"] = "docker:other"
         before = dict(router.held)
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(MeshnetError) as exc:
             await mgr.attach(ref, cidrs)
-        assert exc.value.status == status and words in exc.value.message
+        assert status_for(exc.value)[0] == status and words in exc.value.message
         assert router.held == before and router.local == {} and mgr.tracked == {} and KERNEL.links == {}
         assert store.get(KEY, {}) == {}
 
@@ -103,7 +104,7 @@ def test_failed_kernel_attach_releases_claim():
         mgr, router, engine, _ = rig()
         engine.add(CID, "web")
         KERNEL.fail = "veth went away"
-        with pytest.raises(ApiError):
+        with pytest.raises(MeshnetError):
             await mgr.attach("web", ["10.32.3.3/12"])
         assert router.held == {} and mgr.tracked == {} and KERNEL.links == {}
 
@@ -177,12 +178,12 @@ def test_detach_releases_and_unknown_is_404():
         await mgr.attach("web", ["10.32.0.7/12"])
         got = await mgr.detach("web")
         assert got["released"] == ["10.32.0.7"] and router.held == {} and router.local == {}
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(MeshnetError) as exc:
             await mgr.detach("web")
-        assert exc.value.status == 404
-        with pytest.raises(ApiError) as exc:
+        assert status_for(exc.value)[0] == 404
+        with pytest.raises(MeshnetError) as exc:
             await mgr.detach("ghost")
-        assert exc.value.status == 404
+        assert status_for(exc.value)[0] == 404
 
     run(main())
 
@@ -191,14 +192,14 @@ def test_no_docker_is_a_clear_503():
     async def main():
         router = FakeRouter()
         mgr = ContainerManager(router.call, None, direct, MemoryStore(), FakeKernel())
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(MeshnetError) as exc:
             await mgr.attach("web", [])
-        assert exc.value.status == 503 and "--docker-socket" in exc.value.message
+        assert status_for(exc.value)[0] == 503 and "--docker-socket" in exc.value.message
 
     run(main())
 
 
 def test_check_cidrs():
     assert check_cidrs(["10.32.1.5/12"]) == ["10.32.1.5/12"]
-    with pytest.raises(ApiError):
+    with pytest.raises(MeshnetError):
         check_cidrs(["10.32.1.5/12", "10.32.1.5/16"])

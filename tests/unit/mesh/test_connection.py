@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from meshnet.errors import HandshakeRefused, LocalProtocolError, RemoteProtocolError
+from meshnet.errors import HandshakeRefused, LocalProtocolError, Refusal, RemoteProtocolError
 from meshnet.mesh.connection import ControlConnection, State
+from meshnet.mesh import wire
 from meshnet.mesh.wire import Msg
 
 
@@ -101,10 +102,20 @@ def test_forged_message_closes():
 def test_refuse_reaches_the_peer():
     a, b = pair()
     shuttle(a, b)
-    b.refuse("duplicate peer name", retry=False)
+    b.refuse(Refusal.DUPLICATE_NAME, "duplicate peer name")
     with pytest.raises(HandshakeRefused) as info:
         a.receive_data(b.data_to_send())
-    assert "duplicate peer name" in info.value.reason and info.value.retry is False
+    assert info.value.refusal is Refusal.DUPLICATE_NAME and info.value.retry is False
+    assert "duplicate peer name" in info.value.reason
+
+
+def test_refuse_from_a_peer_without_kind_is_other():
+    a, b = pair()
+    shuttle(a, b)
+    b._send_body(wire.encode_message(Msg.REFUSE, "full", True))  # a version-1 peer's REFUSE
+    with pytest.raises(HandshakeRefused) as info:
+        a.receive_data(b.data_to_send())
+    assert info.value.refusal is Refusal.OTHER and info.value.retry is True
 
 
 def test_cannot_send_before_established():

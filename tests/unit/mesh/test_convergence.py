@@ -3,6 +3,8 @@ peer converges on the same topology once the network heals."""
 
 import random
 
+from meshnet.errors import Refusal
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,8 +128,8 @@ def test_duplicate_name_refused():
     net = GossipNet(2, seed=7)
     net.connect(0, 1)
     clone = {**net.features(0), "uid": net.features(0)["uid"] + 1, "nick": "clone"}  # a cloned machine
-    reason, _ = net.cores[1].add_connection(99, remote=clone, ip="10.9.9.9", outbound=False, now=net.now)
-    assert reason is not None and "duplicate peer name" in reason and "clone" in reason
+    refused, _ = net.cores[1].add_connection(99, remote=clone, ip="10.9.9.9", outbound=False, now=net.now)
+    assert refused is not None and refused.refusal is Refusal.DUPLICATE_NAME and "clone" in refused.reason
     assert net.cores[1].counters["refused"] == 1
     assert 99 not in net.cores[1].conns
 
