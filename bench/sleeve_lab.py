@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from meshnet.cli import describe_pump  # noqa: E402
 from meshnet.lab import Lab  # noqa: E402
 
 MODES = {
@@ -51,7 +52,7 @@ def measure(mode: str, seconds: int) -> dict:
         deadline = time.monotonic() + 20
         while not lab.ping(a, bip, wait=1) and time.monotonic() < deadline:
             pass
-        res = {"mode": mode, "pump": lab.status(1)["dataplane"].get("pump_offloads", "")}
+        res = {"mode": mode, "pump": describe_pump(lab.status(1)["dataplane"]["pump"])}
         for name, args in (("tcp1_cubic", ["-C", "cubic", "-O", "1"]), ("tcp4_cubic", ["-C", "cubic", "-P", "4"]),
                            ("tcp1_bbr", ["-C", "bbr", "-O", "1"])):
             end = iperf(a, b, bip, args, seconds)

@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from meshnet.docker import cli as docker_cli
 from meshnet.api.client import ApiClient
+from meshnet.docker import cli as docker_cli
 from meshnet.errors import MeshnetError, RouterUnavailable
 from meshnet.runtime.config import DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, RouterConfig, default_socket
 
@@ -160,12 +160,12 @@ def _config(args: argparse.Namespace) -> RouterConfig:
 def cmd_launch(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.foreground:
-        from meshnet.runtime.router import Router
+        from meshnet.daemon import Daemon
 
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
-        asyncio.run(Router(config).run())
+        asyncio.run(Daemon(config).run())
         return 0
     return _launch_background(args, config)
 
@@ -312,14 +312,46 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_pump(pump: dict[str, Any]) -> str:
+    """One line: which pump, and which offloads it uses."""
+    if not pump.get("compiled"):
+        return "PURE-PYTHON TWIN (slow; the compiled pump is not built): no batching, no offloads"
+    f = pump.get("features") or {}
+    used = [f"batch {f.get('batch')}"] if f else []
+    if f.get("tap_offload"):
+        used.append("TAP " + "/".join(f["tap_offload"]))
+    elif f:
+        used.append("no TAP offloads" + ("" if f.get("vnet_hdr") else " (no IFF_VNET_HDR)"))
+    used += [name for key, name in (("udp_gso", "UDP GSO"), ("udp_gro", "UDP GRO"), ("gro_merge", "TCP merging"), ("gro_merge_udp", "UDP merging")) if f.get(key)]
+    if f.get("udp_gso_error"):
+        used.append(f"UDP GSO off after error: {f['udp_gso_error']}")
+    used.append(f"sleeve {f['crypto']}" if f.get("crypto") else "sleeve unencrypted")
+    return "compiled: " + ", ".join(used)
+
+
+def describe_fastdp(fastdp: dict[str, Any]) -> str:
+    if fastdp.get("enabled"):
+        return "enabled (kernel VXLAN, UDP 6784, per-peer health probes)"
+    return f"off: {fastdp.get('reason')}"
+
+
+def describe_encryption(encrypted: bool) -> str:
+    if encrypted:
+        return "enabled (X25519 + HKDF + AES-256-GCM on control connections)"
+    return "DISABLED: the mesh is unencrypted (no --password)"
+
+
 def format_status(s: dict[str, Any]) -> str:
     r = s["router"]
+    health = s.get("health") or {}
     lines = [
-        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s",
+        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s  version {r.get('version', '?')}",
         f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
-        f"Crypto   {r['encryption']}",
-        f"Pump     {s['dataplane'].get('pump_offloads') or s['dataplane']['pump']}",
-        f"fastdp   {s['dataplane']['fastdp']}",
+        f"Health   {'healthy' if health.get('healthy', True) else 'UNHEALTHY'}"
+        + (f" (timer last ran {health['timer_age_s']:.1f}s ago)" if not health.get("healthy", True) else ""),
+        f"Crypto   {describe_encryption(r['encrypted'])}",
+        f"Pump     {describe_pump(s['dataplane']['pump'])}",
+        f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
         "",
         f"Peers ({len(s['peers'])}):",
     ]

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from meshnet.api.client import ApiClient
 from meshnet.cni import spec
 from meshnet.cni.spec import CniError, Request
-from meshnet.api.client import ApiClient
 from meshnet.errors import Conflict, MeshnetError, NotFound, RouterUnavailable, Unavailable
 
 log = logging.getLogger("meshnet.cni")

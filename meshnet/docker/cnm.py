@@ -5,8 +5,8 @@ socket (default /run/docker/plugins/meshnet.sock, so `-d meshnet --ipam-driver m
 find it). Every handler returns a dict; a failure is `{"Err": message, "Error": message}` (the two
 APIs name the field differently), which Docker shows to the user. Handlers never raise.
 
-Dependencies are injected (router API `call`, `kernel` with `add_veth`/`delete_link`, a
-`store` with get/put, `mtu()`, `universe()`), so every call Docker makes is unit-tested
+Dependencies are injected (the router's `Endpoints` and `Plumbing` ports, a `store` with
+get/put, `universe()`), so every call Docker makes is unit-tested
 without root (tests/unit/docker/test_docker_cnm.py).
 
 State (store key `docker.cnm`), because Docker never replays CreateNetwork or RequestPool
@@ -30,7 +30,9 @@ import time
 from typing import Any, Awaitable, Callable
 
 from meshnet.docker.engine import dns_label
+from meshnet.docker.ports import Endpoints, Plumbing, Store
 from meshnet.errors import Conflict, MeshnetError, NotFound, UsageError
+from meshnet.runtime.endpoints import Endpoint
 
 log = logging.getLogger("meshnet.docker.cnm")
 
@@ -42,8 +44,6 @@ DST_PREFIX = "eth"
 ALLOCATE_WAIT = 10.0  # below Docker's plugin timeout, so Docker gets our answer, not its own
 POOL_LOOP_WINDOW, POOL_LOOP_LIMIT = 2.0, 20  # RequestPool calls in that many seconds: a loop
 GC_GRACE = 120.0  # an address no container uses is reclaimed after this long (docs/docker.md)
-
-Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def error(message: str) -> dict[str, str]:
@@ -87,18 +87,16 @@ def parse_pool_id(pid: Any) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Networ
 class CnmDriver:
     def __init__(
         self,
-        call: Call,
-        kernel: Any,
-        store: Any,
+        endpoints: Endpoints,
+        plumbing: Plumbing,
+        store: Store,
         *,
-        mtu: Callable[[], int],
         universe: Callable[[], str],
         clock: Callable[[], float] = time.time,
     ):
-        self.call = call
-        self.kernel = kernel  # async add_veth(host, peer, mac) -> mac; async delete_link(name)
+        self.service = endpoints
+        self.plumbing = plumbing
         self.store = store
-        self.mtu = mtu
         self.universe = universe
         self.clock = clock
         state = store.get(KEY, {}) or {}
@@ -217,7 +215,7 @@ class CnmDriver:
         options = body.get("Options") or {}
         gateway = options.get("RequestAddressType") == GATEWAY_TYPE
         owner = f"docker-{'gw' if gateway else 'ep'}:{secrets.token_hex(8)}"
-        request: dict[str, Any] = {"owner": owner}
+        request: dict[str, Any] = {}
         wanted = body.get("Address") or ""
         if wanted:
             ip = ipaddress.IPv4Address(wanted)
@@ -233,12 +231,12 @@ class CnmDriver:
                 request["subnet"] = str(block)
             request["wait"] = ALLOCATE_WAIT
         try:
-            got = await self.call("POST", "/ipam/allocate", request)
+            got = await self.service.allocate(owner, **request)
         except Conflict:
             raise Conflict(f"address {wanted} is already in use") from None
-        ip = str(got["address"])
+        ip = str(got.address)
         if ipaddress.IPv4Address(ip) not in pool:  # cannot happen with a correct IPAM; be safe
-            await self.call("POST", "/ipam/release", {"owner": owner})
+            self.service.release(owner)
             raise MeshnetError(f"IPAM gave {ip}, outside {pool}")
         self.addresses[ip] = {"owner": owner, "pool": str(pool), "since": self.clock(), "gateway": gateway}
         self._save()
@@ -254,7 +252,7 @@ class CnmDriver:
         held = self.addresses.get(ip)
         if held is None:
             return  # twice, or never ours: idempotent
-        await self.call("POST", "/ipam/release", {"owner": held["owner"]})
+        self.service.release(held["owner"])
         self.addresses.pop(ip, None)
         self._save()
 
@@ -308,12 +306,12 @@ class CnmDriver:
         ep = self.endpoints.get(eid)
         if ep is None:
             raise NotFound(f"unknown endpoint {eid[:12]} (was it created while meshnet's state was lost?)")
-        mac = await self.kernel.add_veth(ep["host_if"], ep["peer_if"], ep["mac"])
+        mac = await self.plumbing.add_veth_pair(ep["host_if"], ep["peer_if"], mac=ep["mac"])
         ep["mac"] = (mac or ep["mac"]).lower()
         try:
             await self._publish(eid, ep)
         except BaseException:
-            await self.kernel.delete_link(ep["host_if"])
+            await self.plumbing.delete_link(ep["host_if"])
             raise
         ep["joined"] = True
         self._save()
@@ -326,7 +324,7 @@ class CnmDriver:
 
     async def leave(self, body: dict[str, Any]) -> dict[str, Any]:
         eid = body["EndpointID"]
-        await self.call("POST", "/endpoints/del", {"id": endpoint_id(eid)})
+        self.service.remove(endpoint_id(eid))
         ep = self.endpoints.get(eid)
         if ep is not None:
             ep["joined"] = False
@@ -337,8 +335,8 @@ class CnmDriver:
         eid = body["EndpointID"]
         ep = self.endpoints.get(eid)
         host_if = ep["host_if"] if ep else veth_names(eid)[0]
-        await self.kernel.delete_link(host_if)
-        await self.call("POST", "/endpoints/del", {"id": endpoint_id(eid)})
+        await self.plumbing.delete_link(host_if)
+        self.service.remove(endpoint_id(eid))
         if self.endpoints.pop(eid, None) is not None:
             self._save()
         return {}
@@ -346,11 +344,7 @@ class CnmDriver:
     # -- names and housekeeping (driven by Docker events, see service.py) ------------------
 
     async def _publish(self, eid: str, ep: dict[str, Any]) -> None:
-        await self.call(
-            "POST",
-            "/endpoints/add",
-            {"id": endpoint_id(eid), "mac": ep["mac"], "ips": [ep["address"]], "name": ep.get("name", ""), "host_if": ep["host_if"]},
-        )
+        self.service.add(Endpoint(endpoint_id(eid), ep["mac"], (ep["address"],), ep.get("name", ""), ep["host_if"]))
 
     async def name_endpoints(self, container_name: str, networks: dict[str, dict[str, Any]]) -> None:
         """A container started: give its meshnet endpoints its name (DNS)."""

@@ -27,12 +27,13 @@ import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
 
-from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 from meshnet.docker.engine import Container, DockerError, DockerUnavailable, dns_label
+from meshnet.docker.ports import Endpoints, Plumbing, Store
+from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
+from meshnet.runtime.endpoints import Endpoint
 
 log = logging.getLogger("meshnet.docker")
 
-Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Blocking = Callable[..., Awaitable[Any]]
 KEY = "docker.containers"
 IFNAME = "ethwe"
@@ -78,9 +79,9 @@ def check_cidrs(cidrs: Any) -> list[str]:
 
 
 class ContainerManager:
-    def __init__(self, call: Call, engine: Any, blocking: Blocking, store: Any, kernel: Any):
-        self.call = call
-        self.kernel = kernel  # async attach(netns, host_if, ifname, cidrs, mac) -> mac; async delete_link(name)
+    def __init__(self, endpoints: Endpoints, engine: Any, blocking: Blocking, store: Store, plumbing: Plumbing):
+        self.endpoints = endpoints
+        self.plumbing = plumbing
         self.engine = engine  # meshnet.docker.engine.Engine or a fake; None: no Docker
         self.blocking = blocking  # runs a blocking engine call off the loop
         self.store = store
@@ -143,7 +144,7 @@ class ContainerManager:
         return None
 
     async def ps(self) -> list[dict[str, Any]]:
-        live = {e["id"]: e for e in (await self.call("GET", "/endpoints", {})).get("local", [])}
+        live = {e.id: e for e in self.endpoints.local_endpoints()}
         rows = []
         for cid, entry in sorted(self.tracked.items(), key=lambda kv: kv[1].get("name", "")):
             ep = live.get(owner_of(cid))
@@ -151,8 +152,8 @@ class ContainerManager:
                 {
                     "id": cid,
                     "name": entry.get("name", ""),
-                    "mac": ep["mac"] if ep else entry.get("mac", ""),
-                    "cidrs": list(ep["ips"]) if ep else list(entry.get("cidrs", [])),
+                    "mac": ep.mac if ep else entry.get("mac", ""),
+                    "cidrs": list(ep.ips) if ep else list(entry.get("cidrs", [])),
                     "state": "attached" if ep else "stopped (addresses kept)",
                     "via": "meshnet attach",
                 }
@@ -202,8 +203,7 @@ class ContainerManager:
     # -- steps ---------------------------------------------------------------------------
 
     async def _endpoint_live(self, cid: str) -> bool:
-        local = (await self.call("GET", "/endpoints", {})).get("local", [])
-        return any(e.get("id") == owner_of(cid) for e in local)
+        return self.endpoints.get(owner_of(cid)) is not None
 
     async def _bring_up(self, info: Container) -> None:
         entry = self.tracked[info.id]
@@ -220,27 +220,27 @@ class ContainerManager:
 
     async def _forget(self, cid: str) -> list[str]:
         await self._detach_endpoint(cid)
-        released = (await self.call("POST", "/ipam/release", {"owner": owner_of(cid)})).get("released", [])
+        released = self.endpoints.release(owner_of(cid))
         del self.tracked[cid]
         self._save()
         return released
 
     async def _detach_endpoint(self, cid: str) -> None:
         """Remove the veth (gone already if the container stopped) and the endpoint; idempotent."""
-        await self.kernel.delete_link(host_if_of(cid))
-        await self.call("POST", "/endpoints/del", {"id": owner_of(cid)})
+        await self.plumbing.delete_link(host_if_of(cid))
+        self.endpoints.remove(owner_of(cid))
 
     async def _claim(self, owner: str, cidrs: list[str]) -> list[str]:
         if not cidrs:
             try:
-                got = await self.call("POST", "/ipam/allocate", {"owner": owner, "wait": ALLOCATE_WAIT})
+                got = await self.endpoints.allocate(owner, wait=ALLOCATE_WAIT)
             except Unavailable as exc:
                 raise Unavailable(f"no address free yet: {exc.message}") from None
-            return [got["cidr"]]
+            return [got.cidr]
         for cidr in cidrs:
             ip = cidr.split("/")[0]
             try:
-                await self.call("POST", "/ipam/allocate", {"owner": owner, "address": ip})
+                await self.endpoints.allocate(owner, address=ip)
             except Conflict as exc:
                 raise Conflict(f"address {ip} is already in use: {exc.message}") from None
             except UsageError as exc:
@@ -254,15 +254,16 @@ class ContainerManager:
         made = False
         try:
             cidrs = await self._claim(owner, cidrs)
-            mac = await self.kernel.attach(info.netns, host_if, IFNAME, cidrs, mac_of(info.id))
+            att = await self.plumbing.add_pod_veth(info.netns, host_if=host_if, ifname=IFNAME, cidrs=cidrs, mac=mac_of(info.id))
+            mac = att.mac
             made = True
-            await self.call("POST", "/endpoints/add", {"id": owner, "mac": mac, "ips": cidrs, "name": name, "host_if": host_if})
+            self.endpoints.add(Endpoint(owner, mac, tuple(cidrs), name, host_if))
         except BaseException:
             if made:
-                await self.kernel.delete_link(host_if)
+                await self.plumbing.delete_link(host_if)
             if fresh:  # nothing half-made: give back what this attach claimed
                 try:
-                    await self.call("POST", "/ipam/release", {"owner": owner})
+                    self.endpoints.release(owner)
                 except MeshnetError as exc:
                     log.warning("could not release %s after a failed attach: %s", owner, exc.message)
             raise

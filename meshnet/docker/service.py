@@ -1,7 +1,8 @@
 """Docker integration inside the router: plugin socket, container tracking, DNS, expose/hide.
 
-Started by the router after its API socket (`DockerService(router).start()`), stopped
-first. What it adds:
+Built and started by the daemon (`meshnet/daemon.py`) once the router is up, stopped
+before it. It is handed narrow ports (`ports.py`): the router's endpoints service, its
+plumbing, its state store and its API route table. What it adds:
 
   * the network plugin (`cnm.CnmDriver`) on PLUGIN_DIR/meshnet.sock, up within the
     router's first second, removed on stop (so Docker is never left retrying a socket
@@ -12,8 +13,8 @@ first. What it adds:
   * the resolver (`meshnet.dns`) on the host's overlay addresses (`meshnet expose`);
   * API routes: /docker/attach, /docker/detach, /docker/ps, /docker/info, /expose, /hide.
 
-Everything runs on the router's loop; docker-py calls run in a small thread pool, pyroute2
-calls through `router._kernel`.
+Everything runs on the router's loop; docker-py calls run in a small thread pool, kernel
+calls through the plumbing port.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
+from meshnet.api.server import ApiServer
 from meshnet.dns.answer import DEFAULT_DOMAIN, Records, normalize_domain
 from meshnet.dns.server import DnsServer, parse_upstreams
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
 from meshnet.errors import MeshnetError, NotFound, UsageError
 from meshnet.kernel.errors import KernelError
-from meshnet.api.server import ApiServer
+from meshnet.runtime.endpoints import Endpoint
 
 log = logging.getLogger("meshnet.docker")
 
@@ -46,49 +50,34 @@ RECORDS_TTL = 0.5  # seconds the DNS name table is cached
 GC_INTERVAL = 60.0
 
 
-class _Kernel:
-    """What the plugin needs from the kernel, through the router's kernel thread."""
+@dataclass(frozen=True)
+class DockerSettings:
+    """The Docker part of the router's configuration (RouterConfig fields of the same names)."""
 
-    def __init__(self, router: Any):
-        self.router = router
-
-    async def add_veth(self, host: str, peer: str, mac: str | None) -> str:
-        r = self.router
-        try:
-            return await r._kernel(r.links.add_veth_pair, host, peer, bridge=r.config.bridge, mtu=r.mtu, mac=mac)
-        except KernelError as exc:
-            raise MeshnetError(exc.strerror or str(exc)) from None
-
-    async def attach(self, netns: str, host_if: str, ifname: str, cidrs: list[str], mac: str) -> str:
-        """A container's veth: `ifname` inside `netns` with addresses, `host_if` on the bridge."""
-        r = self.router
-        try:
-            att = await r._kernel(
-                r.links.add_pod_veth, netns, host_if=host_if, ifname=ifname, bridge=r.config.bridge, cidrs=cidrs, mtu=r.mtu, mac=mac
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        return att.mac
-
-    async def delete_link(self, name: str) -> bool:
-        r = self.router
-        try:
-            return await r._kernel(r.links.delete_link, name)
-        except KernelError as exc:
-            raise MeshnetError(exc.strerror or str(exc)) from None
+    docker_socket: str | None = None
+    plugin_dir: str | None = None
+    docker_network: str = PLUGIN_NAME
+    dns_domain: str = DEFAULT_DOMAIN
+    dns_port: int = 53
+    dns_upstream: str = ""
+    ipalloc_range: str = DEFAULT_RANGE
 
 
 class DockerService:
-    def __init__(self, router: Any):
-        self.router = router
-        cfg = router.config
-        self.domain = normalize_domain(getattr(cfg, "dns_domain", None) or DEFAULT_DOMAIN)
-        self.url = find_docker_host(getattr(cfg, "docker_socket", None))
-        self.disabled = str(getattr(cfg, "docker_socket", "") or "").lower() == "none"
-        plugin_dir = getattr(cfg, "plugin_dir", None)
-        self.plugin_dir_given = bool(plugin_dir)
-        self.plugin_path = os.path.join(plugin_dir or DEFAULT_PLUGIN_DIR, f"{PLUGIN_NAME}.sock")
-        self.network_name = getattr(cfg, "docker_network", PLUGIN_NAME)
+    def __init__(self, settings: DockerSettings, *, endpoints: Endpoints, plumbing: Plumbing, store: Store, api: Routes, host_owner: str):
+        """`host_owner`: the IPAM owner of this host's own overlay addresses (`expose`)."""
+        self.endpoints = endpoints
+        self.plumbing = plumbing
+        self.store = store
+        self.api = api
+        self.host_owner = host_owner
+        self.range = settings.ipalloc_range
+        self.domain = normalize_domain(settings.dns_domain or DEFAULT_DOMAIN)
+        self.url = find_docker_host(settings.docker_socket)
+        self.disabled = str(settings.docker_socket or "").lower() == "none"
+        self.plugin_dir_given = bool(settings.plugin_dir)
+        self.plugin_path = os.path.join(settings.plugin_dir or DEFAULT_PLUGIN_DIR, f"{PLUGIN_NAME}.sock")
+        self.network_name = settings.docker_network
         self.engine = Engine(self.url) if self.url else None
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="meshnet-docker")
         self.plugin: ApiServer | None = None
@@ -96,8 +85,8 @@ class DockerService:
         self.containers: ContainerManager | None = None
         self.dns = DnsServer(
             self.records,
-            port=int(getattr(cfg, "dns_port", 53) or 53),
-            upstreams=parse_upstreams(getattr(cfg, "dns_upstream", "") or ""),
+            port=settings.dns_port or 53,
+            upstreams=parse_upstreams(settings.dns_upstream or ""),
         )
         self.connected = False
         self._told_unreachable = False
@@ -112,11 +101,10 @@ class DockerService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        r = self.router
         self._loop = asyncio.get_running_loop()
-        self.cnm = CnmDriver(self.call, _Kernel(r), r.state, mtu=lambda: r.mtu, universe=self.universe)
-        self.containers = ContainerManager(self.call, self.engine, self.blocking, r.state, _Kernel(r))
-        r._api.add_routes(self.routes())
+        self.cnm = CnmDriver(self.endpoints, self.plumbing, self.store, universe=self.universe)
+        self.containers = ContainerManager(self.endpoints, self.engine, self.blocking, self.store, self.plumbing)
+        self.api.add_routes(self.routes())
         if not self.disabled and (self.url or self.plugin_dir_given):
             self.plugin = ApiServer(self.plugin_path)
             self.plugin.add_routes(self.cnm.routes())
@@ -158,35 +146,18 @@ class DockerService:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The router's own API, in process (same handlers and errors as over the socket)."""
-        handler = self.router._api.routes.get((method, path))
-        if handler is None:
-            raise MeshnetError(f"this router has no {method} {path}")
-        return await handler(dict(body))
-
     async def blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(*args))
 
     def universe(self) -> str:
-        cfg = self.router.config
-        return str(getattr(cfg, "ipalloc_range", None) or DEFAULT_RANGE)
+        return self.range
 
     def records(self) -> Records:
         """The DNS name table: every reachable peer's gossiped endpoints (cached briefly)."""
         now = time.monotonic()
         if self._records is not None and now - self._records[0] < RECORDS_TTL:
             return self._records[1]
-        core = self.router.core
-        topo = core.topology
-        reachable = topo.reachable() | {core.name}
-        entries = []
-        for entry in topo.entries.values():
-            if entry.name not in reachable:
-                continue
-            for ep in entry.data.get("eps", []) or []:
-                if isinstance(ep, (list, tuple)) and len(ep) >= 3:
-                    entries.append((ep[2], ep[1]))
+        entries = [(ep["name"], ep["ips"]) for ep in self.endpoints.mesh()]
         rec = Records.build(self.domain, entries)
         self._records = (now, rec)
         return rec
@@ -306,26 +277,21 @@ class DockerService:
     # -- expose / hide ---------------------------------------------------------------------
 
     def _exposure(self) -> dict[str, Any]:
-        return dict(self.router.state.get(EXPOSE_KEY, {}) or {"cidrs": [], "nat": False})
-
-    def _host_owner(self) -> str:
-        return f"host:{self.router.core.name.hex()}"
+        return dict(self.store.get(EXPOSE_KEY, {}) or {"cidrs": [], "nat": False})
 
     async def _apply_exposure(self, exp: dict[str, Any], old: dict[str, Any] | None = None) -> None:
-        r = self.router
-        bridge = r.config.bridge
         for cidr in (old or {}).get("cidrs", []):
             if cidr not in exp["cidrs"]:
-                await r._kernel(r.links.set_bridge_address, bridge, cidr, False)
+                await self.plumbing.set_bridge_address(cidr, False)
         for cidr in exp["cidrs"]:
-            await r._kernel(r.links.set_bridge_address, bridge, cidr, True)
+            await self.plumbing.set_bridge_address(cidr, True)
         if exp.get("nat") or (old or {}).get("nat"):
-            await r._kernel(r.links.set_nat, NAT_TABLE, self.universe(), bridge, bool(exp.get("nat") and exp["cidrs"]))
+            await self.plumbing.set_nat(NAT_TABLE, self.universe(), bool(exp.get("nat") and exp["cidrs"]))
         if exp["cidrs"]:
-            mac = await r._kernel(r.links.mac_of, bridge)
-            await self.call("POST", "/endpoints/add", {"id": "host:bridge", "mac": mac, "ips": exp["cidrs"], "name": ""})
+            mac = await self.plumbing.bridge_mac()
+            self.endpoints.add(Endpoint("host:bridge", str(mac), tuple(exp["cidrs"]), ""))
         else:
-            await self.call("POST", "/endpoints/del", {"id": "host:bridge"})
+            self.endpoints.remove("host:bridge")
         await self.dns.set_addresses([c.split("/")[0] for c in exp["cidrs"]])
 
     async def _restore_exposure(self) -> None:
@@ -337,20 +303,20 @@ class DockerService:
         wanted = check_cidrs(body.get("cidrs") or [])
         nat = body.get("nat")
         old = self._exposure()
-        owner = self._host_owner()
+        owner = self.host_owner
         new = {"cidrs": list(old["cidrs"]), "nat": old.get("nat", False) if nat is None else bool(nat)}
         claimed: list[str] = []
         try:
             if not wanted and not old["cidrs"]:
-                got = await self.call("POST", "/ipam/allocate", {"owner": owner, "wait": 15.0})
-                claimed.append(got["address"])
-                new["cidrs"].append(got["cidr"])
+                got = await self.endpoints.allocate(owner, wait=15.0)
+                claimed.append(got.address)
+                new["cidrs"].append(got.cidr)
             for cidr in wanted:
                 if cidr in new["cidrs"]:
                     continue
                 ip = cidr.split("/")[0]
                 try:
-                    await self.call("POST", "/ipam/allocate", {"owner": owner, "address": ip})
+                    await self.endpoints.allocate(owner, address=ip)
                 except MeshnetError as exc:
                     raise type(exc)(f"address {ip}: {exc.message}") from None
                 claimed.append(ip)
@@ -358,7 +324,7 @@ class DockerService:
             await self._apply_exposure(new, old)
         except BaseException as exc:
             for ip in claimed:
-                await self.call("POST", "/ipam/release", {"owner": owner, "address": ip})
+                self.endpoints.release(owner, ip)
             try:
                 await self._apply_exposure(old, new)
             except Exception:
@@ -366,7 +332,7 @@ class DockerService:
             if isinstance(exc, KernelError):
                 raise MeshnetError(exc.strerror or str(exc)) from None
             raise
-        self.router.state.put(EXPOSE_KEY, new)
+        self.store.put(EXPOSE_KEY, new)
         return self._exposure_info(new)
 
     async def hide(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -384,8 +350,8 @@ class DockerService:
         except KernelError as exc:
             raise MeshnetError(exc.strerror or str(exc)) from None
         for cidr in gone:
-            await self.call("POST", "/ipam/release", {"owner": self._host_owner(), "address": cidr.split("/")[0]})
-        self.router.state.put(EXPOSE_KEY, new)
+            self.endpoints.release(self.host_owner, cidr.split("/")[0])
+        self.store.put(EXPOSE_KEY, new)
         return {**self._exposure_info(new), "hidden": gone}
 
     def _exposure_info(self, exp: dict[str, Any]) -> dict[str, Any]:
@@ -405,12 +371,12 @@ class DockerService:
         }
 
     async def _ps(self, body: dict[str, Any]) -> dict[str, Any]:
-        live = {e["id"]: e for e in (await self.call("GET", "/endpoints", {})).get("local", [])}
+        live = {e.id: e for e in self.endpoints.local_endpoints()}
         cnm = []
         for row in self.cnm.rows():
             ep = live.get(f"cnm:{row['endpoint']}")
             if ep is not None:
-                row["mac"], row["cidrs"] = ep["mac"], list(ep["ips"])
+                row["mac"], row["cidrs"] = ep.mac, list(ep.ips)
             cnm.append(row)
         return {"containers": await self.containers.ps(), "network_plugin": cnm}
 

@@ -1,9 +1,4 @@
-"""Fakes for unit tests of the Docker side: the router's API contract and the Engine.
-
-`FakeRouter.call(method, path, body)` implements what the plugin and the container manager
-use of the router (IPAM allocate/release/owners, attach/detach, endpoints) with the same
-status codes: 409 address held by another owner, 400 outside the range, 404 not attached.
-"""
+"""Fakes for unit tests of the Docker side: the router's ports (docker/ports.py) and the Engine."""
 
 from __future__ import annotations
 
@@ -12,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnet.docker.engine import Container
-from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
+from meshnet.errors import Conflict, MeshnetError, Unavailable, UsageError
+from meshnet.ipam.outcome import Result
+from meshnet.kernel.links import Attachment
+from meshnet.runtime.endpoints import Endpoint
 
 
 class MemoryStore:
@@ -30,121 +28,100 @@ class MemoryStore:
         self.data[key] = json.dumps(value)
 
 
-class FakeRouter:
+class FakeEndpoints:
+    """The router's `Endpoints` port (docker/ports.py), in memory, with the real errors:
+    Conflict for an address held by another owner, UsageError outside the range,
+    Unavailable when the range is full."""
+
     def __init__(self, universe: str = "10.32.0.0/12"):
         self.universe = ipaddress.IPv4Network(universe)
         self.held: dict[str, str] = {}  # ip -> owner
-        self.local: dict[str, dict[str, Any]] = {}  # endpoint id -> endpoint
-        self.attached: dict[str, dict[str, Any]] = {}  # netns -> attachment
-        self.log: list[tuple[str, str, dict[str, Any]]] = []
-        self.fail_attach: str | None = None
+        self.local: dict[str, dict[str, Any]] = {}  # endpoint id -> endpoint as a dict
+        self.log: list[tuple[str, Any]] = []  # (method, first argument)
 
-    async def call(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.log.append((method, path, dict(body)))
-        handler = {
-            ("POST", "/ipam/allocate"): self.allocate,
-            ("POST", "/ipam/release"): self.release,
-            ("GET", "/ipam/owners"): self.owners,
-            ("POST", "/attach"): self.attach,
-            ("POST", "/detach"): self.detach,
-            ("POST", "/endpoints/add"): self.ep_add,
-            ("POST", "/endpoints/del"): self.ep_del,
-            ("GET", "/endpoints"): self.ep_list,
-        }.get((method, path))
-        if handler is None:
-            raise NotFound(f"no such endpoint: {method} {path}")
-        return handler(body)
+    def calls(self) -> list[str]:
+        return [name for name, _ in self.log]
 
-    def paths(self) -> list[str]:
-        return [p for _, p, _ in self.log]
-
-    def allocate(self, body: dict[str, Any]) -> dict[str, Any]:
-        owner = body["owner"]
-        net = ipaddress.IPv4Network(body["subnet"]) if body.get("subnet") else self.universe
-        if body.get("address"):
-            ip = ipaddress.IPv4Address(body["address"])
+    async def allocate(self, owner: str, *, subnet: str | None = None, address: str | None = None, wait: float = 30.0) -> Result:
+        self.log.append(("allocate", owner))
+        net = ipaddress.IPv4Network(subnet) if subnet else self.universe
+        if address:
+            ip = ipaddress.IPv4Address(address)
             if ip not in self.universe or ip in (self.universe.network_address, self.universe.broadcast_address):
                 raise UsageError(f"address {ip} is outside the allocation range {self.universe}")
             holder = self.held.get(str(ip))
             if holder is not None and holder != owner:
                 raise Conflict(f"address {ip} is held by {holder}")
             self.held[str(ip)] = owner
-            return {"address": str(ip), "cidr": f"{ip}/{self.universe.prefixlen}", "owner": owner}
+            return Result(owner, str(ip), self.universe.prefixlen)
         mine = [ip for ip, o in self.held.items() if o == owner and ipaddress.IPv4Address(ip) in net]
         if mine:
-            return {"address": mine[0], "cidr": f"{mine[0]}/{self.universe.prefixlen}", "owner": owner}
+            return Result(owner, mine[0], self.universe.prefixlen)
         for ip in net.hosts():
             if str(ip) not in self.held:
                 self.held[str(ip)] = owner
-                return {"address": str(ip), "cidr": f"{ip}/{self.universe.prefixlen}", "owner": owner}
+                return Result(owner, str(ip), self.universe.prefixlen)
         raise Unavailable("no free address")
 
-    def release(self, body: dict[str, Any]) -> dict[str, Any]:
-        owner, address = body["owner"], body.get("address")
+    def release(self, owner: str, address: str | None = None) -> list[str]:
+        self.log.append(("release", owner))
         gone = [ip for ip, o in self.held.items() if o == owner and (address is None or ip == address)]
         for ip in gone:
             del self.held[ip]
-        return {"released": gone}
+        return gone
 
-    def owners(self, body: dict[str, Any]) -> dict[str, Any]:
+    def owners(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for ip, owner in sorted(self.held.items()):
             out.setdefault(owner, []).append(ip)
-        return {"owners": out}
+        return out
 
-    def attach(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.fail_attach:
-            raise MeshnetError(self.fail_attach)
-        netns = body["netns"]
-        if netns in self.attached:
-            raise UsageError(f"namespace {netns!r} is already attached")
-        for cidr in body["cidrs"]:
-            ip = cidr.split("/")[0]
-            if self.held.get(ip) not in (None, body.get("id")):
-                raise Conflict(f"{ip} held by another owner")
-        mac = "02:00:00:00:%02x:%02x" % divmod(len(self.attached) + 1, 256)
-        att = {"netns": netns, "cidrs": list(body["cidrs"]), "ifname": body.get("ifname") or "mesh0", "mac": mac, "mtu": 1376}
-        self.attached[netns] = att
-        ep_id = body.get("id") or f"netns:{netns}"
-        self.local[ep_id] = {"id": ep_id, "mac": mac, "ips": list(body["cidrs"]), "name": body.get("name", ""), "host_if": "mnv" + ep_id[-6:], "netns": netns}
-        return dict(att)
+    def add(self, ep: Endpoint) -> None:
+        self.log.append(("add", ep.id))
+        self.local[ep.id] = {"id": ep.id, "mac": ep.mac, "ips": list(ep.ips), "name": ep.name, "host_if": ep.host_if}
 
-    def detach(self, body: dict[str, Any]) -> dict[str, Any]:
-        ep = self.local.pop(body.get("id", ""), None)
-        netns = body.get("netns") or (ep or {}).get("netns")
-        att = self.attached.pop(netns, None) if netns else None
-        if ep is None and att is None:
-            raise NotFound("not attached")
-        return {"detached": True}
+    def remove(self, ep_id: str) -> Endpoint | None:
+        self.log.append(("remove", ep_id))
+        ep = self.local.pop(ep_id, None)
+        return None if ep is None else self._endpoint(ep)
 
-    def ep_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.local[body["id"]] = {"id": body["id"], "mac": body["mac"], "ips": list(body["ips"]), "name": body.get("name", ""), "host_if": body.get("host_if", "")}
-        return {"id": body["id"]}
+    def get(self, ep_id: str) -> Endpoint | None:
+        ep = self.local.get(ep_id)
+        return None if ep is None else self._endpoint(ep)
 
-    def ep_del(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"id": body.get("id"), "removed": self.local.pop(body.get("id", ""), None) is not None}
+    def local_endpoints(self) -> list[Endpoint]:
+        return [self._endpoint(e) for e in self.local.values()]
 
-    def ep_list(self, body: dict[str, Any]) -> dict[str, Any]:
-        eps = [dict(e) for e in self.local.values()]
-        return {"local": eps, "mesh": [{"peer": "self", "nick": "me", "mac": e["mac"], "ips": e["ips"], "name": e["name"]} for e in eps]}
+    def mesh(self) -> list[dict[str, Any]]:
+        return [{"peer": "self", "nick": "me", "mac": e["mac"], "ips": e["ips"], "name": e["name"]} for e in self.local.values()]
+
+    @staticmethod
+    def _endpoint(ep: dict[str, Any]) -> Endpoint:
+        return Endpoint(ep["id"], ep["mac"], tuple(ep["ips"]), ep.get("name", ""), ep.get("host_if", ""))
 
 
-class FakeKernel:
+class FakePlumbing:
+    """The router's `Plumbing` port: links by name, no kernel."""
+
+    mtu = 1376
+
     def __init__(self) -> None:
         self.links: dict[str, str] = {}  # host_if -> mac
         self.netns: dict[str, str] = {}  # host_if -> netns (container attachments)
+        self.bridge_addresses: set[str] = set()
+        self.nat = False
         self.fail: str | None = None
 
-    async def attach(self, netns: str, host_if: str, ifname: str, cidrs: list[str], mac: str) -> str:
+    async def add_pod_veth(self, netns: str, *, host_if: str, ifname: str, cidrs: list[str], mac: str | None) -> Attachment:
         if self.fail:
             raise MeshnetError(self.fail)
         if netns in self.netns.values() and self.netns.get(host_if) != netns:
             raise UsageError(f"{netns!r} already has an interface named {ifname}")
-        self.links[host_if] = mac
+        self.links[host_if] = mac or "02:11:22:33:44:55"
         self.netns[host_if] = netns
-        return mac
+        return Attachment(netns, host_if, ifname, self.links[host_if], tuple(cidrs))
 
-    async def add_veth(self, host: str, peer: str, mac: str | None) -> str:
+    async def add_veth_pair(self, host: str, peer: str, *, mac: str | None) -> str:
         if self.fail:
             raise MeshnetError(self.fail)
         self.links[host] = mac or "02:11:22:33:44:55"
@@ -153,6 +130,16 @@ class FakeKernel:
     async def delete_link(self, name: str) -> bool:
         self.netns.pop(name, None)
         return self.links.pop(name, None) is not None
+
+    async def set_bridge_address(self, cidr: str, present: bool) -> bool:
+        (self.bridge_addresses.add if present else self.bridge_addresses.discard)(cidr)
+        return True
+
+    async def set_nat(self, table: str, overlay: str, enabled: bool) -> None:
+        self.nat = enabled
+
+    async def bridge_mac(self) -> str | None:
+        return "02:00:00:00:00:01"
 
 
 @dataclass

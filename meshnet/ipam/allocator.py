@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import msgpack
 
 from meshnet.ipam import donation
+from meshnet.ipam import status as status_report
 from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
 from meshnet.ipam.bootstrap import InitMode, consensus_ring, parse_init, seed_ring
 from meshnet.ipam.errors import (
@@ -64,19 +65,18 @@ from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
 from meshnet.ipam.store import Changes, Store
 from meshnet.ipam.wire import (
+    MAX_GONE,
     Deny,
     Message,
     PaxosData,
     RingData,
     State,
-    MAX_GONE,
     Want,
     decode,
     encode_deny,
     encode_state,
     encode_want,
 )
-from meshnet.ipam import status as status_report
 
 HINT_DELAY = 2.0  # s between a change of our free space and the new hint in the ring
 WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another

@@ -40,8 +40,8 @@ from meshnet.dataplane.fastdp import (
     probe_mac,
 )
 from meshnet.kernel.errors import KernelError
-from meshnet.kernel.netns import in_netns
 from meshnet.kernel.fdb import NUD_NOARP, NUD_PERMANENT, Link, PyrouteRtnl, Rtnl
+from meshnet.kernel.netns import in_netns
 
 __all__ = ["VxlanKernel", "ProbeSocket", "probe_esp", "esp_available", "in_netns"]
 

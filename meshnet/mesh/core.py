@@ -9,8 +9,8 @@ Gossip, in three parts:
 1. Deltas. When our entry changes we send it down our own shortest-path spanning tree;
    a peer that learns something new from a TOPOLOGY message passes it down the owner's
    tree. One change therefore costs about N-1 messages of one entry each, not N².
-2. Anti-entropy. Every `gossip_interval` we send one random neighbour a 16-byte hash of
-   our digest; if theirs differs they answer with their digest, and each side sends
+2. Anti-entropy. Every `gossip_interval` we send one neighbour (each in turn, in a
+   shuffled round) a 16-byte hash of our digest; if theirs differs they answer with their digest, and each side sends
    what the other lacks (REQUEST / TOPOLOGY). In sync, that is 16 bytes per interval.
 3. New connections exchange digests at once, so a joining peer learns everything.
 Trees are computed from each peer's own view; while views differ a delta may miss
@@ -124,6 +124,7 @@ class MeshCore:
         self._rng = rng or random.Random()
         self._next_gossip = now + gossip_interval * self._rng.uniform(0.5, 1.0)
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
         self._unreachable_since: dict[bytes, float] = {}
         self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0}
@@ -374,8 +375,7 @@ class MeshCore:
         if now >= self._next_gossip:
             self._next_gossip = now + self.gossip_interval * self._rng.uniform(0.75, 1.25)
             if self.conns:
-                conn = self._rng.choice(sorted(self.conns))
-                events.append(self._send(conn, Msg.SUMMARY, self._summary(), now=now))
+                events.append(self._send(self._next_gossip_partner(), Msg.SUMMARY, self._summary(), now=now))
         forgotten = [n for n, since in self._unreachable_since.items() if now - since >= self.gc_after]
         for name in forgotten:
             self.topology.remove(name)
@@ -383,6 +383,17 @@ class MeshCore:
         if forgotten:
             events.append(Changed())
         return events
+
+    def _next_gossip_partner(self) -> int:
+        """Neighbours in a shuffled round: each hears our summary once per round, so a
+        peer missing an entry is repaired within (neighbours x interval), not by luck."""
+        while self._gossip_round:
+            conn = self._gossip_round.pop()
+            if conn in self.conns:
+                return conn
+        self._gossip_round = sorted(self.conns)
+        self._rng.shuffle(self._gossip_round)
+        return self._gossip_round.pop()
 
     def next_deadline(self) -> float:
         times = [self._next_gossip]

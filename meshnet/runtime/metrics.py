@@ -22,7 +22,15 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from meshnet.dataplane.modes import PathMode
 
 log = logging.getLogger("meshnet.metrics")
 
@@ -33,14 +41,11 @@ MODES = ("fastdp", "sleeve", "encrypted")
 
 
 def mode_label(mode: str | None) -> str:
-    """fastdp / sleeve / encrypted (sleeve+encrypted); '' when not connected."""
-    if not mode:
+    """fastdp / sleeve / encrypted from a PathMode value; '' when not connected."""
+    try:
+        return PathMode(mode).label
+    except ValueError:
         return ""
-    if "encrypted" in mode:
-        return "encrypted"
-    if mode.startswith("fastdp"):
-        return "fastdp"
-    return "sleeve" if mode.startswith("sleeve") else mode
 
 
 def parse_addr(addr: str) -> tuple[str, int] | None:
@@ -69,8 +74,8 @@ def families(snap: dict[str, Any]) -> list[Metric]:
             "name": str(router.get("name", "")),
             "nick": str(router.get("nick", "")),
             "bridge": str(router.get("bridge", "")),
-            "pump": "compiled" if str(snap.get("dataplane", {}).get("pump", "")).startswith("compiled") else "python",
-            "encryption": "enabled" if str(router.get("encryption", "")).startswith("enabled") else "disabled",
+            "pump": "compiled" if (snap.get("dataplane", {}).get("pump") or {}).get("compiled") else "python",
+            "encryption": "enabled" if router.get("encrypted") else "disabled",
         },
     )
     out.append(info)

@@ -21,7 +21,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from meshnet.kernel.errors import KernelError
-from meshnet.kernel.fdb import NUD_NOARP, NUD_PERMANENT, NTF_SELF, NTF_STICKY, FdbRow, Link, VxlanAttrs
+from meshnet.kernel.fdb import NTF_SELF, NTF_STICKY, NUD_NOARP, NUD_PERMANENT, FdbRow, Link, VxlanAttrs
 
 NUD_REACHABLE = 0x02
 ZERO_MAC = "00:00:00:00:00:00"

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from meshnet.lab import Lab
-from meshnet.runtime.state import StateDir
+from meshnet.state.statedir import StateDir
 from meshnet.testing.labtools import block, ping, transfer, wait_for
 
 pytestmark = pytest.mark.netns
@@ -61,7 +61,7 @@ def test_wrong_password_is_refused_and_counted():
         refusals = lab.status(3)["refusals"]
         assert any("wrong password" in r["reason"] for r in refusals)
         assert any(r["address"] == lab.host_ip(3) for r in lab.status(1)["refusals"])
-        assert "enabled" in lab.status(1)["router"]["encryption"]
+        assert lab.status(1)["router"]["encrypted"] is True
         (c1, _), (_, ip2) = lab.add_container(1, 1), lab.add_container(2, 1)
         assert wait_for(lambda: ping(c1, ip2, wait=1), 10) is not None  # the encrypted mesh works
         assert {c["mode"] for c in lab.status(1)["connections"] if c["state"] == "established"} == {"sleeve+encrypted"}

@@ -15,9 +15,9 @@ from meshnet.runtime import metrics
 ME, P2, P3, P4 = "aa" * 16, "bb" * 16, "cc" * 16, "dd" * 16
 
 SNAP = {
-    "router": {"name": ME, "nick": "h1", "id": 1, "uptime": 12.5, "bridge": "meshnet", "mtu": 1376, "encryption": "enabled (X25519...)"},
+    "router": {"name": ME, "nick": "h1", "id": 1, "uptime": 12.5, "bridge": "meshnet", "mtu": 1376, "encrypted": True},
     "dataplane": {
-        "pump": "compiled",
+        "pump": {"compiled": True, "features": {}},
         "stats": {"tap_rx": 10, "tap_rx_bytes": 1000, "udp_tx": 9, "udp_tx_bytes": 1100, "drop_no_route": 3, "drop_ttl": 1, "learn_table_full": 0, "flood_tx": 4},
     },
     "peers": [

@@ -9,7 +9,7 @@ import ipaddress
 import pytest
 
 from meshnet.docker.cnm import KEY, CnmDriver, mac_for, parse_pool_id, veth_names
-from meshnet.docker.testing import FakeKernel, FakeRouter, MemoryStore
+from meshnet.docker.testing import FakeEndpoints, FakePlumbing, MemoryStore
 
 NID = "8b9a971cad296dff2f534f8f069a2c9adcfa1604c30b731aad5ca1cb4cbe3148"
 EID = "0c8fa41cdc21e802b7a1b8f0c2a5d1e4f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5"
@@ -21,13 +21,13 @@ def run(coro):
 
 
 class Rig:
-    def __init__(self, store: MemoryStore | None = None, router: FakeRouter | None = None, clock=None):
-        self.router = router or FakeRouter()
-        self.kernel = FakeKernel()
+    def __init__(self, store: MemoryStore | None = None, router: FakeEndpoints | None = None, clock=None):
+        self.router = router or FakeEndpoints()
+        self.kernel = FakePlumbing()
         self.store = store or MemoryStore()
         self.now = 1000.0
         self.driver = CnmDriver(
-            self.router.call, self.kernel, self.store, mtu=lambda: 1376, universe=lambda: "10.32.0.0/12", clock=lambda: self.now
+            self.router, self.kernel, self.store, universe=lambda: "10.32.0.0/12", clock=lambda: self.now
         )
 
     async def __call__(self, path: str, body: dict | None = None) -> dict:
@@ -127,7 +127,7 @@ def test_dockerd_restart_without_create_network_replay():
 
     async def main():
         store = MemoryStore()
-        router = FakeRouter()
+        router = FakeEndpoints()
         rig = Rig(store, router)
         pool_id, _, _ = await rig.create_network()
         address = await rig.run_container(pool_id)
@@ -218,7 +218,7 @@ def test_network_with_docker_default_ipam_is_refused():
 
 def test_address_in_use_by_another_owner():
     async def main():
-        router = FakeRouter()
+        router = FakeEndpoints()
         router.held["10.32.0.9"] = "docker:someone-else"
         rig = Rig(router=router)
         pool_id, _, _ = await rig.create_network()

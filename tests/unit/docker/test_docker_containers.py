@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from meshnet.docker.containers import KEY, ContainerManager, check_cidrs, host_if_of, mac_of
-from meshnet.docker.testing import FakeEngine, FakeKernel, FakeRouter, MemoryStore, direct
+from meshnet.docker.testing import FakeEndpoints, FakeEngine, FakePlumbing, MemoryStore, direct
 from meshnet.api.server import status_for
 from meshnet.errors import MeshnetError
 
@@ -19,16 +19,16 @@ def run(coro):
     return asyncio.run(coro)
 
 
-KERNEL = FakeKernel()
+KERNEL = FakePlumbing()
 
 
 def rig(store=None, router=None, engine=None, kernel=None):
     global KERNEL
-    router = router or FakeRouter()
+    router = router or FakeEndpoints()
     engine = engine or FakeEngine()
     store = store or MemoryStore()
-    KERNEL = kernel or FakeKernel()
-    return ContainerManager(router.call, engine, direct, store, KERNEL), router, engine, store
+    KERNEL = kernel or FakePlumbing()
+    return ContainerManager(router, engine, direct, store, KERNEL), router, engine, store
 
 
 def netns(cid: str) -> str | None:
@@ -51,7 +51,7 @@ def test_attach_allocates_and_is_idempotent():
         assert ep["mac"] == mac_of(CID) and ep["host_if"] == host_if_of(CID)
         again = await mgr.attach(CID[:12], [])
         assert again["cidrs"] == got["cidrs"]
-        assert sum(p == "/endpoints/add" for p in router.paths()) == 1
+        assert router.calls().count("add") == 1
         with pytest.raises(MeshnetError) as exc:
             await mgr.attach("web", ["10.32.9.9/12"])
         assert status_for(exc.value)[0] == 409 and "already attached" in exc.value.message
@@ -148,7 +148,7 @@ def test_reconcile_after_router_restart():
     was down (new netns), one removed (released), one stopped (endpoint withdrawn)."""
 
     async def main():
-        store, router = MemoryStore(), FakeRouter()
+        store, router = MemoryStore(), FakeEndpoints()
         mgr, _, engine, _ = rig(store, router)
         engine.add(CID, "a", pid=100)
         engine.add(CID2, "b", pid=101)
@@ -160,7 +160,7 @@ def test_reconcile_after_router_restart():
         router.local.pop(f"docker:{CID}")  # its veth died with the old netns
         del engine.containers[CID2]
         engine.add("c" * 64, "c", running=False)
-        mgr2 = ContainerManager(router.call, engine, direct, store, KERNEL)
+        mgr2 = ContainerManager(router, engine, direct, store, KERNEL)
         await mgr2.reconcile()
         assert netns(CID) == "/proc/300/ns/net" and f"docker:{CID}" in router.local
         assert CID2 not in mgr2.tracked and f"docker:{CID2}" not in router.held.values()
@@ -190,8 +190,8 @@ def test_detach_releases_and_unknown_is_404():
 
 def test_no_docker_is_a_clear_503():
     async def main():
-        router = FakeRouter()
-        mgr = ContainerManager(router.call, None, direct, MemoryStore(), FakeKernel())
+        router = FakeEndpoints()
+        mgr = ContainerManager(router, None, direct, MemoryStore(), FakePlumbing())
         with pytest.raises(MeshnetError) as exc:
             await mgr.attach("web", [])
         assert status_for(exc.value)[0] == 503 and "--docker-socket" in exc.value.message

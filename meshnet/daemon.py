@@ -1,0 +1,67 @@
+"""The composition root: builds the router, then the integrations beside it, and runs them.
+
+This is the one module that knows every part. The router (`runtime/`) knows nothing of
+Docker or Kubernetes; an integration is handed narrow ports — the endpoints service, the
+plumbing, the state store, the API route table — and never the router itself. Adding an
+integration means adding it here (see docs/design.md).
+
+Order: the router starts first (its API answers from then on), then Docker; stop runs it
+backwards, so Docker is never left calling a plugin socket nobody serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import fields
+
+from meshnet.docker.service import DockerService, DockerSettings
+from meshnet.runtime.config import RouterConfig
+from meshnet.runtime.router import Router
+
+log = logging.getLogger("meshnet.daemon")
+
+
+def docker_settings(config: RouterConfig) -> DockerSettings:
+    return DockerSettings(**{f.name: getattr(config, f.name) for f in fields(DockerSettings)})
+
+
+class Daemon:
+    def __init__(self, config: RouterConfig):
+        self.config = config
+        self.router = Router(config)
+        self.docker: DockerService | None = None
+
+    async def start(self) -> None:
+        router = self.router
+        await router.start()
+        try:
+            assert router.state is not None
+            self.docker = DockerService(
+                docker_settings(self.config),
+                endpoints=router.endpoints,
+                plumbing=router.plumbing,
+                store=router.state,
+                api=router.api,
+                host_owner=f"host:{router.core.name.hex()}",
+            )
+            await self.docker.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.docker is not None:
+            await self.docker.stop()
+            self.docker = None
+        await self.router.stop()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM, SIGINT or `meshnet stop`, then stop."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.router.request_stop)
+        await self.router.wait_stop_requested()
+        await self.stop()

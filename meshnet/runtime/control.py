@@ -1,0 +1,261 @@
+"""The control plane's shell: TCP control connections around the sans-IO mesh core.
+
+Owns the sockets of every control connection, runs their handshakes (`ControlConnection`),
+admits them into `MeshCore`, feeds their messages in and carries the core's events out:
+`Send` and `Close` are done here, `Deliver` goes to the channel's handler (IPAM) and
+`Changed` to the router (which re-plans the data paths). Dialling follows `Targets`; the
+router's timer calls `tick` at `next_deadline`.
+
+Decisions about refusals use the `Refusal` enum the core and the handshake return, never
+the prose shown to people. A `RemoteProtocolError` closes the one connection that carried
+it; nothing a peer sends reaches the shared tasks as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from meshnet.dataplane.sleeve_plan import Direct
+from meshnet.errors import HandshakeRefused, Refusal, RemoteProtocolError
+from meshnet.mesh.connection import ControlConnection, State
+from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
+from meshnet.mesh.targets import Targets
+
+log = logging.getLogger("meshnet.router")
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a dialled or accepted connection to finish its handshake
+READ_BYTES = 65536  # one socket read
+RECENT_REFUSALS = 20  # refusals kept for `meshnet status`
+
+
+class Link:
+    """Runtime side of one TCP control connection."""
+
+    def __init__(self, conn_id: int, proto: ControlConnection, writer: asyncio.StreamWriter, address: str | None):
+        self.id = conn_id
+        self.proto = proto
+        self.writer = writer
+        self.address = address  # the target we dialled, None for inbound
+
+    def flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        *,
+        core: MeshCore,
+        targets: Targets,
+        password: bytes | None,
+        features: dict[str, Any],
+        on_deliver: Callable[[Deliver], None],
+        on_changed: Callable[[], None],
+        wake: Callable[[], None],
+        spawn: Callable[[Any], None],
+    ):
+        self.core = core
+        self.targets = targets
+        self._password = password
+        self._features = features
+        self._on_deliver = on_deliver
+        self._on_changed = on_changed
+        self._wake = wake
+        self._spawn = spawn
+        self.links: dict[int, Link] = {}
+        self._next_conn = 1
+        self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
+        self.counters = {"handshake_failures": 0, "wrong_password": 0}
+
+    # -- views -------------------------------------------------------------------------
+
+    def direct(self) -> dict[bytes, Direct]:
+        """Directly connected peers: their sleeve address, and sleeve keys when encrypted."""
+        out: dict[bytes, Direct] = {}
+        for conn_id, c in self.core.conns.items():
+            link = self.links.get(conn_id)
+            session = link.proto.session if link is not None else None
+            keys = session.sleeve_keys(self.core.name, c.peer) if session is not None else None
+            out[c.peer] = Direct((c.ip, c.udp_port), keys)
+        return out
+
+    # -- dialling ----------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self.targets.next_deadline(set(self.core.by_peer()))
+
+    def tick(self, *, now: float) -> None:
+        """The core's timers: heartbeats, liveness, anti-entropy, forgetting gone peers."""
+        self.handle(self.core.tick(now=now))
+
+    def dial_due(self, *, now: float) -> None:
+        for address in self.targets.due(now, set(self.core.by_peer())):
+            self._spawn(self.dial(address))
+
+    async def dial(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.targets.dialling(address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), HANDSHAKE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.targets.failed(address, f"connect: {exc.__class__.__name__} {exc}", now=time.monotonic())
+            self._wake()
+            return
+        await self._run(reader, writer, address=address)
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._run(reader, writer, address=None)
+
+    def close_all(self) -> None:
+        for link in list(self.links.values()):
+            link.writer.close()
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, address: str | None) -> None:
+        peer_ip = (writer.get_extra_info("peername") or ("?",))[0]
+        proto = ControlConnection(initiator=address is not None, password=self._password, features=self._features)
+        link = Link(self._next_conn, proto, writer, address)
+        self._next_conn += 1
+        admitted = False
+        benign = False  # ended on purpose, nothing to retry or report
+        error = ""
+        retry = True
+        try:
+            link.flush()
+            early = await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
+            refused, events = self.core.add_connection(
+                link.id, remote=proto.remote, ip=peer_ip, outbound=address is not None, now=time.monotonic()
+            )
+            if refused is not None:
+                proto.refuse(refused.refusal, refused.reason)
+                link.flush()
+                if refused.refusal.benign:  # both sides dialled at once; the other connection stays
+                    benign = address is not None
+                    if benign:
+                        self.targets.succeeded(address, proto.remote["name"])
+                    return
+                self._note_refusal(peer_ip, proto.remote, refused.reason)
+                # A name clash may clear (a stale incarnation times out): only our own address is hopeless.
+                error, retry = f"refused by us: {refused.reason}", refused.refusal is not Refusal.SELF
+                return
+            admitted = True
+            self.links[link.id] = link
+            if address is not None:
+                self.targets.succeeded(address, proto.remote["name"])
+            log.info(
+                "connected to %s (%s) at %s, %s%s",
+                proto.remote["nick"],
+                proto.remote["name"].hex(),
+                peer_ip,
+                "outbound" if address else "inbound",
+                ", encrypted" if proto.encrypted else "",
+            )
+            self.handle(events)
+            for message in early:
+                self.handle(self.core.receive(link.id, message, now=time.monotonic()))
+            while True:
+                data = await reader.read(READ_BYTES)
+                if not data:
+                    error = "connection closed by peer"
+                    break
+                for message in proto.receive_data(data):
+                    self.handle(self.core.receive(link.id, message, now=time.monotonic()))
+                link.flush()
+        except HandshakeRefused as exc:
+            error, retry = exc.reason, exc.retry
+            if exc.refusal.benign:
+                benign = address is not None
+                if benign:
+                    self.targets.succeeded(address, proto.remote["name"])
+                return
+            self.counters["handshake_failures"] += 1
+            if exc.refusal is Refusal.WRONG_PASSWORD:
+                self.counters["wrong_password"] += 1
+            self._note_refusal(peer_ip, proto.remote, exc.reason)
+            log.warning("connection with %s refused: %s", peer_ip, exc.reason)
+        except RemoteProtocolError as exc:
+            error = f"protocol error: {exc}"
+            if proto.state is not State.ESTABLISHED or not admitted:
+                self.counters["handshake_failures"] += 1
+            log.warning("closing connection with %s: %s", peer_ip, error)
+        except asyncio.TimeoutError:
+            error = "handshake timed out"
+            self.counters["handshake_failures"] += 1
+        except (ConnectionError, OSError) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+        finally:
+            writer.close()
+            now = time.monotonic()
+            if admitted:
+                self.links.pop(link.id, None)
+                log.info("disconnected from %s at %s: %s", proto.remote.get("nick"), peer_ip, error)
+                self.handle(self.core.remove_connection(link.id, now=now))
+            if address is not None and not benign:
+                if admitted:
+                    self.targets.disconnected(address, now=now)
+                else:
+                    self.targets.failed(address, error, now=now, retry=retry)
+            self._wake()
+
+    async def _handshake(self, link: Link, reader: asyncio.StreamReader) -> list[Any]:
+        """Run the handshake; return messages that arrived in the same read as its end."""
+        early: list[Any] = []
+        while link.proto.state is not State.ESTABLISHED:
+            data = await reader.read(READ_BYTES)
+            if not data:
+                raise ConnectionResetError("closed during handshake")
+            early = link.proto.receive_data(data)
+            link.flush()
+        return early
+
+    def _note_refusal(self, ip: str, remote: dict[str, Any], reason: str) -> None:
+        name = remote.get("name")
+        self.refusals.append(
+            {
+                "time": time.time(),
+                "address": ip,
+                "peer": name.hex() if isinstance(name, bytes) else "",
+                "nick": str(remote.get("nick", "")),
+                "reason": reason,
+            }
+        )
+        del self.refusals[:-RECENT_REFUSALS]
+
+    # -- events ------------------------------------------------------------------------
+
+    def handle(self, events: list[Any]) -> None:
+        """Carry out core events. The timer is woken only when deadlines or targets may
+        have moved (a close, a topology change): heartbeats alone must not spin it."""
+        changed = closed = False
+        for event in events:
+            if isinstance(event, Send):
+                link = self.links.get(event.conn)
+                if link is not None and link.proto.state is State.ESTABLISHED:
+                    link.proto.send(event.kind, *event.fields)
+                    link.flush()
+            elif isinstance(event, Close):
+                link = self.links.get(event.conn)
+                if link is not None:
+                    log.info("closing connection %d: %s", event.conn, event.reason)
+                    link.proto.refuse(event.refusal, event.reason)
+                    link.flush()
+                    link.writer.close()
+                closed = True
+            elif isinstance(event, Deliver):
+                self._on_deliver(event)
+            elif isinstance(event, Changed):
+                changed = True
+        if changed:
+            self._on_changed()
+        if changed or closed:
+            self._wake()
+
+    def close_peers(self, peers: set[bytes], reason: str) -> None:
+        """Close the connections to these peers on purpose (e.g. to rekey the sleeve)."""
+        self.handle([Close(conn, reason) for conn, c in self.core.conns.items() if c.peer in peers and conn in self.links])

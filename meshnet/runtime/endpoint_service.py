@@ -1,0 +1,185 @@
+"""Endpoints and their addresses: the one service `attach`, Docker and Kubernetes go through.
+
+An endpoint is an interface on this host's bridge (a namespace, a container, the host
+itself). This service keeps the registry (persisted, gossiped as our `eps`), asks IPAM for
+addresses and gives them back, and makes the veths through `Plumbing`. Integrations are
+handed this object (see `meshnet/daemon.py`); they never reach the router's internals or
+its HTTP routes.
+
+Everything runs on the asyncio loop. Errors are meshnet's own (`UsageError`, `Conflict`,
+`NotFound`, `Unavailable`) or a `KernelError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Callable
+
+from meshnet.errors import Conflict, MeshnetError, NotFound, UsageError
+from meshnet.ipam.outcome import Result
+from meshnet.kernel.links import netns_path, parse_cidrs
+from meshnet.mesh.topology import Topology
+from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
+from meshnet.runtime.ipam_service import DEFAULT_WAIT, IpamService
+from meshnet.runtime.plumbing import Plumbing
+
+log = logging.getLogger("meshnet.endpoints")
+
+CLAIM_WAIT = 5.0  # seconds a given address may wait for IPAM to be ready
+MAX_WAIT = 600.0  # seconds: the longest an allocation request may ask to wait
+
+
+def netns_endpoint_id(netns: str) -> str:
+    return f"netns:{netns if '/' in netns else f'/run/netns/{netns}'}"
+
+
+class EndpointService:
+    def __init__(
+        self,
+        *,
+        registry: EndpointRegistry,
+        ipam: IpamService,
+        plumbing: Plumbing,
+        universe: str,
+        topology: Callable[[], Topology],
+        publish: Callable[[list[list[Any]]], None],
+    ):
+        self.registry = registry
+        self.ipam = ipam
+        self.plumbing = plumbing
+        self.universe = ipaddress.ip_network(universe)
+        self._topology = topology
+        self._publish = publish
+
+    # -- addresses ---------------------------------------------------------------------
+
+    async def allocate(self, owner: str, *, subnet: str | None = None, address: str | None = None, wait: float = DEFAULT_WAIT) -> Result:
+        """An address for owner: the given one, or a free one (in `subnet` if given).
+
+        Raises:
+            UsageError: bad owner, subnet, address or wait.
+            Conflict: the address is held by another owner or owned by another peer.
+            Unavailable: no address became free within `wait` seconds.
+        """
+        if not isinstance(owner, str) or not owner:
+            raise UsageError("an allocation needs an owner (e.g. container id + interface)")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+            raise UsageError(f"wait must be a number of seconds from 0 to {MAX_WAIT:.0f}, got {wait!r}")
+        for name, value in (("subnet", subnet), ("address", address)):
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"{name} must be a string, got {value!r}")
+        return await self.ipam.allocate(owner, subnet=subnet, address=address, wait=float(wait))
+
+    def release(self, owner: str, address: str | None = None) -> list[str]:
+        if not isinstance(owner, str) or not owner:
+            raise UsageError("a release needs an owner")
+        if address is not None and not isinstance(address, str):
+            raise UsageError(f"address must be a string, got {address!r}")
+        return self.ipam.release(owner, address)
+
+    def owners(self) -> dict[str, list[str]]:
+        return self.ipam.owners()
+
+    async def claim(self, owner: str, cidrs: list[str]) -> list[str]:
+        """Claim the addresses inside the IPAM range for owner (a fresh one if none given);
+        all or nothing."""
+        if not cidrs:
+            return [(await self.allocate(owner)).cidr]
+        claimed = []
+        try:
+            for cidr in cidrs:
+                iface = ipaddress.ip_interface(cidr)
+                if iface.ip in self.universe:
+                    await self.allocate(owner, address=str(iface.ip), wait=CLAIM_WAIT)
+                claimed.append(cidr)
+        except MeshnetError:
+            self.ipam.release(owner)
+            raise
+        return claimed
+
+    # -- the registry ------------------------------------------------------------------
+
+    def add(self, ep: Endpoint) -> None:
+        self.registry.add(ep)
+        self.publish()
+
+    def remove(self, ep_id: str) -> Endpoint | None:
+        ep = self.registry.remove(ep_id)
+        if ep is not None:
+            self.publish()
+        return ep
+
+    def get(self, ep_id: str) -> Endpoint | None:
+        return self.registry.get(ep_id)
+
+    def local_endpoints(self) -> list[Endpoint]:
+        return self.registry.all()
+
+    def publish(self) -> None:
+        self._publish(self.registry.gossip())
+
+    def mesh(self) -> list[dict[str, Any]]:
+        """Every reachable peer's gossiped endpoints, ours included."""
+        topo = self._topology()
+        reachable = topo.reachable() | {topo.local.name}
+        return [
+            {"peer": e.name.hex(), "nick": e.nick, "mac": mac, "ips": ips, "name": name}
+            for e in topo.entries.values()
+            if e.name in reachable
+            for mac, ips, name in e.data.get("eps", [])
+        ]
+
+    async def restore(self) -> None:
+        """At start: drop endpoints whose veth vanished while the router was down; publish."""
+        for ep in self.registry.keep_only(await self.plumbing.ports()):
+            log.info("endpoint %s vanished while the router was down; dropped", ep.id)
+        self.publish()
+
+    # -- namespaces --------------------------------------------------------------------
+
+    async def attach(self, netns: str, cidrs: list[str], *, ep_id: str | None = None, name: str = "", ifname: str = "mesh0") -> dict[str, Any]:
+        """Put a namespace on the bridge; addresses from IPAM unless given (then claimed)."""
+        if not isinstance(netns, str) or not netns:
+            raise UsageError("attach needs a network namespace (name or path)")
+        if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+            raise UsageError("cidrs must be a list of IP/CIDR")
+        ep_id = ep_id or netns_endpoint_id(netns)
+        if self.registry.get(ep_id) is not None:
+            raise Conflict(f"{netns!r} is already attached")
+        try:
+            parse_cidrs(cidrs)
+            netns_path(netns)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise NotFound(exc.strerror or str(exc)) from None
+        claimed = await self.claim(ep_id, cidrs)
+        try:
+            att = await self.plumbing.attach_netns(netns, cidrs=claimed, ifname=ifname)
+        except ValueError as exc:
+            self.ipam.release(ep_id)
+            raise UsageError(str(exc)) from None
+        except BaseException:
+            self.ipam.release(ep_id)
+            raise
+        self.add(Endpoint(ep_id, att.mac, att.cidrs, name, att.host_if))
+        return {"id": ep_id, "netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.plumbing.mtu}
+
+    async def detach(self, *, netns: str | None = None, ep_id: str | None = None) -> dict[str, Any]:
+        """Take a namespace (or an endpoint id) off the bridge and release its addresses."""
+        if not (isinstance(netns, str) and netns) and not (isinstance(ep_id, str) and ep_id):
+            raise UsageError("detach needs a network namespace (name or path) or an endpoint id")
+        ep_id = ep_id or netns_endpoint_id(netns or "")
+        ep = self.registry.get(ep_id)
+        removed = False
+        if ep is not None and ep.host_if:
+            removed = await self.plumbing.delete_link(ep.host_if)
+        elif netns:
+            removed = await self.plumbing.detach_netns(netns)
+        self.registry.remove(ep_id)
+        released = self.ipam.release(ep_id)
+        self.publish()
+        if not (removed or ep is not None or released):
+            raise NotFound(f"{netns or ep_id!r} is not attached")
+        return {"id": ep_id, "detached": True, "released": released}

@@ -1,0 +1,71 @@
+"""This host's overlay plumbing, as the router and the integrations see it.
+
+`KernelThread` is the one thread every kernel call runs on: pyroute2 keeps state of its
+own and must never run on the asyncio thread, and one thread serialises changes to the
+same bridge. `Plumbing` is the narrow port over `kernel.links.Links` for one bridge and
+one MTU: veths for containers and namespaces, the bridge's own addresses, NAT. The Docker
+and Kubernetes integrations are handed a `Plumbing`, never the router.
+
+Kernel failures arrive as `KernelError` (an `OSError` with its errno); the API transport
+maps them to a status in its one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from meshnet.kernel.links import Attachment, Links
+
+
+class KernelThread:
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="meshnet-kernel")
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class Plumbing:
+    def __init__(self, kernel: KernelThread, links: Links, *, bridge: str, mtu: int):
+        self._kernel = kernel
+        self._links = links
+        self.bridge = bridge
+        self.mtu = mtu
+
+    async def attach_netns(self, netns: str, *, cidrs: list[str], ifname: str) -> Attachment:
+        """A veth from the bridge into a namespace (name or path), with addresses."""
+        return await self._kernel.call(self._links.attach, netns, bridge=self.bridge, cidrs=cidrs, mtu=self.mtu, ifname=ifname)
+
+    async def detach_netns(self, netns: str) -> bool:
+        return await self._kernel.call(self._links.detach, netns)
+
+    async def add_pod_veth(self, netns: str, *, host_if: str, ifname: str, cidrs: list[str], mac: str | None) -> Attachment:
+        """A container's veth: `ifname` inside `netns` with addresses, `host_if` on the bridge."""
+        return await self._kernel.call(
+            self._links.add_pod_veth, netns, host_if=host_if, ifname=ifname, bridge=self.bridge, cidrs=cidrs, mtu=self.mtu, mac=mac
+        )
+
+    async def add_veth_pair(self, host: str, peer: str, *, mac: str | None) -> str:
+        """A veth pair with `host` on the bridge and `peer` left for Docker to move; its MAC."""
+        return await self._kernel.call(self._links.add_veth_pair, host, peer, bridge=self.bridge, mtu=self.mtu, mac=mac)
+
+    async def delete_link(self, name: str) -> bool:
+        return await self._kernel.call(self._links.delete_link, name)
+
+    async def ports(self) -> set[str]:
+        """Interfaces enslaved to the bridge."""
+        return set(await self._kernel.call(self._links.ports, self.bridge))
+
+    async def set_bridge_address(self, cidr: str, present: bool) -> bool:
+        return await self._kernel.call(self._links.set_bridge_address, self.bridge, cidr, present)
+
+    async def set_nat(self, table: str, overlay: str, enabled: bool) -> None:
+        await self._kernel.call(self._links.set_nat, table, overlay, self.bridge, enabled)
+
+    async def bridge_mac(self) -> str | None:
+        return await self._kernel.call(self._links.mac_of, self.bridge)

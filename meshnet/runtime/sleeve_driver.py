@@ -1,0 +1,139 @@
+"""Runs the sleeve for the router: the UDP socket, the pump and its thread, and its tables.
+
+The mirror of `fastdp_driver.py`: the router hands `apply()` the tables
+`dataplane.sleeve_plan.plan` computed; the driver diffs them against what the pump holds
+(`have`, kept here and updated per operation) and applies only the difference. A table the
+pump refuses (full) is logged and counted, never raised into the router: one busy container
+must not take control connections down.
+
+Threads: the pump runs in its own thread without the GIL; every call here comes from the
+asyncio loop, and the pump's setters take its own lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from meshnet.dataplane import sleeve_plan as sp
+from meshnet.dataplane.pump import load_pump
+from meshnet.errors import UsageError
+
+log = logging.getLogger("meshnet.sleeve")
+
+SOCKET_BUFFER_BYTES = 4 << 20
+
+
+class SleeveDriver:
+    def __init__(self, *, local_id: int, host: str, udp_port: int, tap_fd: int, underlay_mtu: int, encrypted: bool, pure_python: bool):
+        """Bind the sleeve's UDP socket and build the pump (not started yet).
+
+        Raises:
+            UsageError: the UDP port cannot be bound.
+        """
+        self.encrypted = encrypted
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        try:
+            self.udp.bind((host, udp_port))
+        except OSError as exc:
+            self.udp.close()
+            raise UsageError(f"cannot bind UDP {host}:{udp_port} for the sleeve: {exc.strerror}") from None
+        self.udp.setblocking(False)
+        pump_cls, self.compiled = load_pump(prefer_compiled=not pure_python)
+        if not self.compiled:
+            log.warning("the compiled pump is NOT in use: the sleeve runs the slow pure-Python twin")
+        self.pump: Any = pump_cls(
+            tap_fd,
+            self.udp.fileno(),
+            local_id,
+            batch=int(os.environ.get("MESHNET_PUMP_BATCH", "64")),  # frames per read batch
+            crypto=encrypted,  # an encrypted mesh never sends nor accepts plaintext
+            underlay_mtu=underlay_mtu,  # frames that do not fit get ICMP "fragmentation needed"
+            # after traffic the pump polls without sleeping this long: lower latency for CPU
+            spin_us=int(os.environ.get("MESHNET_PUMP_SPIN_US", "0")),
+            offload=os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",  # 0: for comparisons
+        )
+        self._thread: threading.Thread | None = None
+        self._peers: dict[int, sp.PeerRow] = {}
+        self._keys: dict[int, sp.KeyRow] = {}
+        self._macs: dict[bytes, int] = {}
+        self.refused: dict[str, int] = {"peers": 0, "macs": 0}  # table entries the pump had no room for
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.pump.run, name="meshnet-pump", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Blocking: stop the pump thread and close the socket (run it off the loop)."""
+        self.pump.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.udp.close()
+
+    @property
+    def have(self) -> sp.PumpTables:
+        return sp.PumpTables(dict(self._peers), dict(self._keys), dict(self._macs))
+
+    def apply(self, want: sp.PumpTables) -> int:
+        """Bring the pump's tables to `want`; return the number of operations applied."""
+        for peer in want.collisions:
+            log.error("peer id collision for %s; its traffic is not forwarded", peer.hex())
+        ops = sp.diff(want, self.have)
+        for op in ops:
+            self._apply(op)
+        return len(ops)
+
+    def _apply(self, op: sp.Op) -> None:
+        pump = self.pump
+        if isinstance(op, sp.SetPeer):
+            try:
+                pump.set_peer(op.pid, op.row.addr, op.row.via, flood=op.row.flood)
+            except OverflowError as exc:
+                self._refuse("peers", exc)
+                return
+            self._peers[op.pid] = op.row
+        elif isinstance(op, sp.RemovePeer):
+            pump.remove_peer(op.pid)  # drops the peer's keys and MACs with it
+            del self._peers[op.pid]
+            self._keys.pop(op.pid, None)
+            self._macs = {mac: pid for mac, pid in self._macs.items() if pid != op.pid}
+        elif isinstance(op, sp.SetKeys):
+            if op.pid in self._peers:
+                pump.set_peer_keys(op.pid, op.row.tx, op.row.rx, epoch=op.row.epoch)
+                self._keys[op.pid] = op.row
+        elif isinstance(op, sp.SetMac):
+            if op.pid not in self._peers:
+                return
+            try:
+                pump.set_mac(op.mac, op.pid)
+            except OverflowError as exc:
+                self._refuse("macs", exc)
+                return
+            self._macs[op.mac] = op.pid
+        elif isinstance(op, sp.ForgetMac):
+            pump.forget_mac(op.mac)
+            self._macs.pop(op.mac, None)
+
+    def _refuse(self, table: str, exc: OverflowError) -> None:
+        self.refused[table] += 1
+        if self.refused[table] == 1 or self.refused[table] % 1000 == 0:
+            log.warning("sleeve %s table: %s (%d entries refused so far)", table, exc, self.refused[table])
+
+    def rekey_due(self) -> set[int]:
+        """Peers whose sleeve key nears its datagram limit."""
+        return set(self.pump.rekey_due())
+
+    def features(self) -> dict[str, Any]:
+        return dict(self.pump.features())
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pump.stats())
+
+    def peer_stats(self) -> dict[int, dict[str, int]]:
+        return self.pump.peer_stats()
+
