@@ -1,5 +1,5 @@
 """`meshnet run` / `attach` / `detach` / `ps` / `expose` on 3 simulated hosts, each with its own
-real dockerd and router (meshnet.docker.lab.DockerLab): ping and DNS between every pair, a TCP
+real dockerd and router (meshnet.lab.DockerLab): ping and DNS between every pair, a TCP
 transfer across hosts, bad input, and the container lifecycle (restart keeps addresses, stop
 withdraws the name, rm releases, router restarts)."""
 
@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from meshnet.docker.lab import IMAGE, running_lab
+from meshnet.lab import IMAGE, running_lab
 
 pytestmark = [
     pytest.mark.netns,

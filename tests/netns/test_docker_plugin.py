@@ -13,7 +13,7 @@ import subprocess
 import docker.errors
 import pytest
 
-from meshnet.docker.lab import running_lab
+from meshnet.lab import running_lab
 
 pytestmark = [
     pytest.mark.netns,
