@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: docker_cli.cmd_detach(a, cmd_detach))
     docker_cli.add_parsers(sub, _add_socket_flags)
 
-    from meshnet import lab
+    from meshnet.lab import cli as lab
 
     lab.add_parser(sub)
     return parser

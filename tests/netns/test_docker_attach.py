@@ -1,38 +1,23 @@
 """`meshnet run` / `attach` / `detach` / `ps` / `expose` on 3 simulated hosts, each with its own
-real dockerd and router (meshnet.docker.lab.DockerLab): ping and DNS between every pair, a TCP
+real dockerd and router (meshnet.lab.DockerLab): ping and DNS between every pair, a TCP
 transfer across hosts, bad input, and the container lifecycle (restart keeps addresses, stop
-withdraws the name, rm releases, router restarts)."""
+withdraws the name, rm releases, router restarts). The lab and the markers come with the
+`docker_lab` fixture (tests/netns/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 
-import pytest
-
-from meshnet.docker.lab import IMAGE, running_lab
-
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not shutil.which("dockerd") or not os.path.exists("/bin/busybox"), reason="needs docker.io and busybox-static"),
-]
-
-
-@pytest.fixture
-def lab():
-    with running_lab(3) as lab:
-        yield lab
+from meshnet.lab import IMAGE
 
 
 def links_in(ns: str) -> int:
     return subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, timeout=10).stdout.count("\n")
 
 
-def test_attach_run_dns_lifecycle(lab):
+def test_attach_run_dns_lifecycle(docker_lab):
+    lab = docker_lab
     dns = {i: lab.ok(i, "expose").split()[0].split("/")[0] for i in (1, 2, 3)}
     # h1: meshnet run (IPAM address, --dns added); h2: docker run + meshnet attach; h3: meshnet run with an address
     cid1 = lab.ok(1, "run", "--name", "c1", "--stop-timeout", "1", IMAGE, "sleep", "3600").split()[0]

@@ -1,32 +1,16 @@
 """The Docker network plugin on 3 simulated hosts with real dockerds: `docker network create
 -d meshnet --ipam-driver meshnet`, the network the router makes itself, `docker run --network`,
 names and a TCP transfer across hosts; stop/start/rm, a dockerd restart with a `--restart
-always` container and a router restart; no address leaked or handed out twice."""
+always` container and a router restart; no address leaked or handed out twice. The lab
+(meshnet.lab.DockerLab) and the markers come with the `docker_lab` fixture (tests/netns/conftest.py)."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
 import subprocess
 
 import docker.errors
 import pytest
-
-from meshnet.docker.lab import running_lab
-
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not shutil.which("dockerd") or not os.path.exists("/bin/busybox"), reason="needs docker.io and busybox-static"),
-]
-
-
-@pytest.fixture
-def lab():
-    with running_lab(3) as lab:
-        yield lab
 
 
 def container_ips(lab, hosts=(1, 2, 3)) -> dict[str, str]:
@@ -55,7 +39,8 @@ def check_no_leak(lab) -> None:
         assert len(gws) == len(nets), f"h{i}: {len(gws)} gateway addresses for {len(nets)} networks"
 
 
-def test_network_plugin(lab):
+def test_network_plugin(docker_lab):
+    lab = docker_lab
     dns = {i: lab.ok(i, "expose").split()[0].split("/")[0] for i in (1, 2, 3)}
     for i in (1, 2, 3):  # the router made the default network `meshnet` in its dockerd
         lab.wait(lambda: lab.client(i).networks(names=["meshnet"]), 15, f"network meshnet on h{i}")

@@ -13,9 +13,8 @@ import subprocess
 
 import pytest
 
-from meshnet.lab import Lab
 from meshnet.api.client import ApiClient
-from meshnet.testing.labtools import block, ping, unblock, wait_for
+from meshnet.lab import Lab, block, ping, unblock, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from meshnet.lab import Lab
 from meshnet.api.client import ApiClient
 from meshnet.errors import Conflict, MeshnetError, UsageError
-from meshnet.testing.labtools import wait_for
+from meshnet.lab import Lab, wait_for
 
 pytestmark = pytest.mark.netns
 

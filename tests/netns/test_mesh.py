@@ -6,9 +6,8 @@ import time
 
 import pytest
 
-from meshnet.lab import Lab
+from meshnet.lab import Lab, block, ping, transfer, wait_for
 from meshnet.state.statedir import StateDir
-from meshnet.testing.labtools import block, ping, transfer, wait_for
 
 pytestmark = pytest.mark.netns
 

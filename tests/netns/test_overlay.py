@@ -20,8 +20,7 @@ import sys
 
 import pytest
 
-from meshnet.lab import Lab
-from meshnet.testing.labtools import ping, transfer, wait_for
+from meshnet.lab import Lab, ping, transfer, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""Simulated Docker hosts: `meshnet.lab.Lab` plus one real dockerd per host (tests, demos).
+"""Simulated Docker hosts: a `Lab` (meshnet.lab.hosts) plus one real dockerd per host (`DockerLab`).
 
 Each host hN gets, besides the lab's namespace and router:
   * a dockerd started as `unshare --mount` + `nsenter --net=/run/netns/<prefix>-hN` (never
@@ -27,7 +27,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from meshnet.lab import Lab, netns_exists
+from meshnet.api.client import ApiClient
+from meshnet.lab import procs
+from meshnet.lab.hosts import Lab
 
 RUN = "/run/mndk"
 LIB = "/var/lib/mndk"
@@ -140,7 +142,7 @@ class DockerLab(Lab):
 
     def stop_dockerd(self, i: int, *, remove_containers: bool = True, timeout: float = 30) -> None:
         pid = self.dockerd_pids.get(i)
-        if pid is None or not _alive(pid):
+        if pid is None or not procs.alive(pid):
             self.dockerd_pids.pop(i, None)
             return
         if remove_containers:
@@ -150,16 +152,16 @@ class DockerLab(Lab):
                     api.remove_container(c["Id"], force=True)
             except Exception:
                 pass
-        containerd = _read_pid(f"{self.docker_dir(i)}/exec/containerd/containerd.pid")
+        containerd = procs.read_pid(f"{self.docker_dir(i)}/exec/containerd/containerd.pid")
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, timeout):
+        if not procs.wait_gone(pid, timeout):
             os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, 5)
-        if containerd and _alive(containerd) and self.docker_dir(i) in _cmdline(containerd):
-            if not _wait_gone(containerd, 5):
+            procs.wait_gone(pid, 5)
+        if containerd and procs.alive(containerd) and self.docker_dir(i) in procs.cmdline(containerd):
+            if not procs.wait_gone(containerd, 5):
                 os.kill(containerd, signal.SIGKILL)
-                _wait_gone(containerd, 5)
-        for shim in _pids_with(f"{self.docker_dir(i)}/exec/containerd"):
+                procs.wait_gone(containerd, 5)
+        for shim in procs.pids_with(f"{self.docker_dir(i)}/exec/containerd"):
             os.kill(shim, signal.SIGKILL)
         self.dockerd_pids.pop(i, None)
         self._save_docker()
@@ -216,8 +218,6 @@ class DockerLab(Lab):
         return r.stdout
 
     def api(self, i: int) -> Any:
-        from meshnet.api.client import ApiClient
-
         return ApiClient(f"{self.run_dir(i)}/meshnet.sock")
 
     def ipam_owners(self, i: int, prefix: str = "") -> dict[str, list[str]]:
@@ -289,8 +289,8 @@ class DockerLab(Lab):
         super().down()
         for i in range(1, self.hosts + 1):
             for base in (self.docker_dir(i), self.docker_lib(i)):
-                _umount_under(base)
-            for c in _cgroup_dirs(f"{self.prefix}-h{i}"):
+                procs.umount_under(base)
+            for c in procs.cgroup_dirs(f"{self.prefix}-h{i}"):
                 try:
                     os.rmdir(c)
                 except OSError:
@@ -366,84 +366,4 @@ def running_lab(hosts: int = 3, prefix: str = "mndk", keep: bool | None = None) 
             lab.down()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            return True
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _pids_with(text: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and text in _cmdline(int(entry)) and "containerd-shim" in _cmdline(int(entry)):
-            out.append(int(entry))
-    return out
-
-
-def _umount_under(base: str) -> None:
-    try:
-        with open("/proc/mounts") as f:
-            points = [line.split()[1] for line in f if line.split()[1].startswith(base + "/") or line.split()[1] == base]
-    except OSError:
-        return
-    for point in sorted(points, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=10)
-
-
-def _cgroup_dirs(name: str) -> list[str]:
-    out = []
-    root = "/sys/fs/cgroup"
-    try:
-        for controller in os.listdir(root):
-            path = os.path.join(root, controller, name)
-            if os.path.isdir(path):
-                out.append(path)
-    except OSError:
-        pass
-    if os.path.isdir(os.path.join(root, name)):
-        out.append(os.path.join(root, name))
-    return out
-
-
-__all__ = ["DockerLab", "IMAGE", "busybox_rootfs", "netns_exists"]
+__all__ = ["DockerLab", "IMAGE", "busybox_rootfs", "running_lab"]

@@ -1,4 +1,8 @@
-"""Helpers for end-to-end tests on a `meshnet.lab.Lab`: transfers, waits, firewalls."""
+"""Checks on a lab's namespaces for end-to-end tests: ping, TCP transfers, waits, firewalls.
+
+Plain functions on namespace names (no `Lab` needed); `block`/`unblock` own the nft table
+`inet meshnet_test` inside the namespace they are given.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,36 @@
+"""Shared fixtures of the netns tests: `docker_lab`, 3 simulated Docker hosts.
+
+A test that asks for `docker_lab` gets the markers that lab needs (netns, slow, root,
+docker.io and busybox-static) added at collection, so `-m` selection and the skips work
+as if the test module had declared them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from meshnet.lab import running_lab
+
+DOCKER_LAB_MARKS = (
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(not shutil.which("dockerd") or not os.path.exists("/bin/busybox"), reason="needs docker.io and busybox-static"),
+)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if "docker_lab" in getattr(item, "fixturenames", ()):
+        for mark in DOCKER_LAB_MARKS:
+            item.add_marker(mark)
+
+
+@pytest.fixture
+def docker_lab():
+    """A `DockerLab` (prefix mndk, 3 hosts, each with a router and a dockerd), mesh formed;
+    torn down after the test, even a failed one (MNDK_KEEP=1 keeps it)."""
+    with running_lab(3) as lab:
+        yield lab
