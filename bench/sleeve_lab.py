@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from meshnet.cli import describe_pump  # noqa: E402
+from meshnet.cli.status import describe_pump  # noqa: E402
 from meshnet.lab import Lab  # noqa: E402
 
 MODES = {

@@ -16,8 +16,8 @@ import logging
 import signal
 from dataclasses import fields
 
+from meshnet.config import RouterConfig
 from meshnet.docker.service import DockerService, DockerSettings
-from meshnet.runtime.config import RouterConfig
 from meshnet.runtime.router import Router
 
 log = logging.getLogger("meshnet.daemon")

@@ -237,3 +237,22 @@ def _zone_answer(
     else:  # the name exists, the type does not (AAAA, MX, ...): NODATA
         resp.authority.append(_soa(zone))
     return resp
+
+
+def parse_upstreams(text: str | None) -> list[tuple[str, int]]:
+    """`"1.1.1.1, 9.9.9.9:5353"` -> [(ip, port)]; "", None or "none" -> []. Raises ValueError."""
+    out: list[tuple[str, int]] = []
+    if not text or text.strip().lower() == "none":
+        return out
+    for item in text.replace(",", " ").split():
+        host, _, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+        host = host or item
+        try:
+            ipaddress.IPv4Address(host)
+            port_num = int(port) if port else 53
+        except ValueError:
+            raise ValueError(f"{item!r} is not an upstream DNS server like 192.0.2.53 or 192.0.2.53:53") from None
+        if not 0 < port_num < 65536:
+            raise ValueError(f"{item!r}: bad port")
+        out.append((host, port_num))
+    return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 from typing import Callable
 
@@ -37,25 +36,6 @@ def _servfail(query: bytes) -> bytes | None:
         return resp.to_wire()
     except Exception:
         return None
-
-
-def parse_upstreams(text: str | None) -> list[tuple[str, int]]:
-    """`"1.1.1.1, 9.9.9.9:5353"` -> [(ip, port)]; "", None or "none" -> []. Raises ValueError."""
-    out: list[tuple[str, int]] = []
-    if not text or text.strip().lower() == "none":
-        return out
-    for item in text.replace(",", " ").split():
-        host, _, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
-        host = host or item
-        try:
-            socket.inet_aton(host)
-            port_num = int(port) if port else 53
-        except (OSError, ValueError):
-            raise ValueError(f"{item!r} is not an upstream DNS server like 192.0.2.53 or 192.0.2.53:53") from None
-        if not 0 < port_num < 65536:
-            raise ValueError(f"{item!r}: bad port")
-        out.append((host, port_num))
-    return out
 
 
 class _Udp(asyncio.DatagramProtocol):

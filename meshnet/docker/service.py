@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshnet.api.server import ApiServer
-from meshnet.dns.answer import DEFAULT_DOMAIN, Records, normalize_domain
-from meshnet.dns.server import DnsServer, parse_upstreams
+from meshnet.dns.answer import DEFAULT_DOMAIN, Records, normalize_domain, parse_upstreams
+from meshnet.dns.server import DnsServer
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host

@@ -30,6 +30,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from meshnet.config import parse_addr
 from meshnet.dataplane.modes import PathMode
 
 log = logging.getLogger("meshnet.metrics")
@@ -46,21 +47,6 @@ def mode_label(mode: str | None) -> str:
         return PathMode(mode).label
     except ValueError:
         return ""
-
-
-def parse_addr(addr: str) -> tuple[str, int] | None:
-    """'HOST:PORT' / ':PORT' / '[v6]:PORT' -> (host, port); '' -> None (metrics disabled).
-
-    Raises:
-        ValueError: not HOST:PORT.
-    """
-    addr = addr.strip()
-    if not addr:
-        return None
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"metrics address {addr!r} is not HOST:PORT (e.g. 127.0.0.1:6782); empty disables metrics")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def families(snap: dict[str, Any]) -> list[Metric]:

@@ -9,7 +9,8 @@ builds those beside it and hands them `endpoints`, `plumbing`, `state` and `api`
 Threads: the asyncio loop owns every core; kernel calls run on one kernel thread
 (`plumbing.KernelThread`); the pump runs in its own thread without the GIL.
 
-Start order: state-dir lock (a second router on the same state dir stops here), bridge
+Start order: run-dir lock and pid file, state-dir lock (a second router on the same run or
+state dir stops here and touches nothing of the first one's), bridge
 and TAP, sleeve socket and pump thread, mesh core, TCP listener, API socket, endpoints,
 then the timer (dialling starts there). Stop runs it backwards; the bridge and attached
 containers stay, so a restart picks them up.
@@ -26,12 +27,12 @@ import time
 from typing import Any
 
 from meshnet.api.server import ApiServer
+from meshnet.config import RouterConfig
 from meshnet.dataplane import layout, sleeve_plan
 from meshnet.errors import UsageError
 from meshnet.kernel.links import Links
 from meshnet.mesh.core import Deliver, MeshCore
 from meshnet.mesh.targets import Targets
-from meshnet.runtime.config import RouterConfig
 from meshnet.runtime.control import ControlPlane
 from meshnet.runtime.dial_book import DialBook
 from meshnet.runtime.endpoint_service import EndpointService
@@ -45,6 +46,7 @@ from meshnet.runtime.plumbing import KernelThread, Plumbing
 from meshnet.runtime.sleeve_driver import SleeveDriver
 from meshnet.runtime.status import status
 from meshnet.runtime.timer import Job, TimerLoop
+from meshnet.state.rundir import RunDir
 from meshnet.state.statedir import StateDir
 
 log = logging.getLogger("meshnet.router")
@@ -53,9 +55,10 @@ log = logging.getLogger("meshnet.router")
 class Router:
     def __init__(self, config: RouterConfig):
         self.config = config
-        self.encrypted = config.password is not None
+        self.encrypted = config.secret is not None
         self.started = time.time()
         self.kernel = KernelThread()
+        self.run_dir = RunDir(config.run_dir)
         self.state: StateDir | None = None
         self._links: Links | None = None
         self._tap_fd: int | None = None
@@ -79,7 +82,12 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.state = StateDir(self.config.state_dir)
+        self.run_dir.acquire()  # first: nothing in a run dir another router holds is touched
+        try:
+            self.state = StateDir(self.config.state_dir)
+        except BaseException:
+            self.run_dir.release()
+            raise
         try:
             await self._start_rest()
         except BaseException:
@@ -89,9 +97,6 @@ class Router:
     async def _start_rest(self) -> None:
         cfg = self.config
         assert self.state is not None
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        with open(cfg.pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
         name = self.state.peer_name()
         self._links = await self.kernel.call(Links)
         underlay = await self.kernel.call(self._links.underlay_mtu)
@@ -140,7 +145,7 @@ class Router:
         self.control = ControlPlane(
             core=self.core,
             targets=targets,
-            password=cfg.password,
+            password=cfg.secret,
             features=self._features(),
             on_deliver=self._on_deliver,
             on_changed=self._topology_changed,
@@ -222,11 +227,10 @@ class Router:
         if self._links is not None:
             await self.kernel.call(self._links.close)
         self.kernel.close()
-        if os.path.exists(self.config.pid_file):
-            os.unlink(self.config.pid_file)
         if self.state is not None:
             self.state.close()
             self.state = None
+        self.run_dir.release()
         log.info("router stopped")
 
     def spawn(self, coro: Any) -> None:

@@ -14,7 +14,7 @@ import secrets
 import sqlite3
 from typing import Any
 
-from meshnet.errors import UsageError
+from meshnet.errors import Conflict
 
 
 class StateDir:
@@ -27,7 +27,7 @@ class StateDir:
         except BlockingIOError:
             holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._lock_fd)
-            raise UsageError(
+            raise Conflict(
                 f"another meshnet router (pid {holder}) is already running with state dir {path}; "
                 "stop it first (meshnet stop) or use --state-dir"
             ) from None

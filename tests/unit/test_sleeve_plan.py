@@ -4,7 +4,7 @@ Replaces the old test that built a Router by hand to reach its private key progr
 
 from __future__ import annotations
 
-from meshnet.cli import describe_pump
+from meshnet.cli.status import describe_pump
 from meshnet.dataplane import layout
 from meshnet.dataplane import sleeve_plan as sp
 from meshnet.mesh.session import Ephemeral, Session

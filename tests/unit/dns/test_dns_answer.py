@@ -7,17 +7,17 @@ import os
 import socket
 
 import dns.flags
-import dns.opcode
-import dns.rrset
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshnet.dns.answer import FORWARD, Records, answer, normalize_domain
-from meshnet.dns.server import DnsServer, parse_upstreams
+from meshnet.dns.answer import FORWARD, Records, answer, normalize_domain, parse_upstreams
+from meshnet.dns.server import DnsServer
 
 REC = Records.build("meshnet.local", [("web", ["10.32.0.5/12"]), ("web", ["10.32.1.5/12"]), ("db", ["10.32.0.9/12", "fd00::1/64"]), ("", ["10.32.0.10/12"])])
 

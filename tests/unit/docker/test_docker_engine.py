@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from meshnet.cli import build_parser
-from meshnet.docker.cli import launch_argv, launch_config, split_addresses
+from meshnet.cli.docker import split_addresses
+from meshnet.config import child_argv, from_args
+from meshnet.errors import UsageError
 from meshnet.docker.engine import Container, dns_label, find_docker_host, parse_run_args
 
 
@@ -66,13 +68,13 @@ def test_split_addresses():
     assert split_addresses([]) == ([], [])
 
 
-def test_launch_flags_round_trip(monkeypatch):
-    monkeypatch.delenv("MESHNET_DOCKER_SOCKET", raising=False)
+def test_launch_flags_round_trip():
     args = build_parser().parse_args(["launch", "--docker-socket", "/run/d.sock", "--dns-domain", "Corp.Example.", "--dns-upstream", "127.0.0.1:5353"])
-    cfg = launch_config(args)
-    assert cfg["dns_domain"] == "corp.example" and cfg["docker_socket"] == "/run/d.sock"
-    again = build_parser().parse_args(["launch", *launch_argv(args)])
-    assert launch_config(again) == cfg
+    cfg = from_args(args, environ={})
+    assert cfg.dns_domain == "corp.example" and cfg.docker_socket == "/run/d.sock"
+    argv, env = child_argv(cfg)
+    again = build_parser().parse_args(["launch", *argv])
+    assert from_args(again, environ=env) == cfg
     bad = build_parser().parse_args(["launch", "--dns-upstream", "not-an-ip"])
-    with pytest.raises(ValueError):
-        launch_config(bad)
+    with pytest.raises(UsageError, match="--dns-upstream"):
+        from_args(bad, environ={})

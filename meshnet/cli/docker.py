@@ -1,5 +1,6 @@
-"""CLI for the Docker side: `attach`/`detach` of containers, `run`, `ps`, `expose`, `hide`,
-and the Docker flags of `launch`. meshnet/cli.py wires these in; everything but `run`
+"""CLI for the Docker side: `attach`/`detach` of containers, `run`, `ps`, `expose`, `hide`.
+meshnet/cli/main.py wires these in (the Docker flags of `launch` are in meshnet/config.py);
+everything but `run`
 only talks to the router (which holds the Docker connection); `run` also creates the
 container through the Engine API (docker-py) before asking the router to attach it.
 """
@@ -14,55 +15,10 @@ import sys
 from typing import Any, Callable
 
 from meshnet.api.client import ApiClient
+from meshnet.config import socket_of
 from meshnet.errors import MeshnetError
 
 DOCKER_ATTACH_TIMEOUT = 60.0
-
-
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"MESHNET_{name}", default)
-
-
-# -- launch ---------------------------------------------------------------------------------
-
-
-def add_launch_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--docker-socket",
-        default=_env("DOCKER_SOCKET"),
-        help="Docker Engine API socket or URL [MESHNET_DOCKER_SOCKET, else DOCKER_HOST, else /var/run/docker.sock if present; 'none' turns Docker off]",
-    )
-    p.add_argument("--plugin-dir", default=_env("PLUGIN_DIR"), help="where Docker looks for network plugins [MESHNET_PLUGIN_DIR] (default /run/docker/plugins)")
-    p.add_argument("--docker-network", default=_env("DOCKER_NETWORK", "meshnet"), help="Docker network to create on each dockerd ('' for none) [MESHNET_DOCKER_NETWORK] (default %(default)s)")
-    p.add_argument("--dns-domain", default=_env("DNS_DOMAIN", "meshnet.local"), help="containers resolve as NAME.DOMAIN [MESHNET_DNS_DOMAIN] (default %(default)s)")
-    p.add_argument("--dns-port", type=int, default=int(_env("DNS_PORT", 53)), help="resolver port on the host's exposed addresses [MESHNET_DNS_PORT] (default %(default)s)")
-    p.add_argument("--dns-upstream", default=_env("DNS_UPSTREAM", ""), help="servers for names outside the domain, 'IP[:PORT] ...' (default: none, REFUSED) [MESHNET_DNS_UPSTREAM]")
-
-
-def launch_config(args: argparse.Namespace) -> dict[str, Any]:
-    """RouterConfig fields; raises ValueError for a bad domain or upstream list."""
-    from meshnet.dns.answer import normalize_domain
-    from meshnet.dns.server import parse_upstreams
-
-    parse_upstreams(args.dns_upstream)
-    return {
-        "docker_socket": args.docker_socket,
-        "plugin_dir": args.plugin_dir,
-        "docker_network": args.docker_network,
-        "dns_domain": normalize_domain(args.dns_domain),
-        "dns_port": args.dns_port,
-        "dns_upstream": args.dns_upstream,
-    }
-
-
-def launch_argv(args: argparse.Namespace) -> list[str]:
-    """The same flags for the background router's command line."""
-    argv = []
-    for flag in ("docker_socket", "plugin_dir", "docker_network", "dns_domain", "dns_port", "dns_upstream"):
-        value = getattr(args, flag)
-        if value is not None:
-            argv.append(f"--{flag.replace('_', '-')}={value}")
-    return argv
 
 
 # -- subcommands ----------------------------------------------------------------------------
@@ -123,9 +79,7 @@ class _RunParser(argparse.ArgumentParser):
 
 
 def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
-    from meshnet.runtime.config import default_socket
-
-    return ApiClient(args.socket or default_socket(args.run_dir), timeout=timeout)
+    return ApiClient(socket_of(args), timeout=timeout)
 
 
 def is_netns(target: str) -> bool:

@@ -1,0 +1,87 @@
+"""Status as prose: the router answers `GET /status` as data (runtime/status.py); these
+turn it into what a person reads. Metrics read the same data, never this text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe_pump(pump: dict[str, Any]) -> str:
+    """One line: which pump, and which offloads it uses."""
+    if not pump.get("compiled"):
+        return "PURE-PYTHON TWIN (slow; the compiled pump is not built): no batching, no offloads"
+    f = pump.get("features") or {}
+    used = [f"batch {f.get('batch')}"] if f else []
+    if f.get("tap_offload"):
+        used.append("TAP " + "/".join(f["tap_offload"]))
+    elif f:
+        used.append("no TAP offloads" + ("" if f.get("vnet_hdr") else " (no IFF_VNET_HDR)"))
+    used += [name for key, name in (("udp_gso", "UDP GSO"), ("udp_gro", "UDP GRO"), ("gro_merge", "TCP merging"), ("gro_merge_udp", "UDP merging")) if f.get(key)]
+    if f.get("udp_gso_error"):
+        used.append(f"UDP GSO off after error: {f['udp_gso_error']}")
+    used.append(f"sleeve {f['crypto']}" if f.get("crypto") else "sleeve unencrypted")
+    return "compiled: " + ", ".join(used)
+
+
+def describe_fastdp(fastdp: dict[str, Any]) -> str:
+    if fastdp.get("enabled"):
+        return "enabled (kernel VXLAN, UDP 6784, per-peer health probes)"
+    return f"off: {fastdp.get('reason')}"
+
+
+def describe_encryption(encrypted: bool) -> str:
+    if encrypted:
+        return "enabled (X25519 + HKDF + AES-256-GCM on control connections)"
+    return "DISABLED: the mesh is unencrypted (no --password)"
+
+
+def format_status(s: dict[str, Any]) -> str:
+    r = s["router"]
+    health = s.get("health") or {}
+    lines = [
+        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s  version {r.get('version', '?')}",
+        f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
+        f"Health   {'healthy' if health.get('healthy', True) else 'UNHEALTHY'}"
+        + (f" (timer last ran {health['timer_age_s']:.1f}s ago)" if not health.get("healthy", True) else ""),
+        f"Crypto   {describe_encryption(r['encrypted'])}",
+        f"Pump     {describe_pump(s['dataplane']['pump'])}",
+        f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
+        "",
+        f"Peers ({len(s['peers'])}):",
+    ]
+    for p in s["peers"]:
+        state = "self" if p["name"] == r["name"] else ("reachable" if p["reachable"] else "UNREACHABLE")
+        via = f" via {p['via'][:8]}" if p.get("via") else ""
+        mode = f"  {p['mode']}" if p.get("mode") and state != "self" else ""
+        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}")
+    lines += ["", f"Connections ({len(s['connections'])}):"]
+    for c in s["connections"]:
+        if c.get("state") == "established":
+            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']:<16} ({c['mode_reason']})")
+        else:
+            lines.append(f"  {'?':<16} {c['address']:<22} {c['state']}: {c['last_error']}")
+    if s.get("refusals"):
+        lines += ["", "Refused handshakes (newest last):"]
+        lines += [f"  {x['address']} {x['nick'] or '?'}: {x['reason']}" for x in s["refusals"][-5:]]
+    return "\n".join(lines)
+
+
+def format_ipam_status(s: dict[str, Any]) -> str:
+    nick = s.get("nicknames", {})
+    local = s["local"]
+    lines = [
+        f"Range    {s['range']}  ({s['init']})  state: {s['state']}",
+        f"Local    {local['ranges']} ranges, {local['size']} addresses, {local['used']} used, {local['free']} free",
+    ]
+    if s.get("waiting"):
+        lines.append(f"Waiting  {s['pending']} request(s): {s['waiting']}")
+    lines += ["", "Peer                           size      used      free  ranges"]
+    for name, p in sorted(s["peers"].items(), key=lambda kv: nick.get(kv[0], kv[0])):
+        label = f"{nick.get(name, '?')} ({name[:8]})" + ("" if p["reachable"] else " UNREACHABLE")
+        lines.append(f"  {label:<28} {p['size']:>8} {p['used']:>9} {p['free']:>9}  {len(p['ranges'])}")
+    if s["unreachable_owners"]:
+        lines += ["", "Unreachable owners (meshnet rmpeer PEER once they are gone for good):"]
+        lines += [f"  {nick.get(n, '?')} {n}" for n in s["unreachable_owners"]]
+    if s["conflicts"]:
+        lines += ["", "CONFLICTS:"] + [f"  {c}" for c in s["conflicts"]]
+    return "\n".join(lines)
