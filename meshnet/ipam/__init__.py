@@ -1,5 +1,9 @@
 """IP address management: a sans-IO allocator over a gossiped ownership ring.
 
+No I/O here at all: persistence goes through the `Store` protocol (`store.py`). The sqlite
+store and the CNI release journal live in `meshnet/state/`; the runtime
+(`meshnet/runtime/ipam_service.py`) opens them and feeds the journal in as plain values.
+
 Modules, one job each:
   addr       parse/check the range, subnets and addresses (IPv4 as ints)
   ring       the ownership ring CRDT and its safety argument
@@ -9,8 +13,7 @@ Modules, one job each:
   donation   choosing a donor; carving space out of a range
   reclaim    rmpeer: taking a dead peer's ranges, confirmed with every reachable peer
   wire       the msgpack payload format (copy its docstring into docs/protocol.md)
-  store      persistence: sqlite (WAL) and an in-memory twin for simulations
-  journal    releases recorded by the CNI plugin while the router is down
+  store      the Store protocol the allocator persists through (Snapshot, Changes)
   status     the `status ipam` report
   outcome    Result, Pending, Outgoing
   errors     the IpamError family
@@ -31,20 +34,18 @@ from meshnet.ipam.errors import (
     PeerReachable,
     RangeExhausted,
 )
-from meshnet.ipam.journal import Journal, Release
 from meshnet.ipam.outcome import Outgoing, Pending, Result
-from meshnet.ipam.store import MemoryStore, SqliteStore, Store
+from meshnet.ipam.store import Changes, Snapshot, Store
 
 __all__ = [
     "AddressInUse",
     "Allocator",
     "Cancelled",
+    "Changes",
     "IpamBadRequest",
     "IpamConfigError",
     "IpamError",
     "IpamProtocolError",
-    "Journal",
-    "MemoryStore",
     "NoHeir",
     "NotHeld",
     "NotOwner",
@@ -52,8 +53,7 @@ __all__ = [
     "Pending",
     "PeerReachable",
     "RangeExhausted",
-    "Release",
     "Result",
-    "SqliteStore",
+    "Snapshot",
     "Store",
 ]

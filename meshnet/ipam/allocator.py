@@ -11,8 +11,9 @@ for the mesh's IPAM gossip channel (format: `wire.py`). The runtime calls `tick(
 (an `IpamProtocolError` from them means: drop that payload, log the peer), reports the
 reachable peers with `on_peers_changed` (once at start even if there are none: until then
 `rmpeer` is refused), and periodically sends `full_state()` (anti-entropy, and to every new
-neighbour). The journal of releases made while the router was down is applied by passing
-`journal=` to the constructor (or `replay_journal`) before serving the local API.
+neighbour). Releases the CNI plugin journalled while the router was down reach the core as
+plain values: the runtime drains the journal (`meshnet/state/journal.py`) into
+`release_journalled` before it serves the local API.
 
 Requests that must wait. `allocate` and `claim` return a `Result` at once when they can.
 When there is no space yet (bootstrap not finished, donation in flight, an rmpeer being
@@ -23,9 +24,9 @@ id. Asking again for the same owner (and subnet, or address) while a request wai
 the same `Pending`. `cancel(request_id)` drops a request whose caller gave up. A waiting
 request's reason is also the `waiting` field of `status()`.
 
-Durability. Each operation commits its changes to the store before it returns the result
-or the messages that announce it, so kill -9 loses nothing anyone was told, and an address
-is never handed out twice.
+Durability. Each operation commits its changes to the `Store` (`store.py`; the core does
+no I/O itself) before it returns the result or the messages that announce it, so kill -9
+loses nothing anyone was told, and an address is never handed out twice.
 
 rmpeer takes a dead peer's ranges, but uses them only after every peer that was reachable
 has seen the claim and answered (`reclaim.py`), so running it twice, or on two peers at
@@ -57,7 +58,6 @@ from meshnet.ipam.errors import (
     PeerReachable,
     RangeExhausted,
 )
-from meshnet.ipam.journal import Journal, Release
 from meshnet.ipam.outcome import Outgoing, Pending, Result
 from meshnet.ipam.paxos import Acceptor, Consensus
 from meshnet.ipam.reclaim import Reclaimer
@@ -111,7 +111,6 @@ class Allocator:
         init: str,
         store: Store,
         now: float,
-        journal: Journal | None = None,
         rng: random.Random | None = None,
     ):
         """Load (or start) this peer's IPAM state.
@@ -125,7 +124,7 @@ class Allocator:
         self.name = name
         self.universe = parse_universe(universe)
         self.mode: InitMode = parse_init(init)
-        self.store = store
+        self._store = store
         self._rng = rng or random.Random()
         self._next_id = self._rng.getrandbits(48)  # ids of earlier lives must not match ours
 
@@ -171,8 +170,6 @@ class Allocator:
         self._cursor = self.universe.start
         self._out: list[Outgoing] = []
         self._check_allocations()
-        if journal is not None:
-            self._replay(journal, now)  # messages it causes wait in _out for the next call
 
     # ---- from the mesh ------------------------------------------------------------------
 
@@ -192,7 +189,7 @@ class Allocator:
         if back:  # removed with rmpeer, yet alive: an operator error, reported by the reclaim
             for p in back:
                 del self.gone[p]
-            self.store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
+            self._store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
         if self.want is not None and self.want.donor not in self.reachable:
             self.want = None
         if self.ring is None and self.consensus is not None:
@@ -298,15 +295,22 @@ class Allocator:
         """Forget a waiting request whose caller gave up; it will not complete."""
         return self.requests.pop(request_id, None) is not None
 
-    def replay_journal(self, journal: Journal, *, now: float) -> list[Outgoing]:
-        """Apply releases journalled while the router was down, then empty the journal."""
-        self._replay(journal, now)
-        return self._flush()
+    def release_journalled(self, entries: Iterable[tuple[str, str | None]], *, now: float) -> list[Outgoing]:
+        """Apply releases the CNI plugin journalled while the router was down.
 
-    def replay_releases(self, releases: Iterable[Release], *, now: float) -> list[Outgoing]:
-        """Apply journalled releases; ones that no longer apply (replayed twice) are skipped."""
-        self._apply_releases(list(releases), now)
-        self._progress(now)
+        `entries` are `(owner, address or None)`, as `meshnet/state/journal.py` records them.
+        The runtime calls this while it holds the journal, and empties the journal only after
+        it returned: by then every release is committed, so a crash in between replays them,
+        harmlessly. Entries that no longer apply (released already: a replay after a crash)
+        or are garbled are skipped; anything else raised (the store failing) leaves the
+        journal as it is, for the next attempt. Waiting requests are not moved along here;
+        the next `tick` (or any other entry point) does that.
+        """
+        for owner, address in entries:
+            try:
+                self._release(owner, address, now)
+            except (NotHeld, IpamBadRequest):
+                pass  # already released (a replay after a crash), or a garbled entry
         return self._flush()
 
     def reset(self, *, now: float) -> list[Outgoing]:
@@ -457,7 +461,7 @@ class Allocator:
                 return
             changed, chosen = self.consensus.step(now=now, reachable=self.reachable)
             if changed:
-                self.store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
+                self._store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
                 self._broadcast_state()
             if chosen is not None:
                 self._adopt(consensus_ring(self.universe, chosen))
@@ -545,7 +549,7 @@ class Allocator:
             self.reclaim.gone(peer)
         while len(self.gone) > MAX_GONE:
             del self.gone[next(iter(self.gone))]
-        self.store.commit(Changes(meta={"gone": self._gone_meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
+        self._store.commit(Changes(meta={"gone": self._gone_meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
 
     def _gone_meta(self) -> bytes | None:
         return msgpack.packb(list(self.gone), use_bin_type=True) if self.gone else None
@@ -570,20 +574,10 @@ class Allocator:
                 raise NotHeld(f"{fmt(addr)} is not held by {owner}")
             addresses = [addr]
         if addresses:
-            self.store.commit(Changes(allocations={a: None for a in addresses}))
+            self._store.commit(Changes(allocations={a: None for a in addresses}))
             for a in addresses:
                 self.space.remove(a)
             self._hints_changed(now, addresses)
-
-    def _replay(self, journal: Journal, now: float) -> None:
-        journal.drain(lambda releases: self._apply_releases(releases, now))
-
-    def _apply_releases(self, releases: list[Release], now: float) -> None:
-        for rel in releases:
-            try:
-                self._release(rel.owner, rel.address, now)
-            except (NotHeld, IpamBadRequest):
-                pass  # already released (a replay after a crash), or a garbled entry
 
     def _allocate_in(self, owner: str, block: Block, now: float) -> Result | None:
         assert self.ring is not None
@@ -599,7 +593,7 @@ class Allocator:
         addr = self.space.first_free(intervals, after=self._cursor)
         if addr is None:
             return None
-        self.store.commit(Changes(allocations={addr: owner}))
+        self._store.commit(Changes(allocations={addr: owner}))
         self.space.add(addr, owner)
         self._cursor = addr
         self._hints_changed(now, [addr])
@@ -619,7 +613,7 @@ class Allocator:
             return NotOwner(f"{fmt(addr)} is in a range owned by peer {e.owner.hex()}; claim it on that peer")
         if e.reclaim:
             return None  # ours once the rmpeer is confirmed
-        self.store.commit(Changes(allocations={addr: owner}))
+        self._store.commit(Changes(allocations={addr: owner}))
         self.space.add(addr, owner)
         self._hints_changed(now, [addr])
         return Result(owner, fmt(addr), self.universe.prefixlen)
@@ -658,14 +652,14 @@ class Allocator:
         changes = changes or Changes()
         changes.meta.update(genesis=ring.genesis, paxos=None)
         changes.ring.update(ring.entries())
-        self.store.commit(changes)
+        self._store.commit(changes)
         self.ring = ring
         self.consensus = None
 
     def _apply_ring(self, changes: Changes, *, durable: bool = True) -> None:
         """Commit ring (and other) changes first, then apply the ring part to memory."""
         assert self.ring is not None
-        self.store.commit(changes, durable=durable)
+        self._store.commit(changes, durable=durable)
         for token, entry in changes.ring.items():
             self.ring.put(token, entry)
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from meshnet.ipam import Allocator, IpamError, MemoryStore, Pending, Result
+from meshnet.ipam import Allocator, IpamError, Pending, Result
 from meshnet.ipam.addr import parse_universe
+from meshnet.testing.ipam_store import MemoryStore
 
 
 def peer_name(i: int) -> bytes:
