@@ -43,7 +43,6 @@ from dataclasses import dataclass
 import msgpack
 
 from meshnet.ipam import donation
-from meshnet.ipam import status as status_report
 from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
 from meshnet.ipam.bootstrap import InitMode, consensus_ring, parse_init, seed_ring
 from meshnet.ipam.errors import (
@@ -63,6 +62,7 @@ from meshnet.ipam.paxos import Acceptor, Consensus
 from meshnet.ipam.reclaim import Reclaimer
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
+from meshnet.ipam.status import IpamView, RangeView, build as build_status
 from meshnet.ipam.store import Changes, Store
 from meshnet.ipam.wire import (
     MAX_GONE,
@@ -371,8 +371,47 @@ class Allocator:
         self._progress(now)
         return taken, self._flush()
 
+    def view(self) -> IpamView:
+        """A frozen picture of this allocator for `status ipam` (`status.py`)."""
+        ranges = None
+        if self.ring is not None:
+            ranges = tuple(
+                RangeView(start, end, e.owner, e.version, self._free(start, end, e), e.reclaim)
+                for start, end, e in self.ring.ranges()
+            )
+        oldest = next(iter(self.requests.values()), None)
+        return IpamView(
+            name=self.name,
+            universe=self.universe,
+            init=str(self.mode),
+            ranges=ranges,
+            reachable=frozenset(self.reachable),
+            consensus=self.consensus.reason() if self.consensus is not None else None,
+            mismatch=self.mismatch,
+            waiting=oldest.reason if oldest is not None else None,
+            pending=len(self.requests),
+            used=len(self.space),
+            reclaiming=frozenset(self.reclaim.targets),
+            waiting_for=frozenset(self.reclaim.round.waiting) if self.reclaim.round else frozenset(),
+            removed=tuple(self.gone),
+            conflicts=tuple(self.conflicts),
+        )
+
     def status(self) -> dict[str, object]:
-        return status_report.build(self)
+        """The `status ipam` report: `status.build(self.view())`."""
+        return build_status(self.view())
+
+    def owners(self) -> dict[str, list[str]]:
+        """Every allocation held here: owner -> addresses (`GET /ipam/owners`)."""
+        out: dict[str, list[str]] = {}
+        for address, owner in self.space.items():
+            out.setdefault(owner, []).append(fmt(address))
+        return out
+
+    def _free(self, start: int, end: int, e: Entry) -> int:
+        """Free addresses in a range: counted in ours, the owner's hint in the others'."""
+        assert self.ring is not None
+        return donation.free_count(self.ring, self.space, start, end) if e.owner == self.name and not e.reclaim else e.free
 
     # ---- message handling ---------------------------------------------------------------
 

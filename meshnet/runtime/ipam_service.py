@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable
 
 from meshnet.errors import RemoteProtocolError, Unavailable
-from meshnet.ipam.addr import fmt
 from meshnet.ipam.allocator import Allocator
 from meshnet.ipam.outcome import Result
 from meshnet.state import ipam_store
@@ -164,10 +163,7 @@ class IpamService:
         return [address] if address else held
 
     def owners(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for address, owner in self.allocator.space.items():
-            out.setdefault(owner, []).append(fmt(address))
-        return out
+        return self.allocator.owners()
 
     def status(self) -> dict[str, Any]:
         return self.allocator.status()
