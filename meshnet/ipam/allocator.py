@@ -57,7 +57,7 @@ from meshnet.ipam.errors import (
     PeerReachable,
     RangeExhausted,
 )
-from meshnet.ipam.outcome import Outgoing, Pending, Result
+from meshnet.ipam.outcome import Outgoing, Pending, Request, Requests, Result
 from meshnet.ipam.paxos import Acceptor, Consensus
 from meshnet.ipam.reclaim import Reclaimer
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
@@ -83,15 +83,6 @@ WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
 SILENT_BACKOFF = 5.0  # s before asking a donor again that did not answer
 MAX_CONFLICTS = 32  # conflict messages kept for status
 MAX_OWNER_LEN = 512  # characters in an owner id (container id + interface)
-
-
-@dataclass
-class _Request:
-    id: int
-    owner: str
-    block: Block  # the subnet to allocate in; for a claim, the universe
-    address: int | None  # set for a claim
-    reason: str
 
 
 @dataclass
@@ -160,8 +151,7 @@ class Allocator:
         self.mismatch: str | None = None  # another peer bootstraps with another consensus N
         self.heard: set[bytes] = set()  # peers whose IPAM state reached us: consensus waits for all reachable
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
-        self.requests: dict[int, _Request] = {}
-        self._completed: list[tuple[int, Result | IpamError]] = []
+        self.requests = Requests()
         self.want: _Want | None = None
         self.denied: dict[bytes, frozenset[tuple[int, int]]] = {}  # donor -> its fingerprint then
         self.silent: dict[bytes, float] = {}  # donor that did not answer -> not before
@@ -237,9 +227,9 @@ class Allocator:
         """
         owner = _check_owner(owner)
         block = parse_subnet(subnet, self.universe) if subnet is not None else self.universe
-        for req in self.requests.values():
-            if req.owner == owner and req.address is None and req.block == block:
-                return Pending(req.id, req.reason), self._flush()
+        waiting = self.requests.allocation(owner, block)
+        if waiting is not None:
+            return waiting.pending(), self._flush()
         if self.ring is not None:
             result = self._allocate_in(owner, block, now)
             if result is not None:
@@ -259,9 +249,9 @@ class Allocator:
         """
         owner = _check_owner(owner)
         addr = parse_address(address, self.universe)
-        for req in self.requests.values():
-            if req.owner == owner and req.address == addr:
-                return Pending(req.id, req.reason), self._flush()
+        waiting = self.requests.claim(owner, addr)
+        if waiting is not None:
+            return waiting.pending(), self._flush()
         outcome = self._try_claim(owner, addr, now)
         if isinstance(outcome, IpamError):
             raise outcome
@@ -288,12 +278,12 @@ class Allocator:
         return [fmt(a) for a in self.space.of(owner)]
 
     def completed(self) -> list[tuple[int, Result | IpamError]]:
-        done, self._completed = self._completed, []
-        return done
+        """Outcomes of requests that waited (`Pending`), each exactly once; forgets them."""
+        return self.requests.completed()
 
     def cancel(self, request_id: int) -> bool:
         """Forget a waiting request whose caller gave up; it will not complete."""
-        return self.requests.pop(request_id, None) is not None
+        return self.requests.cancel(request_id)
 
     def release_journalled(self, entries: Iterable[tuple[str, str | None]], *, now: float) -> list[Outgoing]:
         """Apply releases the CNI plugin journalled while the router was down.
@@ -334,8 +324,8 @@ class Allocator:
                 changes.ring[start] = Entry(heir, e.version + 1, host_count(start, end, self.universe))
             self._apply_ring(changes)
             self.space.clear()
-            for req in list(self.requests.values()):
-                self._finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
+            for req in self.requests:
+                self.requests.finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
             self.want = None
             self._broadcast_state()
             self._out.append(("unicast", heir, self.full_state()))
@@ -379,7 +369,7 @@ class Allocator:
                 RangeView(start, end, e.owner, e.version, self._free(start, end, e), e.reclaim)
                 for start, end, e in self.ring.ranges()
             )
-        oldest = next(iter(self.requests.values()), None)
+        oldest = self.requests.oldest()
         return IpamView(
             name=self.name,
             universe=self.universe,
@@ -510,7 +500,7 @@ class Allocator:
         self._seek_space(now)
 
     def _serve(self, now: float) -> None:
-        for req in list(self.requests.values()):
+        for req in self.requests:
             if req.address is not None:
                 outcome = self._try_claim(req.owner, req.address, now)
             elif self.ring is None:
@@ -520,7 +510,7 @@ class Allocator:
             if outcome is None:
                 req.reason = self._bootstrap_reason() or req.reason
             else:
-                self._finish(req, outcome)
+                self.requests.finish(req, outcome)
 
     def _seek_space(self, now: float) -> None:
         """Ask a donor for space for the oldest waiting allocation that has one; one at a time."""
@@ -529,15 +519,15 @@ class Allocator:
         if self.want is not None and now >= self.want.deadline:
             self.silent[self.want.donor] = now + SILENT_BACKOFF  # try someone else meanwhile
             self.want = None
-        blocks = list(dict.fromkeys(r.block for r in self.requests.values() if r.address is None))
+        blocks = list(dict.fromkeys(r.block for r in self.requests if r.address is None))
         for block in blocks:
-            same = [r for r in self.requests.values() if r.address is None and r.block == block]
+            same = [r for r in self.requests if r.address is None and r.block == block]
             if self.want is not None and self.want.block == block:
                 continue  # asked already; its reason stands
             choice = self._donor_choice(block, now)
             if choice.exhausted:
                 for r in same:
-                    self._finish(r, _exhausted(block))
+                    self.requests.finish(r, _exhausted(block))
                 continue
             if choice.donor is not None and self.want is None:
                 lo, hi = block.usable
@@ -605,8 +595,8 @@ class Allocator:
         owner = _check_owner(owner)
         if address is None:
             addresses = self.space.of(owner)
-            for req in [r for r in self.requests.values() if r.owner == owner]:
-                self._finish(req, Cancelled(f"{owner} was released while its request waited"))
+            for req in [r for r in self.requests if r.owner == owner]:
+                self.requests.finish(req, Cancelled(f"{owner} was released while its request waited"))
         else:
             addr = parse_address(address, self.universe)
             if self.space.holder(addr) != owner:
@@ -658,14 +648,10 @@ class Allocator:
         return Result(owner, fmt(addr), self.universe.prefixlen)
 
     def _enqueue(self, owner: str, block: Block, address: int | None, now: float) -> Pending:
-        req = _Request(self._new_id(), owner, block, address, self._bootstrap_reason() or "waiting for space")
-        self.requests[req.id] = req
+        req = Request(self._new_id(), owner, block, address, self._bootstrap_reason() or "waiting for space")
+        self.requests.add(req)
         self._progress(now)
-        return Pending(req.id, req.reason)
-
-    def _finish(self, req: _Request, outcome: Result | IpamError) -> None:
-        del self.requests[req.id]
-        self._completed.append((req.id, outcome))
+        return req.pending()
 
     def _bootstrap_reason(self) -> str | None:
         if self.ring is not None:
