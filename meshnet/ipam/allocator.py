@@ -44,7 +44,7 @@ import msgpack
 
 from meshnet.ipam import donation
 from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
-from meshnet.ipam.bootstrap import InitMode, consensus_ring, parse_init, seed_ring
+from meshnet.ipam.bootstrap import Bootstrap, parse_init
 from meshnet.ipam.errors import (
     AddressInUse,
     Cancelled,
@@ -58,7 +58,6 @@ from meshnet.ipam.errors import (
     RangeExhausted,
 )
 from meshnet.ipam.outcome import Outgoing, Pending, Request, Requests, Result
-from meshnet.ipam.paxos import Acceptor, Consensus
 from meshnet.ipam.reclaim import Reclaimer
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
@@ -68,7 +67,6 @@ from meshnet.ipam.wire import (
     MAX_GONE,
     Deny,
     Message,
-    PaxosData,
     RingData,
     State,
     Want,
@@ -114,7 +112,7 @@ class Allocator:
             raise IpamConfigError(f"peer name must be {NAME_LEN} bytes")
         self.name = name
         self.universe = parse_universe(universe)
-        self.mode: InitMode = parse_init(init)
+        self.boot = Bootstrap(name, self.universe, parse_init(init))
         self._store = store
         self._rng = rng or random.Random()
         self._next_id = self._rng.getrandbits(48)  # ids of earlier lives must not match ours
@@ -133,14 +131,13 @@ class Allocator:
             changes.meta.update(name=name, universe=self.universe.cidr.encode())
 
         self.ring: Ring | None = None
-        self.consensus: Consensus | None = None
         if snap.ring:
             self.ring = Ring(self.universe, snap.meta["genesis"], snap.ring)
-        elif self.mode.kind == "seed":
-            self._adopt(seed_ring(self.universe, self.mode.seeds), changes)
-            changes = Changes()  # committed with the ring
-        elif self.mode.kind == "consensus":
-            self.consensus = Consensus(name, self.mode.n, Acceptor.from_bytes(snap.meta.get("paxos")))
+        else:
+            seeded = self.boot.start(snap.meta.get("paxos"))
+            if seeded is not None:
+                self._adopt(seeded, changes)
+                changes = Changes()  # committed with the ring
         store.commit(changes)
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
@@ -148,8 +145,6 @@ class Allocator:
         self.gone: dict[bytes, None] = dict.fromkeys(msgpack.unpackb(snap.meta.get("gone") or b"\x90"))
 
         self.reachable: set[bytes] = set()
-        self.mismatch: str | None = None  # another peer bootstraps with another consensus N
-        self.heard: set[bytes] = set()  # peers whose IPAM state reached us: consensus waits for all reachable
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
         self.requests = Requests()
         self.want: _Want | None = None
@@ -182,7 +177,7 @@ class Allocator:
             self._store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
         if self.want is not None and self.want.donor not in self.reachable:
             self.want = None
-        if self.ring is None and self.consensus is not None:
+        if self.ring is None and self.boot.consensus is not None:
             # Newcomers learn our vote, and we ask for theirs: one of them may already hold
             # a ring, which must win over the one a consensus among the rest would make.
             for peer in sorted(self.reachable - before):
@@ -198,19 +193,14 @@ class Allocator:
         self._progress(now)
         return self._flush()
 
-    def _consensus_held(self) -> bool:
-        """Consensus waits until every reachable peer told us its state (one may hold a ring
-        already), and stops while peers disagree about N; messages, not time, end the wait."""
-        return not self.reachable <= self.heard or self.mismatch is not None
-
     def next_deadline(self) -> float | None:
         deadlines = [self.hint_due]
         if self.want is not None:
             deadlines.append(self.want.deadline)
         if self.reclaim.round is not None:
             deadlines.append(self.reclaim.round.resend_at)
-        if self.ring is None and self.consensus is not None and not self._consensus_held():
-            deadlines.append(self.consensus.next_deadline())
+        if self.ring is None:
+            deadlines.append(self.boot.deadline(self.reachable))
         if self.requests and self.silent:
             deadlines.append(min(self.silent.values()))
         present = [d for d in deadlines if d is not None]
@@ -373,11 +363,11 @@ class Allocator:
         return IpamView(
             name=self.name,
             universe=self.universe,
-            init=str(self.mode),
+            init=str(self.boot.mode),
             ranges=ranges,
             reachable=frozenset(self.reachable),
-            consensus=self.consensus.reason() if self.consensus is not None else None,
-            mismatch=self.mismatch,
+            consensus=self.boot.consensus.reason() if self.boot.consensus is not None else None,
+            mismatch=self.boot.mismatch,
             waiting=oldest.reason if oldest is not None else None,
             pending=len(self.requests),
             used=len(self.space),
@@ -423,15 +413,11 @@ class Allocator:
         return self._flush()
 
     def _on_state(self, src: bytes, msg: State) -> None:
-        self.heard.add(src)
+        self.boot.heard.add(src)
         if msg.ring is not None:
             self._merge_ring(src, msg.ring)
-        if msg.paxos is not None and self.consensus is not None and self.ring is None:
-            if msg.paxos.n == self.consensus.n:
-                self.consensus.merge(msg.paxos.states)
-            else:
-                # Harmless once any ring exists (it wins); until then it blocks bootstrap.
-                self.mismatch = f"peer {src.hex()} runs consensus={msg.paxos.n}, we run consensus={self.consensus.n}"
+        if msg.paxos is not None and self.ring is None:
+            self.boot.merge(src, msg.paxos)
         news = [p for p in msg.gone if p not in self.gone and p not in self.reachable and p != self.name]
         if news:
             self._forget(news, durable=False)  # anyone who has it gossips it again
@@ -477,23 +463,19 @@ class Allocator:
 
     def _progress(self, now: float) -> None:
         self.silent = {p: t for p, t in self.silent.items() if t > now}
-        if self.ring is None and self.consensus is not None:
-            if len(self.consensus.states) > self.consensus.n:  # quorums may no longer intersect
-                self._conflict(
-                    f"{len(self.consensus.states)} peers run consensus={self.consensus.n}: N must count "
-                    "every peer that bootstraps by consensus, or two rings may be created"
-                )
-            if self._consensus_held():
-                # Not before every reachable peer has told us its state (see on_peers_changed).
+        if self.ring is None and self.boot.consensus is not None:
+            step = self.boot.step(now=now, reachable=self.reachable)
+            if step.note is not None:
+                self._conflict(step.note)
+            if step.held:  # see on_peers_changed
                 self._advance_round(now)
                 self._serve(now)
                 return
-            changed, chosen = self.consensus.step(now=now, reachable=self.reachable)
-            if changed:
-                self._store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
+            if step.paxos is not None:
+                self._store.commit(Changes(meta={"paxos": step.paxos}))
                 self._broadcast_state()
-            if chosen is not None:
-                self._adopt(consensus_ring(self.universe, chosen))
+            if step.ring is not None:
+                self._adopt(step.ring)
                 self._broadcast_state()
         self._advance_round(now)
         self._serve(now)
@@ -654,13 +636,7 @@ class Allocator:
         return req.pending()
 
     def _bootstrap_reason(self) -> str | None:
-        if self.ring is not None:
-            return None
-        if self.consensus is not None:
-            return self.consensus.reason()
-        if self.mode.kind == "observer":
-            return "observer: waiting for the allocation ring from the other peers"
-        return "waiting for the allocation ring from the other peers"
+        return None if self.ring is not None else self.boot.reason()
 
     def _heir(self) -> bytes:
         assert self.ring is not None
@@ -679,7 +655,7 @@ class Allocator:
         changes.ring.update(ring.entries())
         self._store.commit(changes)
         self.ring = ring
-        self.consensus = None
+        self.boot.done()
 
     def _apply_ring(self, changes: Changes, *, durable: bool = True) -> None:
         """Commit ring (and other) changes first, then apply the ring part to memory."""
@@ -740,9 +716,7 @@ class Allocator:
 
     def _state(self, *, ask: int | None = None, re: int | None = None) -> State:
         ring = RingData(self.ring.genesis, self.ring.entries()) if self.ring is not None else None
-        paxos = None
-        if self.ring is None and self.consensus is not None:
-            paxos = PaxosData(self.consensus.n, dict(self.consensus.states))
+        paxos = self.boot.paxos_data() if self.ring is None else None
         return State(self.universe.cidr, ring, paxos, ask, re, tuple(self.gone))
 
     def _broadcast_state(self) -> None:
