@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import msgpack
 
@@ -55,7 +54,6 @@ from meshnet.ipam.errors import (
     NotHeld,
     NotOwner,
     PeerReachable,
-    RangeExhausted,
 )
 from meshnet.ipam.outcome import Outgoing, Pending, Request, Requests, Result
 from meshnet.ipam.reclaim import Reclaimer
@@ -77,18 +75,8 @@ from meshnet.ipam.wire import (
 )
 
 HINT_DELAY = 2.0  # s between a change of our free space and the new hint in the ring
-WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
-SILENT_BACKOFF = 5.0  # s before asking a donor again that did not answer
 MAX_CONFLICTS = 32  # conflict messages kept for status
 MAX_OWNER_LEN = 512  # characters in an owner id (container id + interface)
-
-
-@dataclass
-class _Want:
-    id: int
-    donor: bytes
-    block: Block
-    deadline: float
 
 
 class Allocator:
@@ -147,9 +135,7 @@ class Allocator:
         self.reachable: set[bytes] = set()
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
         self.requests = Requests()
-        self.want: _Want | None = None
-        self.denied: dict[bytes, frozenset[tuple[int, int]]] = {}  # donor -> its fingerprint then
-        self.silent: dict[bytes, float] = {}  # donor that did not answer -> not before
+        self.seeker = donation.Seeker()  # asking donors for space
         self.conflicts: dict[str, None] = {}  # an ordered set, oldest first
         self.hint_due: float | None = now  # refresh hints once after start
         self._cursor = self.universe.start
@@ -175,8 +161,7 @@ class Allocator:
             for p in back:
                 del self.gone[p]
             self._store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
-        if self.want is not None and self.want.donor not in self.reachable:
-            self.want = None
+        self.seeker.lost(self.reachable)
         if self.ring is None and self.boot.consensus is not None:
             # Newcomers learn our vote, and we ask for theirs: one of them may already hold
             # a ring, which must win over the one a consensus among the rest would make.
@@ -194,15 +179,11 @@ class Allocator:
         return self._flush()
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.hint_due]
-        if self.want is not None:
-            deadlines.append(self.want.deadline)
+        deadlines = [self.hint_due, self.seeker.deadline(bool(self.requests))]
         if self.reclaim.round is not None:
             deadlines.append(self.reclaim.round.resend_at)
         if self.ring is None:
             deadlines.append(self.boot.deadline(self.reachable))
-        if self.requests and self.silent:
-            deadlines.append(min(self.silent.values()))
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -224,8 +205,8 @@ class Allocator:
             result = self._allocate_in(owner, block, now)
             if result is not None:
                 return result, self._flush()
-            if self._donor_choice(block, now).exhausted:
-                raise _exhausted(block)
+            if self.seeker.choice(self.ring, self.name, block, self.reachable, now).exhausted:
+                raise donation.exhausted(block)
         pending = self._enqueue(owner, block, None, now)
         return pending, self._flush()
 
@@ -308,7 +289,9 @@ class Allocator:
             raise IpamError("an rmpeer is still being confirmed with the other peers; try reset again shortly")
         mine = self.ring.owned(self.name)
         if mine:
-            heir = self._heir()
+            heir = donation.heir(self.ring, self.reachable)
+            if heir is None:
+                raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
             changes = Changes(allocations={a: None for a, _ in self.space.items()})
             for start, end, e in mine:
                 changes.ring[start] = Entry(heir, e.version + 1, host_count(start, end, self.universe))
@@ -316,7 +299,7 @@ class Allocator:
             self.space.clear()
             for req in self.requests:
                 self.requests.finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
-            self.want = None
+            self.seeker.want = None
             self._broadcast_state()
             self._out.append(("unicast", heir, self.full_state()))
         return self._flush()
@@ -406,9 +389,8 @@ class Allocator:
         elif isinstance(msg, Want):
             self._on_want(src, msg)
         elif isinstance(msg, Deny):
-            if self.want is not None and self.want.id == msg.id and self.want.donor == src and self.ring:
-                self.denied[src] = donation.fingerprint(self.ring, src)
-                self.want = None
+            if self.ring:
+                self.seeker.denied_by(self.ring, src, msg.id)
         self._progress(now)
         return self._flush()
 
@@ -423,8 +405,7 @@ class Allocator:
             self._forget(news, durable=False)  # anyone who has it gossips it again
         if msg.re is not None:
             self.reclaim.answered(src, msg.re)
-            if self.want is not None and msg.re == self.want.id and src == self.want.donor:
-                self.want = None
+            self.seeker.answered(src, msg.re)
         if msg.ask is not None:
             self._out.append(("unicast", src, encode_state(self._state(re=msg.ask))))
 
@@ -462,7 +443,7 @@ class Allocator:
     # ---- progress: bootstrap, rmpeer confirmation, waiting requests, donation -----------
 
     def _progress(self, now: float) -> None:
-        self.silent = {p: t for p, t in self.silent.items() if t > now}
+        self.seeker.expire(now)
         if self.ring is None and self.boot.consensus is not None:
             step = self.boot.step(now=now, reachable=self.reachable)
             if step.note is not None:
@@ -495,48 +476,16 @@ class Allocator:
                 self.requests.finish(req, outcome)
 
     def _seek_space(self, now: float) -> None:
-        """Ask a donor for space for the oldest waiting allocation that has one; one at a time."""
+        """Ask a donor for space for the oldest waiting allocation that has one (`donation.py`)."""
         if self.ring is None:
             return
-        if self.want is not None and now >= self.want.deadline:
-            self.silent[self.want.donor] = now + SILENT_BACKOFF  # try someone else meanwhile
-            self.want = None
-        blocks = list(dict.fromkeys(r.block for r in self.requests if r.address is None))
-        for block in blocks:
-            same = [r for r in self.requests if r.address is None and r.block == block]
-            if self.want is not None and self.want.block == block:
-                continue  # asked already; its reason stands
-            choice = self._donor_choice(block, now)
-            if choice.exhausted:
-                for r in same:
-                    self.requests.finish(r, _exhausted(block))
-                continue
-            if choice.donor is not None and self.want is None:
-                lo, hi = block.usable
-                self.want = _Want(self._new_id(), choice.donor, block, now + WANT_TIMEOUT)
-                self._out.append(("unicast", choice.donor, encode_want(Want(self.universe.cidr, self.want.id, lo, hi))))
-                reason = f"asking peer {choice.donor.hex()} for space in {block.cidr}"
-            elif choice.donor is not None:
-                reason = f"queued behind a request for space in {self.want.block.cidr}"  # type: ignore[union-attr]
-            elif choice.unreachable:
-                names = ", ".join(sorted(p.hex() for p in choice.unreachable))
-                reason = (
-                    f"all free space in {block.cidr} is owned by unreachable peers ({names}); "
-                    "use rmpeer if they are gone for good"
-                )
-            elif choice.silent:
-                names = ", ".join(sorted(p.hex() for p in choice.silent))
-                reason = f"peers with space in {block.cidr} did not answer ({names}); retrying"
-            else:
-                reason = f"waiting for an rmpeer in {block.cidr} to be confirmed"
-            for r in same:
-                r.reason = reason
-
-    def _donor_choice(self, block: Block, now: float) -> donation.DonorChoice:
-        assert self.ring is not None
-        lo, hi = block.usable
-        silent = {p for p, t in self.silent.items() if t > now}
-        return donation.choose_donor(self.ring, self.name, lo, hi, self.reachable, self.denied, silent)
+        sought = self.seeker.seek(self.ring, self.name, list(self.requests), self.reachable, now, self._new_id)
+        for req in sought.exhausted:
+            self.requests.finish(req, donation.exhausted(req.block))
+        if sought.ask is not None:
+            lo, hi = sought.ask.block.usable
+            want = Want(self.universe.cidr, sought.ask.id, lo, hi)
+            self._out.append(("unicast", sought.ask.donor, encode_want(want)))
 
     # ---- rmpeer -------------------------------------------------------------------------
 
@@ -638,16 +587,6 @@ class Allocator:
     def _bootstrap_reason(self) -> str | None:
         return None if self.ring is not None else self.boot.reason()
 
-    def _heir(self) -> bytes:
-        assert self.ring is not None
-        if not self.reachable:
-            raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
-        free: dict[bytes, int] = {p: 0 for p in self.reachable}
-        for _, _, e in self.ring.ranges():
-            if e.owner in free:
-                free[e.owner] += e.free + 1  # +1: an owner of a full range still beats a non-owner
-        return min(free, key=lambda p: (-free[p], p))
-
     def _adopt(self, ring: Ring, changes: Changes | None = None) -> None:
         """Make `ring` our first ring: commit it (with `changes`), then use it."""
         changes = changes or Changes()
@@ -672,17 +611,11 @@ class Allocator:
         """
         if self.ring is None:
             return
-        for addr in addresses:
-            start = self.ring.token_at(addr)
-            e = self.ring.get(start)
-            if e is None or e.owner != self.name or e.reclaim:
-                continue
-            free = donation.free_count(self.ring, self.space, start, self.ring.end_of(start))
-            if (free == 0) != (e.free == 0):
-                self.hint_due = now
-                self._refresh_hints(now)
-                self._broadcast_state()
-                return
+        if donation.crossed_full(self.ring, self.space, self.name, addresses):
+            self.hint_due = now
+            self._refresh_hints(now)
+            self._broadcast_state()
+            return
         if self.hint_due is None:
             self.hint_due = now + HINT_DELAY
 
@@ -692,11 +625,7 @@ class Allocator:
         self.hint_due = None
         if self.ring is None:
             return
-        changes = Changes()
-        for start, end, e in self.ring.owned(self.name):
-            free = donation.free_count(self.ring, self.space, start, end)
-            if not e.reclaim and free != e.free:
-                changes.ring[start] = Entry(self.name, e.version + 1, free)
+        changes = Changes(ring=donation.hint_changes(self.ring, self.space, self.name))
         if changes:
             self._apply_ring(changes, durable=False)  # a lost hint is harmless; see store.py
 
@@ -729,10 +658,6 @@ class Allocator:
     def _flush(self) -> list[Outgoing]:
         out, self._out = self._out, []
         return out
-
-
-def _exhausted(block: Block) -> RangeExhausted:
-    return RangeExhausted(f"no free address in {block.cidr}: every reachable peer that owns part of it is full")
 
 
 def _check_owner(owner: object) -> str:
