@@ -39,8 +39,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-import msgpack
-
 from meshnet.ipam import donation
 from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
 from meshnet.ipam.bootstrap import Bootstrap, parse_init
@@ -56,13 +54,12 @@ from meshnet.ipam.errors import (
     PeerReachable,
 )
 from meshnet.ipam.outcome import Outgoing, Pending, Request, Requests, Result
-from meshnet.ipam.reclaim import Reclaimer
+from meshnet.ipam.reclaim import Reclaimer, Removed
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
 from meshnet.ipam.status import IpamView, RangeView, build as build_status
 from meshnet.ipam.store import Changes, Store
 from meshnet.ipam.wire import (
-    MAX_GONE,
     Deny,
     Message,
     RingData,
@@ -129,8 +126,7 @@ class Allocator:
         store.commit(changes)
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
-        # peers removed with rmpeer, here or anywhere, most recent last; gossiped, bounded
-        self.gone: dict[bytes, None] = dict.fromkeys(msgpack.unpackb(snap.meta.get("gone") or b"\x90"))
+        self.gone = Removed(snap.meta.get("gone"))  # peers removed with rmpeer, here or anywhere
 
         self.reachable: set[bytes] = set()
         self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
@@ -156,11 +152,8 @@ class Allocator:
         before = self.reachable
         self.reachable = set(reachable) - {self.name}
         self.topology_known = True
-        back = [p for p in self.gone if p in self.reachable]
-        if back:  # removed with rmpeer, yet alive: an operator error, reported by the reclaim
-            for p in back:
-                del self.gone[p]
-            self._store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
+        if self.gone.back(self.reachable):  # removed, yet alive: an operator error, reported by the reclaim
+            self._store.commit(Changes(meta={"gone": self.gone.meta()}), durable=False)
         self.seeker.lost(self.reachable)
         if self.ring is None and self.boot.consensus is not None:
             # Newcomers learn our vote, and we ask for theirs: one of them may already hold
@@ -374,7 +367,9 @@ class Allocator:
     def _free(self, start: int, end: int, e: Entry) -> int:
         """Free addresses in a range: counted in ours, the owner's hint in the others'."""
         assert self.ring is not None
-        return donation.free_count(self.ring, self.space, start, end) if e.owner == self.name and not e.reclaim else e.free
+        if e.owner != self.name or e.reclaim:
+            return e.free
+        return donation.free_count(self.ring, self.space, start, end)
 
     # ---- message handling ---------------------------------------------------------------
 
@@ -503,16 +498,10 @@ class Allocator:
 
     def _forget(self, peers: list[bytes], *, durable: bool = True) -> None:
         """Remember peers removed with rmpeer, here or anywhere: no round waits for them."""
+        self.gone.add(peers)
         for peer in peers:
-            self.gone.pop(peer, None)
-            self.gone[peer] = None  # most recent last
             self.reclaim.gone(peer)
-        while len(self.gone) > MAX_GONE:
-            del self.gone[next(iter(self.gone))]
-        self._store.commit(Changes(meta={"gone": self._gone_meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
-
-    def _gone_meta(self) -> bytes | None:
-        return msgpack.packb(list(self.gone), use_bin_type=True) if self.gone else None
+        self._store.commit(Changes(meta={"gone": self.gone.meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
 
     def _ask(self, peers: list[bytes]) -> None:
         if peers:

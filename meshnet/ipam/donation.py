@@ -193,7 +193,13 @@ class Seeker:
         return choose_donor(ring, me, lo, hi, reachable, self.denied, silent)
 
     def seek(
-        self, ring: Ring, me: bytes, waiting: list[Request], reachable: set[bytes], now: float, new_id: Callable[[], int]
+        self,
+        ring: Ring,
+        me: bytes,
+        waiting: list[Request],
+        reachable: set[bytes],
+        now: float,
+        new_id: Callable[[], int],
     ) -> Sought:
         """Ask a donor for space for the oldest waiting allocation that has one; one at a time.
 
