@@ -61,7 +61,8 @@ from meshnet.ipam.outcome import Outgoing, Pending, Requests, Result
 from meshnet.ipam.reclaim import Reclaimer, Removed
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
-from meshnet.ipam.status import IpamView, RangeView, build as build_status
+from meshnet.ipam.status import IpamView, RangeView
+from meshnet.ipam.status import build as build_status
 from meshnet.ipam.store import Changes, Store
 from meshnet.ipam.wire import decode, encode_state
 

@@ -10,7 +10,7 @@ import msgpack
 
 from meshnet.ipam.addr import parse_universe
 from meshnet.ipam.bootstrap import Bootstrap, parse_init
-from meshnet.ipam.donation import Seeker, WANT_TIMEOUT, SILENT_BACKOFF
+from meshnet.ipam.donation import SILENT_BACKOFF, WANT_TIMEOUT, Seeker
 from meshnet.ipam.outcome import Request
 from meshnet.ipam.reclaim import Removed
 from meshnet.ipam.ring import Ring
