@@ -4,7 +4,7 @@ The protocol is in `meshnet.cni.spec` (pure); this module does the I/O around it
 - the router's local API (`ApiClient`): `/ipam/allocate`, `/ipam/release`, `/ipam/owners`,
   `/endpoints/add`, `/endpoints/del`, `/status`;
 - the kernel, only through `meshnet.kernel.links.Links` (`add_pod_veth`, `delete_link`, ...);
-- the IPAM release journal (`meshnet.ipam.journal`) when DEL finds the router down.
+- the IPAM release journal (`meshnet.state.journal`) when DEL finds the router down.
 
 Every command is all or nothing: ADD undoes what it made (veth, address, endpoint) when a
 later step fails; DEL succeeds whatever is already gone, and journals the release when the
@@ -41,7 +41,7 @@ def _default_links() -> Any:
 
 
 def _default_journal(state_dir: str) -> Any:
-    from meshnet.ipam.journal import Journal
+    from meshnet.state.journal import Journal
 
     return Journal(state_dir)
 

@@ -1,20 +1,25 @@
 """IP address management: a sans-IO allocator over a gossiped ownership ring.
 
+No I/O here at all: persistence goes through the `Store` protocol (`store.py`). The sqlite
+store and the CNI release journal live in `meshnet/state/`; the runtime
+(`meshnet/runtime/ipam_service.py`) opens them and feeds the journal in as plain values.
+
 Modules, one job each:
+  allocator  the facade the runtime drives (start reading here)
+  engine     the allocator's state and its transitions: messages, progress, commits
   addr       parse/check the range, subnets and addresses (IPv4 as ints)
   ring       the ownership ring CRDT and its safety argument
   space      the addresses this peer handed out
   paxos      consensus bootstrap (single-decree Paxos over gossip)
-  bootstrap  --ipalloc-init modes and the first ring
-  donation   choosing a donor; carving space out of a range
-  reclaim    rmpeer: taking a dead peer's ranges, confirmed with every reachable peer
+  bootstrap  --ipalloc-init modes and the way to the first ring (Bootstrap)
+  donation   choosing a donor, asking it (Seeker), carving space out of a range; hints
+  reclaim    rmpeer: taking a dead peer's ranges, confirmed with every reachable peer;
+             the peers removed with rmpeer (Removed)
   wire       the msgpack payload format (copy its docstring into docs/protocol.md)
-  store      persistence: sqlite (WAL) and an in-memory twin for simulations
-  journal    releases recorded by the CNI plugin while the router is down
-  status     the `status ipam` report
-  outcome    Result, Pending, Outgoing
+  store      the Store protocol the allocator persists through (Snapshot, Changes)
+  status     the frozen view of an allocator (IpamView) and the `status ipam` report
+  outcome    Result, Pending, Outgoing; the queue of waiting requests (Requests)
   errors     the IpamError family
-  allocator  the facade the runtime drives (start reading here)
 """
 
 from meshnet.ipam.allocator import Allocator
@@ -31,20 +36,20 @@ from meshnet.ipam.errors import (
     PeerReachable,
     RangeExhausted,
 )
-from meshnet.ipam.journal import Journal, Release
 from meshnet.ipam.outcome import Outgoing, Pending, Result
-from meshnet.ipam.store import MemoryStore, SqliteStore, Store
+from meshnet.ipam.status import IpamView, RangeView
+from meshnet.ipam.store import Changes, Snapshot, Store
 
 __all__ = [
     "AddressInUse",
     "Allocator",
     "Cancelled",
+    "Changes",
     "IpamBadRequest",
     "IpamConfigError",
     "IpamError",
     "IpamProtocolError",
-    "Journal",
-    "MemoryStore",
+    "IpamView",
     "NoHeir",
     "NotHeld",
     "NotOwner",
@@ -52,8 +57,8 @@ __all__ = [
     "Pending",
     "PeerReachable",
     "RangeExhausted",
-    "Release",
+    "RangeView",
     "Result",
-    "SqliteStore",
+    "Snapshot",
     "Store",
 ]

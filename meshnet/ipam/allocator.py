@@ -1,8 +1,13 @@
-"""The IPAM allocator: a sans-IO core that hands out addresses from ranges this peer owns.
+"""The IPAM allocator: the sans-IO facade the runtime drives; it hands out addresses from
+ranges this peer owns.
 
-It composes the ownership ring (`ring.py`), the local allocations (`space.py`), the
-consensus bootstrap (`paxos.py`) and a `Store`. It never does network I/O and never reads a
-clock: every entry point takes `now` (monotonic seconds) and returns the messages to send,
+This file is the API: construction from a `Store`, the entry points below, the view for
+`status ipam`. The state and its transitions are in `engine.py` (`Allocator` extends
+`Engine`), and the parts with a job of their own in their modules: the ring (`ring.py`),
+the handed-out addresses (`space.py`), the first ring (`bootstrap.py`, `paxos.py`), asking
+for and giving space (`donation.py`), rmpeer (`reclaim.py`), the waiting requests
+(`outcome.py`). It never does I/O and never reads a clock: every entry point takes `now`
+(monotonic seconds) and returns the messages to send,
 
     Outgoing = ("broadcast", payload) | ("unicast", destination_peer_name, payload)
 
@@ -11,8 +16,9 @@ for the mesh's IPAM gossip channel (format: `wire.py`). The runtime calls `tick(
 (an `IpamProtocolError` from them means: drop that payload, log the peer), reports the
 reachable peers with `on_peers_changed` (once at start even if there are none: until then
 `rmpeer` is refused), and periodically sends `full_state()` (anti-entropy, and to every new
-neighbour). The journal of releases made while the router was down is applied by passing
-`journal=` to the constructor (or `replay_journal`) before serving the local API.
+neighbour). Releases the CNI plugin journalled while the router was down reach the core as
+plain values: the runtime drains the journal (`meshnet/state/journal.py`) into
+`release_journalled` before it serves the local API.
 
 Requests that must wait. `allocate` and `claim` return a `Result` at once when they can.
 When there is no space yet (bootstrap not finished, donation in flight, an rmpeer being
@@ -23,9 +29,9 @@ id. Asking again for the same owner (and subnet, or address) while a request wai
 the same `Pending`. `cancel(request_id)` drops a request whose caller gave up. A waiting
 request's reason is also the `waiting` field of `status()`.
 
-Durability. Each operation commits its changes to the store before it returns the result
-or the messages that announce it, so kill -9 loses nothing anyone was told, and an address
-is never handed out twice.
+Durability. Each operation commits its changes to the `Store` (`store.py`; the core does
+no I/O itself) before it returns the result or the messages that announce it, so kill -9
+loses nothing anyone was told, and an address is never handed out twice.
 
 rmpeer takes a dead peer's ranges, but uses them only after every peer that was reachable
 has seen the claim and answered (`reclaim.py`), so running it twice, or on two peers at
@@ -37,72 +43,31 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
-
-import msgpack
 
 from meshnet.ipam import donation
-from meshnet.ipam import status as status_report
-from meshnet.ipam.addr import Block, fmt, parse_address, parse_subnet, parse_universe
-from meshnet.ipam.bootstrap import InitMode, consensus_ring, parse_init, seed_ring
+from meshnet.ipam.addr import fmt, parse_address, parse_subnet, parse_universe
+from meshnet.ipam.bootstrap import Bootstrap, parse_init
+from meshnet.ipam.engine import Engine, check_owner
 from meshnet.ipam.errors import (
-    AddressInUse,
     Cancelled,
     IpamBadRequest,
     IpamConfigError,
     IpamError,
     NoHeir,
     NotHeld,
-    NotOwner,
     PeerReachable,
-    RangeExhausted,
 )
-from meshnet.ipam.journal import Journal, Release
-from meshnet.ipam.outcome import Outgoing, Pending, Result
-from meshnet.ipam.paxos import Acceptor, Consensus
-from meshnet.ipam.reclaim import Reclaimer
+from meshnet.ipam.outcome import Outgoing, Pending, Requests, Result
+from meshnet.ipam.reclaim import Reclaimer, Removed
 from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
 from meshnet.ipam.space import Space
+from meshnet.ipam.status import IpamView, RangeView
+from meshnet.ipam.status import build as build_status
 from meshnet.ipam.store import Changes, Store
-from meshnet.ipam.wire import (
-    MAX_GONE,
-    Deny,
-    Message,
-    PaxosData,
-    RingData,
-    State,
-    Want,
-    decode,
-    encode_deny,
-    encode_state,
-    encode_want,
-)
-
-HINT_DELAY = 2.0  # s between a change of our free space and the new hint in the ring
-WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
-SILENT_BACKOFF = 5.0  # s before asking a donor again that did not answer
-MAX_CONFLICTS = 32  # conflict messages kept for status
-MAX_OWNER_LEN = 512  # characters in an owner id (container id + interface)
+from meshnet.ipam.wire import decode, encode_state
 
 
-@dataclass
-class _Request:
-    id: int
-    owner: str
-    block: Block  # the subnet to allocate in; for a claim, the universe
-    address: int | None  # set for a claim
-    reason: str
-
-
-@dataclass
-class _Want:
-    id: int
-    donor: bytes
-    block: Block
-    deadline: float
-
-
-class Allocator:
+class Allocator(Engine):
     def __init__(
         self,
         *,
@@ -111,7 +76,6 @@ class Allocator:
         init: str,
         store: Store,
         now: float,
-        journal: Journal | None = None,
         rng: random.Random | None = None,
     ):
         """Load (or start) this peer's IPAM state.
@@ -124,8 +88,8 @@ class Allocator:
             raise IpamConfigError(f"peer name must be {NAME_LEN} bytes")
         self.name = name
         self.universe = parse_universe(universe)
-        self.mode: InitMode = parse_init(init)
-        self.store = store
+        self.boot = Bootstrap(name, self.universe, parse_init(init))
+        self._store = store
         self._rng = rng or random.Random()
         self._next_id = self._rng.getrandbits(48)  # ids of earlier lives must not match ours
 
@@ -142,37 +106,28 @@ class Allocator:
         if stored_name is None:
             changes.meta.update(name=name, universe=self.universe.cidr.encode())
 
-        self.ring: Ring | None = None
-        self.consensus: Consensus | None = None
+        self.ring = None
         if snap.ring:
             self.ring = Ring(self.universe, snap.meta["genesis"], snap.ring)
-        elif self.mode.kind == "seed":
-            self._adopt(seed_ring(self.universe, self.mode.seeds), changes)
-            changes = Changes()  # committed with the ring
-        elif self.mode.kind == "consensus":
-            self.consensus = Consensus(name, self.mode.n, Acceptor.from_bytes(snap.meta.get("paxos")))
+        else:
+            seeded = self.boot.start(snap.meta.get("paxos"))
+            if seeded is not None:
+                self._adopt(seeded, changes)
+                changes = Changes()  # committed with the ring
         store.commit(changes)
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
-        # peers removed with rmpeer, here or anywhere, most recent last; gossiped, bounded
-        self.gone: dict[bytes, None] = dict.fromkeys(msgpack.unpackb(snap.meta.get("gone") or b"\x90"))
+        self.gone = Removed(snap.meta.get("gone"))
 
-        self.reachable: set[bytes] = set()
-        self.mismatch: str | None = None  # another peer bootstraps with another consensus N
-        self.heard: set[bytes] = set()  # peers whose IPAM state reached us: consensus waits for all reachable
-        self.topology_known = False  # no rmpeer confirmation may finish before we know who is there
-        self.requests: dict[int, _Request] = {}
-        self._completed: list[tuple[int, Result | IpamError]] = []
-        self.want: _Want | None = None
-        self.denied: dict[bytes, frozenset[tuple[int, int]]] = {}  # donor -> its fingerprint then
-        self.silent: dict[bytes, float] = {}  # donor that did not answer -> not before
-        self.conflicts: dict[str, None] = {}  # an ordered set, oldest first
-        self.hint_due: float | None = now  # refresh hints once after start
+        self.reachable = set()
+        self.topology_known = False
+        self.requests = Requests()
+        self.seeker = donation.Seeker()
+        self.conflicts = {}
+        self.hint_due = now  # refresh hints once after start
         self._cursor = self.universe.start
-        self._out: list[Outgoing] = []
+        self._out = []
         self._check_allocations()
-        if journal is not None:
-            self._replay(journal, now)  # messages it causes wait in _out for the next call
 
     # ---- from the mesh ------------------------------------------------------------------
 
@@ -188,14 +143,10 @@ class Allocator:
         before = self.reachable
         self.reachable = set(reachable) - {self.name}
         self.topology_known = True
-        back = [p for p in self.gone if p in self.reachable]
-        if back:  # removed with rmpeer, yet alive: an operator error, reported by the reclaim
-            for p in back:
-                del self.gone[p]
-            self.store.commit(Changes(meta={"gone": self._gone_meta()}), durable=False)
-        if self.want is not None and self.want.donor not in self.reachable:
-            self.want = None
-        if self.ring is None and self.consensus is not None:
+        if self.gone.back(self.reachable):  # removed, yet alive: an operator error, reported by the reclaim
+            self._store.commit(Changes(meta={"gone": self.gone.meta()}), durable=False)
+        self.seeker.lost(self.reachable)
+        if self.ring is None and self.boot.consensus is not None:
             # Newcomers learn our vote, and we ask for theirs: one of them may already hold
             # a ring, which must win over the one a consensus among the rest would make.
             for peer in sorted(self.reachable - before):
@@ -211,21 +162,12 @@ class Allocator:
         self._progress(now)
         return self._flush()
 
-    def _consensus_held(self) -> bool:
-        """Consensus waits until every reachable peer told us its state (one may hold a ring
-        already), and stops while peers disagree about N; messages, not time, end the wait."""
-        return not self.reachable <= self.heard or self.mismatch is not None
-
     def next_deadline(self) -> float | None:
-        deadlines = [self.hint_due]
-        if self.want is not None:
-            deadlines.append(self.want.deadline)
+        deadlines = [self.hint_due, self.seeker.deadline(bool(self.requests))]
         if self.reclaim.round is not None:
             deadlines.append(self.reclaim.round.resend_at)
-        if self.ring is None and self.consensus is not None and not self._consensus_held():
-            deadlines.append(self.consensus.next_deadline())
-        if self.requests and self.silent:
-            deadlines.append(min(self.silent.values()))
+        if self.ring is None:
+            deadlines.append(self.boot.deadline(self.reachable))
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
 
@@ -238,17 +180,17 @@ class Allocator:
             IpamBadRequest: bad owner or subnet.
             RangeExhausted: no free address in the subnet on any reachable peer.
         """
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         block = parse_subnet(subnet, self.universe) if subnet is not None else self.universe
-        for req in self.requests.values():
-            if req.owner == owner and req.address is None and req.block == block:
-                return Pending(req.id, req.reason), self._flush()
+        waiting = self.requests.allocation(owner, block)
+        if waiting is not None:
+            return waiting.pending(), self._flush()
         if self.ring is not None:
             result = self._allocate_in(owner, block, now)
             if result is not None:
                 return result, self._flush()
-            if self._donor_choice(block, now).exhausted:
-                raise _exhausted(block)
+            if self.seeker.choice(self.ring, self.name, block, self.reachable, now).exhausted:
+                raise donation.exhausted(block)
         pending = self._enqueue(owner, block, None, now)
         return pending, self._flush()
 
@@ -260,11 +202,11 @@ class Allocator:
             AddressInUse: another owner holds it.
             NotOwner: it lies in a range owned by another peer.
         """
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         addr = parse_address(address, self.universe)
-        for req in self.requests.values():
-            if req.owner == owner and req.address == addr:
-                return Pending(req.id, req.reason), self._flush()
+        waiting = self.requests.claim(owner, addr)
+        if waiting is not None:
+            return waiting.pending(), self._flush()
         outcome = self._try_claim(owner, addr, now)
         if isinstance(outcome, IpamError):
             raise outcome
@@ -291,22 +233,29 @@ class Allocator:
         return [fmt(a) for a in self.space.of(owner)]
 
     def completed(self) -> list[tuple[int, Result | IpamError]]:
-        done, self._completed = self._completed, []
-        return done
+        """Outcomes of requests that waited (`Pending`), each exactly once; forgets them."""
+        return self.requests.completed()
 
     def cancel(self, request_id: int) -> bool:
         """Forget a waiting request whose caller gave up; it will not complete."""
-        return self.requests.pop(request_id, None) is not None
+        return self.requests.cancel(request_id)
 
-    def replay_journal(self, journal: Journal, *, now: float) -> list[Outgoing]:
-        """Apply releases journalled while the router was down, then empty the journal."""
-        self._replay(journal, now)
-        return self._flush()
+    def release_journalled(self, entries: Iterable[tuple[str, str | None]], *, now: float) -> list[Outgoing]:
+        """Apply releases the CNI plugin journalled while the router was down.
 
-    def replay_releases(self, releases: Iterable[Release], *, now: float) -> list[Outgoing]:
-        """Apply journalled releases; ones that no longer apply (replayed twice) are skipped."""
-        self._apply_releases(list(releases), now)
-        self._progress(now)
+        `entries` are `(owner, address or None)`, as `meshnet/state/journal.py` records them.
+        The runtime calls this while it holds the journal, and empties the journal only after
+        it returned: by then every release is committed, so a crash in between replays them,
+        harmlessly. Entries that no longer apply (released already: a replay after a crash)
+        or are garbled are skipped; anything else raised (the store failing) leaves the
+        journal as it is, for the next attempt. Waiting requests are not moved along here;
+        the next `tick` (or any other entry point) does that.
+        """
+        for owner, address in entries:
+            try:
+                self._release(owner, address, now)
+            except (NotHeld, IpamBadRequest):
+                pass  # already released (a replay after a crash), or a garbled entry
         return self._flush()
 
     def reset(self, *, now: float) -> list[Outgoing]:
@@ -324,15 +273,17 @@ class Allocator:
             raise IpamError("an rmpeer is still being confirmed with the other peers; try reset again shortly")
         mine = self.ring.owned(self.name)
         if mine:
-            heir = self._heir()
+            heir = donation.heir(self.ring, self.reachable)
+            if heir is None:
+                raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
             changes = Changes(allocations={a: None for a, _ in self.space.items()})
             for start, end, e in mine:
                 changes.ring[start] = Entry(heir, e.version + 1, host_count(start, end, self.universe))
             self._apply_ring(changes)
             self.space.clear()
-            for req in list(self.requests.values()):
-                self._finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
-            self.want = None
+            for req in self.requests:
+                self.requests.finish(req, Cancelled(f"this peer handed its ranges to {heir.hex()} (reset)"))
+            self.seeker.want = None
             self._broadcast_state()
             self._out.append(("unicast", heir, self.full_state()))
         return self._flush()
@@ -367,382 +318,46 @@ class Allocator:
         self._progress(now)
         return taken, self._flush()
 
-    def status(self) -> dict[str, object]:
-        return status_report.build(self)
-
-    # ---- message handling ---------------------------------------------------------------
-
-    def _receive(self, src: bytes, msg: Message, now: float) -> list[Outgoing]:
-        if src == self.name:
-            return self._flush()
-        if msg.universe != self.universe.cidr:
-            self._conflict(f"peer {src.hex()} uses range {msg.universe}, we use {self.universe.cidr}; ignored")
-            return self._flush()
-        if isinstance(msg, State):
-            self._on_state(src, msg)
-        elif isinstance(msg, Want):
-            self._on_want(src, msg)
-        elif isinstance(msg, Deny):
-            if self.want is not None and self.want.id == msg.id and self.want.donor == src and self.ring:
-                self.denied[src] = donation.fingerprint(self.ring, src)
-                self.want = None
-        self._progress(now)
-        return self._flush()
-
-    def _on_state(self, src: bytes, msg: State) -> None:
-        self.heard.add(src)
-        if msg.ring is not None:
-            self._merge_ring(src, msg.ring)
-        if msg.paxos is not None and self.consensus is not None and self.ring is None:
-            if msg.paxos.n == self.consensus.n:
-                self.consensus.merge(msg.paxos.states)
-            else:
-                # Harmless once any ring exists (it wins); until then it blocks bootstrap.
-                self.mismatch = f"peer {src.hex()} runs consensus={msg.paxos.n}, we run consensus={self.consensus.n}"
-        news = [p for p in msg.gone if p not in self.gone and p not in self.reachable and p != self.name]
-        if news:
-            self._forget(news, durable=False)  # anyone who has it gossips it again
-        if msg.re is not None:
-            self.reclaim.answered(src, msg.re)
-            if self.want is not None and msg.re == self.want.id and src == self.want.donor:
-                self.want = None
-        if msg.ask is not None:
-            self._out.append(("unicast", src, encode_state(self._state(re=msg.ask))))
-
-    def _merge_ring(self, src: bytes, data: RingData) -> None:
-        if self.ring is None:
-            self._adopt(Ring(self.universe, data.genesis, data.entries))
-            self._check_allocations()
-            return
-        if data.genesis != self.ring.genesis:
-            self._conflict(
-                f"peer {src.hex()} has a ring made by a different bootstrap (other seeds, or a second "
-                "consensus: check --ipalloc-init on every peer); its ring is ignored"
-            )
-            return
-        merged = self.ring.diff(data.entries)
-        for token, ours, theirs in merged.conflicts:
-            self._conflict(
-                f"range at {fmt(token)}: version {ours.version} claimed by both {ours.owner.hex()} and "
-                f"{theirs.owner.hex()}"
-            )
-        if merged.changed:
-            self._apply_ring(Changes(ring={t: data.entries[t] for t in merged.changed}))
-            self._check_allocations()
-
-    def _on_want(self, src: bytes, want: Want) -> None:
-        block = None if self.ring is None else donation.carve(self.ring, self.space, self.name, want.lo, want.hi)
-        if block is None:
-            self._out.append(("unicast", src, encode_deny(Deny(self.universe.cidr, want.id))))
-            return
-        assert self.ring is not None
-        self._apply_ring(Changes(ring=donation.give(self.ring, self.space, self.name, src, block)))
-        self._broadcast_state()
-        self._out.append(("unicast", src, encode_state(self._state(re=want.id))))
-
-    # ---- progress: bootstrap, rmpeer confirmation, waiting requests, donation -----------
-
-    def _progress(self, now: float) -> None:
-        self.silent = {p: t for p, t in self.silent.items() if t > now}
-        if self.ring is None and self.consensus is not None:
-            if len(self.consensus.states) > self.consensus.n:  # quorums may no longer intersect
-                self._conflict(
-                    f"{len(self.consensus.states)} peers run consensus={self.consensus.n}: N must count "
-                    "every peer that bootstraps by consensus, or two rings may be created"
-                )
-            if self._consensus_held():
-                # Not before every reachable peer has told us its state (see on_peers_changed).
-                self._advance_round(now)
-                self._serve(now)
-                return
-            changed, chosen = self.consensus.step(now=now, reachable=self.reachable)
-            if changed:
-                self.store.commit(Changes(meta={"paxos": self.consensus.own.to_bytes()}))
-                self._broadcast_state()
-            if chosen is not None:
-                self._adopt(consensus_ring(self.universe, chosen))
-                self._broadcast_state()
-        self._advance_round(now)
-        self._serve(now)
-        self._seek_space(now)
-
-    def _serve(self, now: float) -> None:
-        for req in list(self.requests.values()):
-            if req.address is not None:
-                outcome = self._try_claim(req.owner, req.address, now)
-            elif self.ring is None:
-                outcome = None
-            else:
-                outcome = self._allocate_in(req.owner, req.block, now)
-            if outcome is None:
-                req.reason = self._bootstrap_reason() or req.reason
-            else:
-                self._finish(req, outcome)
-
-    def _seek_space(self, now: float) -> None:
-        """Ask a donor for space for the oldest waiting allocation that has one; one at a time."""
-        if self.ring is None:
-            return
-        if self.want is not None and now >= self.want.deadline:
-            self.silent[self.want.donor] = now + SILENT_BACKOFF  # try someone else meanwhile
-            self.want = None
-        blocks = list(dict.fromkeys(r.block for r in self.requests.values() if r.address is None))
-        for block in blocks:
-            same = [r for r in self.requests.values() if r.address is None and r.block == block]
-            if self.want is not None and self.want.block == block:
-                continue  # asked already; its reason stands
-            choice = self._donor_choice(block, now)
-            if choice.exhausted:
-                for r in same:
-                    self._finish(r, _exhausted(block))
-                continue
-            if choice.donor is not None and self.want is None:
-                lo, hi = block.usable
-                self.want = _Want(self._new_id(), choice.donor, block, now + WANT_TIMEOUT)
-                self._out.append(("unicast", choice.donor, encode_want(Want(self.universe.cidr, self.want.id, lo, hi))))
-                reason = f"asking peer {choice.donor.hex()} for space in {block.cidr}"
-            elif choice.donor is not None:
-                reason = f"queued behind a request for space in {self.want.block.cidr}"  # type: ignore[union-attr]
-            elif choice.unreachable:
-                names = ", ".join(sorted(p.hex() for p in choice.unreachable))
-                reason = (
-                    f"all free space in {block.cidr} is owned by unreachable peers ({names}); "
-                    "use rmpeer if they are gone for good"
-                )
-            elif choice.silent:
-                names = ", ".join(sorted(p.hex() for p in choice.silent))
-                reason = f"peers with space in {block.cidr} did not answer ({names}); retrying"
-            else:
-                reason = f"waiting for an rmpeer in {block.cidr} to be confirmed"
-            for r in same:
-                r.reason = reason
-
-    def _donor_choice(self, block: Block, now: float) -> donation.DonorChoice:
-        assert self.ring is not None
-        lo, hi = block.usable
-        silent = {p for p, t in self.silent.items() if t > now}
-        return donation.choose_donor(self.ring, self.name, lo, hi, self.reachable, self.denied, silent)
-
-    # ---- rmpeer -------------------------------------------------------------------------
-
-    def _advance_round(self, now: float) -> None:
-        if self.ring is None or not self.topology_known:
-            return  # no confirmation may finish before we know who is there
-        step = self.reclaim.advance(self.ring, self.reachable, self.gone, now, self._new_id)
-        for note in step.notes:
-            self._conflict(note)
-        if step.changes:
-            self._apply_ring(step.changes)
-        self._ask(step.ask)
-        if step.confirmed:
-            self._broadcast_state()
-
-    def _forget(self, peers: list[bytes], *, durable: bool = True) -> None:
-        """Remember peers removed with rmpeer, here or anywhere: no round waits for them."""
-        for peer in peers:
-            self.gone.pop(peer, None)
-            self.gone[peer] = None  # most recent last
-            self.reclaim.gone(peer)
-        while len(self.gone) > MAX_GONE:
-            del self.gone[next(iter(self.gone))]
-        self.store.commit(Changes(meta={"gone": self._gone_meta(), "rmpeer": self.reclaim.meta()}), durable=durable)
-
-    def _gone_meta(self) -> bytes | None:
-        return msgpack.packb(list(self.gone), use_bin_type=True) if self.gone else None
-
-    def _ask(self, peers: list[bytes]) -> None:
-        if peers:
-            assert self.reclaim.round is not None
-            payload = encode_state(self._state(ask=self.reclaim.round.id))
-            self._out.extend(("unicast", p, payload) for p in peers)
-
-    # ---- helpers ------------------------------------------------------------------------
-
-    def _release(self, owner: str, address: str | None, now: float) -> None:
-        owner = _check_owner(owner)
-        if address is None:
-            addresses = self.space.of(owner)
-            for req in [r for r in self.requests.values() if r.owner == owner]:
-                self._finish(req, Cancelled(f"{owner} was released while its request waited"))
-        else:
-            addr = parse_address(address, self.universe)
-            if self.space.holder(addr) != owner:
-                raise NotHeld(f"{fmt(addr)} is not held by {owner}")
-            addresses = [addr]
-        if addresses:
-            self.store.commit(Changes(allocations={a: None for a in addresses}))
-            for a in addresses:
-                self.space.remove(a)
-            self._hints_changed(now, addresses)
-
-    def _replay(self, journal: Journal, now: float) -> None:
-        journal.drain(lambda releases: self._apply_releases(releases, now))
-
-    def _apply_releases(self, releases: list[Release], now: float) -> None:
-        for rel in releases:
-            try:
-                self._release(rel.owner, rel.address, now)
-            except (NotHeld, IpamBadRequest):
-                pass  # already released (a replay after a crash), or a garbled entry
-
-    def _allocate_in(self, owner: str, block: Block, now: float) -> Result | None:
-        assert self.ring is not None
-        lo, hi = block.usable
-        for a in self.space.of(owner):
-            if lo <= a < hi:
-                return Result(owner, fmt(a), block.prefixlen)
-        intervals = [
-            (max(start, lo), min(end, hi))
-            for start, end, e in self.ring.overlapping(lo, hi)
-            if e.owner == self.name and not e.reclaim and max(start, lo) < min(end, hi)
-        ]
-        addr = self.space.first_free(intervals, after=self._cursor)
-        if addr is None:
-            return None
-        self.store.commit(Changes(allocations={addr: owner}))
-        self.space.add(addr, owner)
-        self._cursor = addr
-        self._hints_changed(now, [addr])
-        return Result(owner, fmt(addr), block.prefixlen)
-
-    def _try_claim(self, owner: str, addr: int, now: float) -> Result | IpamError | None:
-        holder = self.space.holder(addr)
-        if holder == owner:
-            return Result(owner, fmt(addr), self.universe.prefixlen)
-        if holder is not None:
-            return AddressInUse(f"{fmt(addr)} is held by {holder}")
-        if self.ring is None:
-            return None
-        e = self.ring.get(self.ring.token_at(addr))
-        assert e is not None
-        if e.owner != self.name:
-            return NotOwner(f"{fmt(addr)} is in a range owned by peer {e.owner.hex()}; claim it on that peer")
-        if e.reclaim:
-            return None  # ours once the rmpeer is confirmed
-        self.store.commit(Changes(allocations={addr: owner}))
-        self.space.add(addr, owner)
-        self._hints_changed(now, [addr])
-        return Result(owner, fmt(addr), self.universe.prefixlen)
-
-    def _enqueue(self, owner: str, block: Block, address: int | None, now: float) -> Pending:
-        req = _Request(self._new_id(), owner, block, address, self._bootstrap_reason() or "waiting for space")
-        self.requests[req.id] = req
-        self._progress(now)
-        return Pending(req.id, req.reason)
-
-    def _finish(self, req: _Request, outcome: Result | IpamError) -> None:
-        del self.requests[req.id]
-        self._completed.append((req.id, outcome))
-
-    def _bootstrap_reason(self) -> str | None:
+    def view(self) -> IpamView:
+        """A frozen picture of this allocator for `status ipam` (`status.py`)."""
+        ranges = None
         if self.ring is not None:
-            return None
-        if self.consensus is not None:
-            return self.consensus.reason()
-        if self.mode.kind == "observer":
-            return "observer: waiting for the allocation ring from the other peers"
-        return "waiting for the allocation ring from the other peers"
+            ranges = tuple(
+                RangeView(start, end, e.owner, e.version, self._free(start, end, e), e.reclaim)
+                for start, end, e in self.ring.ranges()
+            )
+        oldest = self.requests.oldest()
+        return IpamView(
+            name=self.name,
+            universe=self.universe,
+            init=str(self.boot.mode),
+            ranges=ranges,
+            reachable=frozenset(self.reachable),
+            consensus=self.boot.consensus.reason() if self.boot.consensus is not None else None,
+            mismatch=self.boot.mismatch,
+            waiting=oldest.reason if oldest is not None else None,
+            pending=len(self.requests),
+            used=len(self.space),
+            reclaiming=frozenset(self.reclaim.targets),
+            waiting_for=frozenset(self.reclaim.round.waiting) if self.reclaim.round else frozenset(),
+            removed=tuple(self.gone),
+            conflicts=tuple(self.conflicts),
+        )
 
-    def _heir(self) -> bytes:
-        assert self.ring is not None
-        if not self.reachable:
-            raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
-        free: dict[bytes, int] = {p: 0 for p in self.reachable}
-        for _, _, e in self.ring.ranges():
-            if e.owner in free:
-                free[e.owner] += e.free + 1  # +1: an owner of a full range still beats a non-owner
-        return min(free, key=lambda p: (-free[p], p))
+    def status(self) -> dict[str, object]:
+        """The `status ipam` report: `status.build(self.view())`."""
+        return build_status(self.view())
 
-    def _adopt(self, ring: Ring, changes: Changes | None = None) -> None:
-        """Make `ring` our first ring: commit it (with `changes`), then use it."""
-        changes = changes or Changes()
-        changes.meta.update(genesis=ring.genesis, paxos=None)
-        changes.ring.update(ring.entries())
-        self.store.commit(changes)
-        self.ring = ring
-        self.consensus = None
-
-    def _apply_ring(self, changes: Changes, *, durable: bool = True) -> None:
-        """Commit ring (and other) changes first, then apply the ring part to memory."""
-        assert self.ring is not None
-        self.store.commit(changes, durable=durable)
-        for token, entry in changes.ring.items():
-            self.ring.put(token, entry)
-
-    def _hints_changed(self, now: float, addresses: Iterable[int]) -> None:
-        """Schedule a hint refresh; at once if a range went from full to not full or back.
-
-        Donors are chosen by hint and full ones are not asked, so those two transitions are
-        announced immediately; other changes are debounced and ride on anti-entropy.
-        """
-        if self.ring is None:
-            return
-        for addr in addresses:
-            start = self.ring.token_at(addr)
-            e = self.ring.get(start)
-            if e is None or e.owner != self.name or e.reclaim:
-                continue
-            free = donation.free_count(self.ring, self.space, start, self.ring.end_of(start))
-            if (free == 0) != (e.free == 0):
-                self.hint_due = now
-                self._refresh_hints(now)
-                self._broadcast_state()
-                return
-        if self.hint_due is None:
-            self.hint_due = now + HINT_DELAY
-
-    def _refresh_hints(self, now: float) -> None:
-        if self.hint_due is None or now < self.hint_due:
-            return
-        self.hint_due = None
-        if self.ring is None:
-            return
-        changes = Changes()
-        for start, end, e in self.ring.owned(self.name):
-            free = donation.free_count(self.ring, self.space, start, end)
-            if not e.reclaim and free != e.free:
-                changes.ring[start] = Entry(self.name, e.version + 1, free)
-        if changes:
-            self._apply_ring(changes, durable=False)  # a lost hint is harmless; see store.py
-
-    def _check_allocations(self) -> None:
-        """Report addresses we hold in ranges we no longer own (rmpeer of a live peer)."""
-        if self.ring is None:
-            return
-        for addr, owner in self.space.items():
-            e = self.ring.get(self.ring.token_at(addr))
-            if e is not None and e.owner != self.name:
-                self._conflict(f"{fmt(addr)} (held by {owner}) is in a range now owned by peer {e.owner.hex()}")
-
-    def _conflict(self, text: str) -> None:
-        self.conflicts[text] = None
-        while len(self.conflicts) > MAX_CONFLICTS:
-            del self.conflicts[next(iter(self.conflicts))]
-
-    def _state(self, *, ask: int | None = None, re: int | None = None) -> State:
-        ring = RingData(self.ring.genesis, self.ring.entries()) if self.ring is not None else None
-        paxos = None
-        if self.ring is None and self.consensus is not None:
-            paxos = PaxosData(self.consensus.n, dict(self.consensus.states))
-        return State(self.universe.cidr, ring, paxos, ask, re, tuple(self.gone))
-
-    def _broadcast_state(self) -> None:
-        self._out.append(("broadcast", self.full_state()))
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
-    def _flush(self) -> list[Outgoing]:
-        out, self._out = self._out, []
+    def owners(self) -> dict[str, list[str]]:
+        """Every allocation held here: owner -> addresses (`GET /ipam/owners`)."""
+        out: dict[str, list[str]] = {}
+        for address, owner in self.space.items():
+            out.setdefault(owner, []).append(fmt(address))
         return out
 
-
-def _exhausted(block: Block) -> RangeExhausted:
-    return RangeExhausted(f"no free address in {block.cidr}: every reachable peer that owns part of it is full")
-
-
-def _check_owner(owner: object) -> str:
-    if not isinstance(owner, str) or not owner.strip() or len(owner) > MAX_OWNER_LEN:
-        raise IpamBadRequest(f"owner must be a non-empty string of at most {MAX_OWNER_LEN} characters")
-    return owner
+    def _free(self, start: int, end: int, e: Entry) -> int:
+        """Free addresses in a range: counted in ours, the owner's hint in the others'."""
+        assert self.ring is not None
+        if e.owner != self.name or e.reclaim:
+            return e.free
+        return donation.free_count(self.ring, self.space, start, end)

@@ -3,16 +3,31 @@
 A peer with no free address in the subnet it needs asks one reachable owner of that subnet
 (`want`). The donor gives the largest free run it has there, but at most half its free space
 in the subnet (at least one address): it splits its own range by inserting tokens and hands
-the piece over. The requester never changes the ring itself. Pure functions over ring and
-space.
+the piece over. The requester never changes the ring itself.
+
+Donors are chosen by the free-space hints in the ring, which the owner of each range keeps
+up to date (`hint_changes`): at once when a range goes from full to not full or back
+(`crossed_full`), otherwise debounced.
+
+The donor side, the hints and `heir` (who takes our ranges on reset) are pure functions
+over ring and space. The requesting side is `Seeker`: at most one donor asked at a time,
+another asked when one denies us or stays silent; it sets why each waiting allocation
+waits, and `seek` says which `want` to send and which requests can never be served.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from meshnet.ipam.addr import Block
+from meshnet.ipam.errors import RangeExhausted
+from meshnet.ipam.outcome import Request
 from meshnet.ipam.ring import Entry, Ring, host_count
 from meshnet.ipam.space import Space
+
+WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
+SILENT_BACKOFF = 5.0  # s before asking a donor again that did not answer
 
 
 @dataclass
@@ -102,3 +117,152 @@ def give(ring: Ring, space: Space, me: bytes, to: bytes, block: tuple[int, int])
         changes[a] = Entry(to, 1, block_free)
         changes[token] = Entry(me, ours.version + 1, free_count(ring, space, token, a))
     return changes
+
+
+def heir(ring: Ring, reachable: set[bytes]) -> bytes | None:
+    """Who takes our ranges on reset: the reachable peer with the most free space (by hint),
+    ties to the lowest name; None if nobody is reachable."""
+    if not reachable:
+        return None
+    free: dict[bytes, int] = {p: 0 for p in reachable}
+    for _, _, e in ring.ranges():
+        if e.owner in free:
+            free[e.owner] += e.free + 1  # +1: an owner of a full range still beats a non-owner
+    return min(free, key=lambda p: (-free[p], p))
+
+
+# ---- free-space hints -------------------------------------------------------------------
+
+
+def crossed_full(ring: Ring, space: Space, me: bytes, addresses: Iterable[int]) -> bool:
+    """Whether a usable range of ours holding one of `addresses` went from full to not full,
+    or back, against its hint: full ranges are never asked, so that must be told at once."""
+    for addr in addresses:
+        start = ring.token_at(addr)
+        e = ring.get(start)
+        if e is None or e.owner != me or e.reclaim:
+            continue
+        free = free_count(ring, space, start, ring.end_of(start))
+        if (free == 0) != (e.free == 0):
+            return True
+    return False
+
+
+def hint_changes(ring: Ring, space: Space, me: bytes) -> dict[int, Entry]:
+    """New entries for our usable ranges whose hint is not their free count any more."""
+    changes: dict[int, Entry] = {}
+    for start, end, e in ring.owned(me):
+        free = free_count(ring, space, start, end)
+        if not e.reclaim and free != e.free:
+            changes[start] = Entry(me, e.version + 1, free)
+    return changes
+
+
+# ---- the requesting side ----------------------------------------------------------------
+
+
+def exhausted(block: Block) -> RangeExhausted:
+    return RangeExhausted(f"no free address in {block.cidr}: every reachable peer that owns part of it is full")
+
+
+@dataclass
+class Asking:
+    """The one donor we asked for space in `block` (a `want` with this id in flight)."""
+
+    id: int
+    donor: bytes
+    block: Block
+    deadline: float
+
+
+@dataclass
+class Sought:
+    ask: Asking | None = None  # a new want: send it to `ask.donor`
+    exhausted: list[Request] = field(default_factory=list)  # end them with `exhausted(block)`
+
+
+class Seeker:
+    def __init__(self) -> None:
+        self.want: Asking | None = None
+        self.denied: dict[bytes, frozenset[tuple[int, int]]] = {}  # donor -> its fingerprint then
+        self.silent: dict[bytes, float] = {}  # donor that did not answer -> not before
+
+    def choice(self, ring: Ring, me: bytes, block: Block, reachable: set[bytes], now: float) -> DonorChoice:
+        lo, hi = block.usable
+        silent = {p for p, t in self.silent.items() if t > now}
+        return choose_donor(ring, me, lo, hi, reachable, self.denied, silent)
+
+    def seek(
+        self,
+        ring: Ring,
+        me: bytes,
+        waiting: list[Request],
+        reachable: set[bytes],
+        now: float,
+        new_id: Callable[[], int],
+    ) -> Sought:
+        """Ask a donor for space for the oldest waiting allocation that has one; one at a time.
+
+        Sets the reason of every waiting allocation (claims are not served by donation).
+        """
+        sought = Sought()
+        if self.want is not None and now >= self.want.deadline:
+            self.silent[self.want.donor] = now + SILENT_BACKOFF  # try someone else meanwhile
+            self.want = None
+        blocks = list(dict.fromkeys(r.block for r in waiting if r.address is None))
+        for block in blocks:
+            same = [r for r in waiting if r.address is None and r.block == block]
+            if self.want is not None and self.want.block == block:
+                continue  # asked already; its reason stands
+            choice = self.choice(ring, me, block, reachable, now)
+            if choice.exhausted:
+                sought.exhausted.extend(same)
+                continue
+            if choice.donor is not None and self.want is None:
+                self.want = sought.ask = Asking(new_id(), choice.donor, block, now + WANT_TIMEOUT)
+                reason = f"asking peer {choice.donor.hex()} for space in {block.cidr}"
+            elif choice.donor is not None and self.want is not None:
+                reason = f"queued behind a request for space in {self.want.block.cidr}"
+            elif choice.unreachable:
+                names = ", ".join(sorted(p.hex() for p in choice.unreachable))
+                reason = (
+                    f"all free space in {block.cidr} is owned by unreachable peers ({names}); "
+                    "use rmpeer if they are gone for good"
+                )
+            elif choice.silent:
+                names = ", ".join(sorted(p.hex() for p in choice.silent))
+                reason = f"peers with space in {block.cidr} did not answer ({names}); retrying"
+            else:
+                reason = f"waiting for an rmpeer in {block.cidr} to be confirmed"
+            for r in same:
+                r.reason = reason
+        return sought
+
+    def expire(self, now: float) -> None:
+        """Silent donors may be asked again once their back-off is over."""
+        self.silent = {p: t for p, t in self.silent.items() if t > now}
+
+    def lost(self, reachable: set[bytes]) -> None:
+        """The donor we asked is unreachable: its answer will not come."""
+        if self.want is not None and self.want.donor not in reachable:
+            self.want = None
+
+    def denied_by(self, ring: Ring, src: bytes, want_id: int) -> None:
+        """`src` has nothing to give: not asked again until it changes one of its entries."""
+        if self.want is not None and self.want.id == want_id and self.want.donor == src:
+            self.denied[src] = fingerprint(ring, src)
+            self.want = None
+
+    def answered(self, src: bytes, re: int) -> None:
+        """`src` answered our want with its state (with the donation, if it gave any)."""
+        if self.want is not None and re == self.want.id and src == self.want.donor:
+            self.want = None
+
+    def deadline(self, waiting: bool) -> float | None:
+        """The want's timeout, or the end of a back-off while requests wait."""
+        deadlines = []
+        if self.want is not None:
+            deadlines.append(self.want.deadline)
+        if waiting and self.silent:
+            deadlines.append(min(self.silent.values()))
+        return min(deadlines) if deadlines else None

@@ -20,7 +20,8 @@ owners, and the peers then dropped each other's connections. Here:
    flagged tokens that are still ours are confirmed: version + 1 again, flag cleared, usable.
 
 Targets and the peers waited for are persisted and the flags live in the ring, so a restart
-resumes at 1. What this cannot fix: rmpeer run while the mesh is partitioned, of a peer
+resumes at 1. Removed peers (`Removed`) are persisted and gossiped too, bounded to the most
+recent `MAX_GONE`. What this cannot fix: rmpeer run while the mesh is partitioned, of a peer
 alive on the other side (an operator error, reported as a conflict when the sides meet) or
 concurrently with a reclaimer on the other side; or of a peer whose last donation reached
 only peers that are gone too.
@@ -28,13 +29,14 @@ only peers that are gone too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgpack
 
 from meshnet.ipam.ring import Entry, Ring, host_count
 from meshnet.ipam.store import Changes
+from meshnet.ipam.wire import MAX_GONE
 
 ASK_RESEND = 2.0  # s between re-asks of peers that have not answered
 
@@ -148,3 +150,40 @@ class Reclaimer:
         self.targets.clear()
         step.changes.meta["rmpeer"] = None
         return step
+
+
+class Removed:
+    """Peers removed with rmpeer, here or anywhere, most recent last: nobody waits for them.
+
+    Persisted (meta "gone") and gossiped (`gone` in `state`), bounded to `MAX_GONE`.
+    """
+
+    def __init__(self, stored: bytes | None):
+        self._peers: dict[bytes, None] = dict.fromkeys(msgpack.unpackb(stored or b"\x90"))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._peers)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def add(self, peers: Iterable[bytes]) -> None:
+        for peer in peers:
+            self._peers.pop(peer, None)
+            self._peers[peer] = None  # most recent last
+        while len(self._peers) > MAX_GONE:
+            del self._peers[next(iter(self._peers))]
+
+    def back(self, reachable: set[bytes]) -> bool:
+        """Forget the removed peers that are reachable again; whether there were any."""
+        back = [p for p in self._peers if p in reachable]
+        for p in back:
+            del self._peers[p]
+        return bool(back)
+
+    def meta(self) -> bytes | None:
+        """What the store keeps under "gone"."""
+        return msgpack.packb(list(self._peers), use_bin_type=True) if self._peers else None

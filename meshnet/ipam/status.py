@@ -1,4 +1,8 @@
-"""`status ipam`: a JSON-able picture of one allocator, for the API, the CLI and the metrics.
+"""`status ipam`: a frozen view of one allocator, and the JSON-able report derived from it.
+
+`Allocator.view()` builds an `IpamView`: plain values copied out of the allocator, nothing
+that changes after it was taken. `build(view)` derives the report for the API, the CLI and
+the metrics (the keys below are what they read):
 
     {"name": hex, "range": CIDR, "init": "consensus=3", "state": "ready" | why not,
      "waiting": reason | null,             # why the oldest request waits, or why one would
@@ -16,67 +20,95 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from meshnet.ipam.addr import fmt
-from meshnet.ipam.donation import free_count
+from meshnet.ipam.addr import Block, fmt
 from meshnet.ipam.ring import host_count
 
-if TYPE_CHECKING:
-    from meshnet.ipam.allocator import Allocator
+
+@dataclass(frozen=True, slots=True)
+class RangeView:
+    """One range of the ring: `[start, end)`."""
+
+    start: int
+    end: int
+    owner: bytes
+    version: int
+    free: int  # counted for our own usable ranges; the owner's gossiped hint for the rest
+    reclaim: bool
 
 
-def build(a: Allocator) -> dict[str, Any]:
-    oldest = next(iter(a.requests.values()), None)
+@dataclass(frozen=True, slots=True)
+class IpamView:
+    """What `status ipam` shows, as one allocator saw it when `Allocator.view()` was called."""
+
+    name: bytes
+    universe: Block
+    init: str  # the --ipalloc-init mode
+    ranges: tuple[RangeView, ...] | None  # the ring in token order; None: no ring yet
+    reachable: frozenset[bytes]
+    consensus: str | None  # while a consensus bootstrap runs: how far it got
+    mismatch: str | None  # another peer bootstraps with another consensus N
+    waiting: str | None  # why the oldest waiting request waits (None: nothing waits)
+    pending: int  # requests waiting
+    used: int  # addresses held here
+    reclaiming: frozenset[bytes]  # rmpeer targets being confirmed here
+    waiting_for: frozenset[bytes]  # peers whose answer that confirmation needs
+    removed: tuple[bytes, ...]  # peers removed with rmpeer, here or elsewhere, most recent last
+    conflicts: tuple[str, ...]  # oldest first
+
+
+def build(v: IpamView) -> dict[str, Any]:
+    state = _state(v)
     report: dict[str, Any] = {
-        "name": a.name.hex(),
-        "range": a.universe.cidr,
-        "init": str(a.mode),
-        "state": _state(a),
-        "waiting": oldest.reason if oldest else (_state(a) if a.ring is None else None),
-        "pending": len(a.requests),
-        "local": {"ranges": 0, "size": 0, "used": len(a.space), "free": 0},
+        "name": v.name.hex(),
+        "range": v.universe.cidr,
+        "init": v.init,
+        "state": state,
+        "waiting": v.waiting if v.waiting is not None else (state if v.ranges is None else None),
+        "pending": v.pending,
+        "local": {"ranges": 0, "size": 0, "used": v.used, "free": 0},
         "peers": {},
         "unreachable_owners": [],
         "reclaiming": {
-            "peers": sorted(p.hex() for p in a.reclaim.targets),
-            "waiting_for": sorted(p.hex() for p in a.reclaim.round.waiting) if a.reclaim.round else [],
-            "removed": sorted(p.hex() for p in a.gone),
+            "peers": sorted(p.hex() for p in v.reclaiming),
+            "waiting_for": sorted(p.hex() for p in v.waiting_for),
+            "removed": sorted(p.hex() for p in v.removed),
         },
-        "conflicts": list(a.conflicts),
+        "conflicts": list(v.conflicts),
     }
-    if a.ring is None:
+    if v.ranges is None:
         return report
     peers: dict[str, Any] = report["peers"]
-    for start, end, e in a.ring.ranges():
-        free = free_count(a.ring, a.space, start, end) if e.owner == a.name and not e.reclaim else e.free
-        reachable = e.owner == a.name or e.owner in a.reachable
+    for r in v.ranges:
+        reachable = r.owner == v.name or r.owner in v.reachable
         peer = peers.setdefault(
-            e.owner.hex(), {"reachable": reachable, "size": 0, "free": 0, "used": 0, "ranges": []}
+            r.owner.hex(), {"reachable": reachable, "size": 0, "free": 0, "used": 0, "ranges": []}
         )
-        peer["size"] += end - start
-        peer["free"] += free
-        peer["used"] += max(0, host_count(start, end, a.universe) - free)
+        peer["size"] += r.end - r.start
+        peer["free"] += r.free
+        peer["used"] += max(0, host_count(r.start, r.end, v.universe) - r.free)
         peer["ranges"].append({
-            "start": fmt(start), "end": fmt(end - 1), "size": end - start,
-            "free": free, "version": e.version, "reclaim": e.reclaim,
+            "start": fmt(r.start), "end": fmt(r.end - 1), "size": r.end - r.start,
+            "free": r.free, "version": r.version, "reclaim": r.reclaim,
         })
-        if e.owner == a.name and not e.reclaim:
+        if r.owner == v.name and not r.reclaim:
             local = report["local"]
             local["ranges"] += 1
-            local["size"] += end - start
-            local["free"] += free
-    report["unreachable_owners"] = sorted(p for p, v in peers.items() if not v["reachable"])
+            local["size"] += r.end - r.start
+            local["free"] += r.free
+    report["unreachable_owners"] = sorted(p for p, x in peers.items() if not x["reachable"])
     return report
 
 
-def _state(a: Allocator) -> str:
-    if a.ring is not None:
-        if a.conflicts:
+def _state(v: IpamView) -> str:
+    if v.ranges is not None:
+        if v.conflicts:
             return "conflict"
         return "ready"
-    if a.mismatch is not None:
-        return f"cannot bootstrap: {a.mismatch}; start every peer with the same --ipalloc-init"
-    if a.consensus is not None:
-        return a.consensus.reason()
+    if v.mismatch is not None:
+        return f"cannot bootstrap: {v.mismatch}; start every peer with the same --ipalloc-init"
+    if v.consensus is not None:
+        return v.consensus
     return "waiting for the allocation ring from the other peers"

@@ -3,6 +3,10 @@
 Everything runs on the asyncio loop thread. Outgoing allocator messages become mesh
 broadcasts or unicasts; waiting requests become futures resolved from
 `Allocator.completed()`, which is drained after every call into the allocator.
+
+The allocator does no I/O: this service opens its store (`meshnet/state/ipam_store.py`) and
+drains the CNI release journal (`meshnet/state/journal.py`) into it, at start, on every tick
+and before each allocation.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ import time
 from typing import Any, Callable
 
 from meshnet.errors import RemoteProtocolError, Unavailable
-from meshnet.ipam.addr import fmt
 from meshnet.ipam.allocator import Allocator
-from meshnet.ipam.journal import Journal
 from meshnet.ipam.outcome import Result
-from meshnet.ipam.store import SqliteStore
+from meshnet.state import ipam_store
+from meshnet.state.journal import Journal, Release
 
 log = logging.getLogger("meshnet.ipam")
 
@@ -48,13 +51,16 @@ class IpamService:
             IpamConfigError: bad range or init mode, or a state dir made for another range.
         """
         now = time.monotonic()
-        self.store = SqliteStore(os.path.join(state_dir, "ipam.db"))
+        self.store = ipam_store.SqliteStore(os.path.join(state_dir, ipam_store.FILENAME))
         self.journal = Journal(state_dir)
-        self.allocator = Allocator(name=name, universe=universe, init=init, store=self.store, now=now, journal=self.journal)
+        self.allocator = Allocator(name=name, universe=universe, init=init, store=self.store, now=now)
         self._send = send
         self._waiting: dict[int, asyncio.Future[Result]] = {}
         self._next_full_state = now
         self._neighbours: set[bytes] = set()
+        # Before anything is served. What the releases make the allocator say waits for
+        # the first flush (the router's first peers_changed), as it always has.
+        self._unsent: list[Any] = self._drain_journal(now)
 
     def close(self) -> None:
         for future in self._waiting.values():
@@ -64,6 +70,8 @@ class IpamService:
     # -- mesh --------------------------------------------------------------------------
 
     def _flush(self, outgoing: list[Any]) -> None:
+        if self._unsent:
+            outgoing, self._unsent = self._unsent + outgoing, []
         if outgoing:
             self._send(outgoing)
         for request_id, outcome in self.allocator.completed():
@@ -103,7 +111,18 @@ class IpamService:
     def _replay_journal(self, now: float) -> None:
         """Apply releases journalled by a CNI DEL that could not reach us."""
         if self.journal.pending():
-            self._flush(self.allocator.replay_journal(self.journal, now=now))
+            self._flush(self._drain_journal(now))
+
+    def _drain_journal(self, now: float) -> list[Any]:
+        """Hand the journalled releases to the allocator; the journal is emptied only after
+        it has committed them (`Journal.drain`). Returns what the allocator has to send."""
+        out: list[Any] = []
+
+        def apply(releases: list[Release]) -> None:
+            out.extend(self.allocator.release_journalled([(r.owner, r.address) for r in releases], now=now))
+
+        self.journal.drain(apply)
+        return out
 
     def next_deadline(self) -> float:
         deadline = self.allocator.next_deadline()
@@ -144,10 +163,7 @@ class IpamService:
         return [address] if address else held
 
     def owners(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for address, owner in self.allocator.space.items():
-            out.setdefault(owner, []).append(fmt(address))
-        return out
+        return self.allocator.owners()
 
     def status(self) -> dict[str, Any]:
         return self.allocator.status()

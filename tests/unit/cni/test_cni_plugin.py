@@ -12,7 +12,7 @@ import pytest
 
 from meshnet.cni import spec
 from meshnet.cni.plugin import Plugin, main
-from meshnet.ipam.journal import Journal, parse
+from meshnet.state.journal import Journal, parse
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.links import Attachment
 from meshnet.errors import Conflict, MeshnetError, NotFound, RouterUnavailable, Unavailable, UsageError
@@ -233,7 +233,7 @@ def test_add_router_dies_midway_journals_the_release(rig):
 
 
 def spec_release(owner):
-    from meshnet.ipam.journal import Release
+    from meshnet.state.journal import Release
 
     return Release(owner, None)
 

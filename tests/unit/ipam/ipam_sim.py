@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from meshnet.ipam import Allocator, IpamError, MemoryStore, Pending, Result
+from meshnet.ipam import Allocator, IpamError, Pending, Result
 from meshnet.ipam.addr import parse_universe
+from meshnet.testing.ipam_store import MemoryStore
 
 
 def peer_name(i: int) -> bytes:
@@ -229,7 +230,7 @@ class Net:
         raise AssertionError(f"no convergence after {rounds} rounds: {self.describe()}")
 
     def busy(self) -> bool:
-        return any(p.alloc.requests or p.alloc.reclaim.round or p.alloc.want for p in self.peers.values())
+        return any(p.alloc.requests or p.alloc.reclaim.round or p.alloc.seeker.want for p in self.peers.values())
 
     def converged(self) -> bool:
         rings = [p.alloc.ring for p in self.peers.values()]
@@ -241,7 +242,7 @@ class Net:
             a = p.alloc
             lines.append(
                 f"{name.hex()[:4]} ring={'yes' if a.ring else 'no'} req={len(a.requests)} "
-                f"want={a.want} round={a.reclaim.round} status={a.status()['waiting']!r}"
+                f"want={a.seeker.want} round={a.reclaim.round} status={a.status()['waiting']!r}"
             )
         return "\n".join(lines)
 

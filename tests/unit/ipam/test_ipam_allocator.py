@@ -10,13 +10,13 @@ from meshnet.ipam import (
     Cancelled,
     IpamBadRequest,
     IpamConfigError,
-    MemoryStore,
     NotHeld,
     NotOwner,
     Pending,
     RangeExhausted,
     Result,
 )
+from meshnet.testing.ipam_store import MemoryStore
 
 A, B = bytes([1]) * 16, bytes([2]) * 16
 

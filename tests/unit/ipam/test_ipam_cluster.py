@@ -140,7 +140,8 @@ def test_rmpeer_is_refused_for_reachable_peers_and_self() -> None:
 
 
 def test_rmpeer_before_the_topology_is_known_is_refused() -> None:
-    from meshnet.ipam import Allocator, MemoryStore
+    from meshnet.ipam import Allocator
+    from meshnet.testing.ipam_store import MemoryStore
 
     alloc = Allocator(name=P0, universe="10.32.0.0/24", init=f"seed={P0.hex()},{P1.hex()}", store=MemoryStore(), now=0)
     with pytest.raises(IpamError, match="reachable"):

@@ -1,7 +1,7 @@
 """Peers launched later with another consensus count join the ring that exists, never make a second one."""
 
 from meshnet.ipam.allocator import Allocator
-from meshnet.ipam.store import MemoryStore
+from meshnet.testing.ipam_store import MemoryStore
 
 NAMES = [bytes([i]) * 16 for i in (1, 2, 3)]
 

@@ -1,7 +1,8 @@
-"""Stores, crashes and the release journal.
+"""Stores and crashes; journalled releases reaching the core as plain values.
 
 Both stores must behave the same; after a crash (MemoryStore.crash, or a real kill -9 of a
 process on a SqliteStore) everything committed is there and nothing is handed out twice.
+The journal file itself is tested in `tests/unit/state/test_state_journal.py`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import textwrap
 
 import pytest
 
-from meshnet.ipam import Allocator, Journal, MemoryStore, Release, Result, SqliteStore
-from meshnet.ipam.journal import FILENAME, parse
+from meshnet.ipam import Allocator, Cancelled, Result
 from meshnet.ipam.ring import Entry
-from meshnet.ipam.store import Changes
+from meshnet.ipam.store import Changes, Snapshot, Store
+from meshnet.state.ipam_store import SqliteStore
+from meshnet.testing.ipam_store import MemoryStore
 
 A = bytes([1]) * 16
 SEED = f"seed={A.hex()}"
@@ -105,7 +107,8 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, {root!r})
-    from meshnet.ipam import Allocator, SqliteStore
+    from meshnet.ipam import Allocator
+    from meshnet.state.ipam_store import SqliteStore
     alloc = Allocator(name=bytes([1]) * 16, universe="10.32.0.0/24", init={seed!r},
                       store=SqliteStore({path!r}), now=0)
     for i in range(30):
@@ -132,73 +135,94 @@ def test_kill_9_loses_nothing_and_hands_out_nothing_twice(tmp_path) -> None:  # 
     assert isinstance(fresh, Result) and fresh.address not in told.values()
 
 
-# ---- the journal ------------------------------------------------------------------------
+# ---- journalled releases: plain values in, no file read by the core ----------------------
 
 
-def test_journal_append_and_drain(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    journal = Journal(str(tmp_path))
-    assert journal.drain(lambda rs: pytest.fail("empty journal")) == 0
-    journal.append("c1/eth0")
-    journal.append("c2/eth0", "10.32.0.9")
-    seen: list[Release] = []
-    assert journal.drain(seen.extend) == 2
-    assert seen == [Release("c1/eth0"), Release("c2/eth0", "10.32.0.9")]
-    assert journal.drain(lambda rs: pytest.fail("drained twice")) == 0
-
-
-def test_journal_keeps_entries_when_apply_fails(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    journal = Journal(str(tmp_path))
-    journal.append("c1")
-
-    def boom(releases: list[Release]) -> None:
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        journal.drain(boom)
-    assert journal.drain(lambda rs: None) == 1
-
-
-def test_journal_skips_torn_lines_and_starts_fresh_after_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    journal = Journal(str(tmp_path))
-    journal.append("c1")
-    with open(tmp_path / FILENAME, "ab") as f:
-        f.write(b'{"v":1,"owner":"torn')  # a writer died mid-line
-    journal.append("c2")
-    seen: list[Release] = []
-    journal.drain(seen.extend)
-    assert seen == [Release("c1"), Release("c2")]
-    assert parse(b'[1]\n{"v":2,"owner":"x"}\n{"v":1,"owner":""}\n{"v":1,"owner":"a","address":5}\n') == []
-    with pytest.raises(ValueError):
-        journal.append("")
-
-
-def test_concurrent_appenders_lose_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    code = (
-        f"import sys; sys.path.insert(0, {ROOT!r}); from meshnet.ipam.journal import Journal; "
-        f"j = Journal({str(tmp_path)!r}); [j.append(f'p{{sys.argv[1]}}-c{{i}}') for i in range(40)]"
-    )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)]) for n in range(4)]
-    assert all(p.wait(timeout=60) == 0 for p in procs)
-    seen: list[Release] = []
-    Journal(str(tmp_path)).drain(seen.extend)
-    assert sorted(r.owner for r in seen) == sorted(f"p{n}-c{i}" for n in range(4) for i in range(40))
-
-
-def test_release_while_router_is_down_is_applied_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    path = str(tmp_path / "meshnet.db")
-    alloc = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=SqliteStore(path), now=0)
+def test_journalled_releases_are_committed_and_replays_skipped(store_factory) -> None:  # type: ignore[no-untyped-def]
+    store, reopen = store_factory()
+    alloc = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=store, now=0)
     kept, _ = alloc.allocate("kept", now=0)
     gone, _ = alloc.allocate("gone", now=0)
     assert isinstance(kept, Result) and isinstance(gone, Result)
-    alloc.store.close()  # the router stops
-
-    journal = Journal(str(tmp_path))  # CNI DEL, twice, while it is down
-    journal.append("gone")
-    journal.append("gone", gone.address)
-    journal.append("never-existed")
-
-    alloc = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=SqliteStore(path), now=1, journal=journal)
+    entries = [
+        ("gone", None), ("gone", gone.address),  # DEL, twice
+        ("never-existed", None), ("kept", "10.32.0.200"),  # nothing to release / not held
+        ("", None), ("x", "nonsense"),  # garbled
+    ]
+    assert alloc.release_journalled(entries, now=1) == []
     assert alloc.addresses("gone") == [] and alloc.addresses("kept") == [kept.address]
-    assert os.path.getsize(tmp_path / FILENAME) == 0
-    assert alloc.replay_releases([Release("kept", "10.32.0.200")], now=2) == []  # not held: skipped
-    assert alloc.addresses("kept") == [kept.address]
+    again = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=reopen(), now=2)
+    assert again.addresses("gone") == [] and again.addresses("kept") == [kept.address]
+    assert again.release_journalled(entries, now=2) == []  # replayed after a crash: harmless
+    assert again.addresses("kept") == [kept.address]
+
+
+def test_journalled_release_ends_the_owners_waiting_requests() -> None:
+    observer = Allocator(name=bytes([2]) * 16, universe="10.32.0.0/24", init="observer", store=MemoryStore(), now=0)
+    pending, _ = observer.allocate("c1", now=0)
+    assert observer.release_journalled([("c1", None)], now=1) == []
+    ((request_id, outcome),) = observer.completed()
+    assert request_id == pending.request_id and isinstance(outcome, Cancelled)
+
+
+def test_journalled_release_of_a_full_range_is_announced_at_once() -> None:
+    alloc = Allocator(name=A, universe="10.32.0.0/28", init=SEED, store=MemoryStore(), now=0)
+    first, _ = alloc.allocate("c0", now=0)
+    for i in range(1, 14):
+        alloc.allocate(f"c{i}", now=0)
+    alloc.tick(now=10)  # the range is full, and its hint says so
+    out = alloc.release_journalled([("c0", None)], now=11)
+    assert [o[0] for o in out] == ["broadcast"]  # donors are chosen by hint: not full any more
+    assert isinstance(first, Result) and alloc.addresses("c0") == []
+
+
+def test_a_failing_store_propagates_so_the_journal_is_kept() -> None:
+    class Failing(MemoryStore):
+        def commit(self, changes: Changes, *, durable: bool = True) -> None:
+            if changes.allocations and None in changes.allocations.values():
+                raise OSError("disk full")
+            super().commit(changes, durable=durable)
+
+    alloc = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=Failing(), now=0)
+    alloc.allocate("c1", now=0)
+    with pytest.raises(OSError):
+        alloc.release_journalled([("c1", None)], now=1)
+    assert alloc.addresses("c1") != []  # nothing applied that is not committed
+
+
+# ---- the Store protocol: the allocator needs load and commit, nothing else ---------------
+
+
+class Recording:
+    """A Store with only the two methods of the protocol, recording every commit."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.commits: list[tuple[Changes, bool]] = []
+
+    def load(self) -> Snapshot:
+        return self.inner.load()
+
+    def commit(self, changes: Changes, *, durable: bool = True) -> None:
+        self.inner.commit(changes, durable=durable)
+        self.commits.append((changes, durable))
+
+
+def test_the_allocator_needs_only_load_and_commit() -> None:
+    store: Store = Recording()
+    alloc = Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=store, now=0)
+    result, _ = alloc.allocate("c1", now=0)
+    assert isinstance(result, Result)
+    alloc.tick(now=10)  # the debounced free-space hint
+    commits = store.commits  # type: ignore[attr-defined]
+    allocation = [(c, d) for c, d in commits if c.allocations]
+    assert [(list(c.allocations.values()), d) for c, d in allocation] == [(["c1"], True)]  # flushed
+    hints = [(c, d) for c, d in commits if c.ring and not c.meta and not c.allocations]
+    assert hints and all(d is False for _, d in hints)  # a lost hint is harmless: not flushed
+    assert Allocator(name=A, universe="10.32.0.0/24", init=SEED, store=store, now=1).addresses("c1") == [result.address]
+
+
+def test_both_stores_implement_the_protocol(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for store in (MemoryStore(), SqliteStore(str(tmp_path / "db")), Recording()):
+        assert callable(getattr(store, "load")) and callable(getattr(store, "commit"))
+        assert store.load() == Snapshot()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshnet.ipam import Allocator, IpamProtocolError, MemoryStore
+from meshnet.ipam import Allocator, IpamProtocolError
 from meshnet.ipam.paxos import Acceptor
 from meshnet.ipam.ring import Entry
 from meshnet.ipam.wire import (
@@ -24,6 +24,7 @@ from meshnet.ipam.wire import (
     encode_state,
     encode_want,
 )
+from meshnet.testing.ipam_store import MemoryStore
 
 A, B = bytes([1]) * 16, bytes([2]) * 16
 U = (10 << 24) | (32 << 16)

@@ -2,10 +2,12 @@
 
 Weave leaked the address when DEL ran while the router was down (weave #3587). Here the CNI
 plugin, finding the router's socket dead, appends the release to
-`<state-dir>/ipam-releases.journal` instead, and the router applies the journal when it
-starts (`Allocator(journal=...)`, or `Allocator.replay_journal`) and empties it only after
-the releases are committed. Releases are idempotent, so a crash between the two replays
-them harmlessly.
+`<state-dir>/ipam-releases.journal` instead. The router drains the journal when it starts,
+on every timer tick and before each allocation (`meshnet/runtime/ipam_service.py`): under
+the lock, `drain` hands the releases to the allocator (`Allocator.release_journalled`,
+which commits them to its store) and empties the journal only after that returned.
+Releases are idempotent, so a crash between the two replays them harmlessly; if applying
+raises, the entries stay for the next attempt.
 
 Format: one JSON object per line, `{"v": 1, "owner": "<owner id, e.g. cni:NET:CID:IFNAME>",
 "address": "10.32.0.7" | null}`; `address: null` releases everything the owner holds. Writers and the
