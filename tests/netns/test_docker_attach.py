@@ -54,11 +54,11 @@ def test_attach_run_dns_lifecycle(docker_lab):
     assert r.returncode == 1 and "no such container: ghost" in r.stderr
     lab.run_container(1, "c1b", network="none")
     r = lab.cli(1, "attach", "c1b", "192.168.7.7/24")
-    assert r.returncode == 1 and "outside" in r.stderr, r.stderr
+    assert r.returncode == 2 and "outside" in r.stderr, r.stderr
     r = lab.cli(1, "attach", "c1b", f"{ips[1]}/12")
     assert r.returncode == 1 and "in use" in r.stderr, r.stderr
     r = lab.cli(1, "run", "10.32.0.0/12", "--name", "c1c", IMAGE)
-    assert r.returncode == 1 and "network or broadcast" in r.stderr
+    assert r.returncode == 2 and "network or broadcast" in r.stderr
     r = lab.cli(1, "run", f"{ips[1]}/12", "--name", "c1d", "--stop-timeout", "1", IMAGE, "sleep", "60")
     assert r.returncode == 1 and "in use" in r.stderr
     r = lab.cli(1, "run", "--publish", "80:80", IMAGE)

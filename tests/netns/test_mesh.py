@@ -137,6 +137,6 @@ def test_connect_and_forget_persist_across_restarts():
         time.sleep(3)
         assert reachable(lab, 2) == {"mnc-h2"}  # ... but it is not dialled again
         bad = subprocess.run(lab.meshnet(2, "connect", "host:notaport"), capture_output=True, text=True)
-        assert bad.returncode == 1 and "HOST[:PORT]" in bad.stderr
+        assert bad.returncode == 2 and "HOST[:PORT]" in bad.stderr  # a usage error: exit 2, one line
     finally:
         lab.down()

@@ -95,21 +95,22 @@ def test_second_router_on_same_state_dir_is_refused(lab):
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,message,code",
     [
-        (["{ns}", "10.32.9.9/33"], "not a valid IP/CIDR"),
-        (["{ns}", "banana"], "not ADDRESS/PREFIX"),
-        (["/run/netns/mno-does-not-exist", "10.32.9.9/12"], "does not exist"),
-        (["mno-no-such-thing", "10.32.9.9/12"], "no network namespace named"),
+        (["{ns}", "10.32.9.9/33"], "not a valid IP/CIDR", 2),  # usage errors: exit 2
+        (["{ns}", "banana"], "not ADDRESS/PREFIX", 2),
+        (["/run/netns/mno-does-not-exist", "10.32.9.9/12"], "does not exist", 1),  # not found: exit 1
+        (["mno-no-such-thing", "10.32.9.9/12"], "no network namespace named", 1),
     ],
 )
-def test_attach_bad_input_fails_clearly_and_leaves_nothing(lab, args, message):
+def test_attach_bad_input_fails_clearly_and_leaves_nothing(lab, args, message, code):
     ns = "mno-h1-bad"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         ports_before = subprocess.run(["ip", "-n", lab.host_ns(1), "-o", "link", "show", "master", "meshnet"], capture_output=True, text=True).stdout
         result = subprocess.run(lab.meshnet(1, "attach", *[a.format(ns=ns) for a in args]), capture_output=True, text=True)
-        assert result.returncode == 1 and message in result.stderr
+        assert result.returncode == code and message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         ports_after = subprocess.run(["ip", "-n", lab.host_ns(1), "-o", "link", "show", "master", "meshnet"], capture_output=True, text=True).stdout
         assert ports_after == ports_before
         inner = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
