@@ -20,6 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshnet.kernel.errors import KernelError
+from meshnet.kernel.offload import IFF_VNET_HDR
 
 # IPRoute(netns=...) forks a helper child and SIGTERMs it afterwards. In a process that leads
 # its own session with an asyncio SIGTERM handler (the router), that SIGTERM also reached the
@@ -32,7 +33,6 @@ from meshnet.kernel.netns import in_netns
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000  # frames carry a virtio_net_hdr: the pump then enables TAP offloads
 IFNAMSIZ = 16
 IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
