@@ -1,8 +1,9 @@
 """Build the Cython sleeve pump `meshnet._fastpath`.
 
-Metadata lives in pyproject.toml; this file only declares the extension.
-MESHNET_PUREPYTHON=1 skips it: the router then runs the pure-Python twin of the
-pump and says so loudly in `meshnet status`.
+Metadata lives in pyproject.toml; this file only declares the extension. Its C
+constants are generated first from the Python ones (`meshnet/dataplane/pxi.py` says why
+generated and not copied). MESHNET_PUREPYTHON=1 skips all of it: the router then runs
+the pure-Python twin of the pump and says so loudly in `meshnet status`.
 """
 import os
 import sys
@@ -17,6 +18,11 @@ if os.environ.get("MESHNET_PUREPYTHON") != "1":
     from Cython.Build import cythonize
     from setuptools import Extension
 
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)  # the package is not installed yet; pxi needs only stdlib
+    from meshnet.dataplane import pxi
+
+    pxi.write(os.path.join(here, "meshnet", "_fastpath", "constants.pxi"))
     ext_modules = cythonize(
         [
             Extension(

@@ -54,6 +54,7 @@ import threading
 from dataclasses import dataclass, field
 
 from meshnet.dataplane import sleeve_crypto
+from meshnet.dataplane.counters import COUNTERS
 from meshnet.dataplane.layout import (
     DEFAULT_TTL,
     ETH_HEADER_LEN,
@@ -62,6 +63,7 @@ from meshnet.dataplane.layout import (
     FLAG_SEALED,
     HEADER_LEN,
     MAC_TABLE_MAX,
+    MAX_BATCH,
     MAX_FRAME,
     MAX_SEALED_FRAME,
     MAX_SLEEVE_FRAME,
@@ -82,50 +84,6 @@ from meshnet.dataplane.layout import (
     wire_overhead,
 )
 
-COUNTERS = (
-    "tap_rx",
-    "tap_rx_bytes",
-    "tap_tx",
-    "tap_tx_bytes",
-    "udp_rx",
-    "udp_rx_bytes",
-    "udp_tx",
-    "udp_tx_bytes",
-    "flood_tx",
-    "unknown_unicast",
-    "relayed",
-    "learned",
-    "unlearned",
-    "learn_table_full",
-    "drop_short_frame",
-    "drop_oversize",
-    "drop_no_route",
-    "drop_unknown_sender",
-    "drop_short",
-    "drop_version",
-    "drop_type",
-    "drop_unknown_peer",
-    "drop_ttl",
-    "drop_send_error",
-    "drop_tap_write",
-    # issue 5: crypto, offloads, MTU
-    "drop_plaintext",  # an unsealed datagram on an encrypted pump
-    "drop_sealed",  # a sealed datagram on an unencrypted pump
-    "drop_no_key",  # no receive key for the sender's address and KEY_ID
-    "drop_replay",  # counter seen before, or below the replay window
-    "drop_auth",  # tag did not verify: tampered, truncated or wrongly keyed
-    "drop_tx_no_key",  # no send key for the next hop: not sent
-    "drop_key_exhausted",  # the next hop's send key reached REJECT_AFTER_MESSAGES
-    "drop_bad_csum",  # CSUM set (or NEEDS_CSUM) where no checksum can be located
-    "drop_bad_gso",  # a GSO frame from the TAP that cannot be segmented
-    "gso_segments",  # segments cut from TSO frames read from the TAP
-    "frag_needed",  # ICMP "fragmentation needed"/"packet too big" written to the TAP
-    "gro_frames",  # compiled pump only: TAP writes that merged >= 2 TCP segments
-    "gro_segments",  # compiled pump only: segments inside those writes
-)
-ISSUE5_ONLY_COMPILED = ("gro_frames", "gro_segments")  # the twin never merges segments
-
-MAX_BATCH = 1024  # the kernel's UIO_MAXIOV caps one sendmmsg/recvmmsg call
 
 _HEADER = struct.Struct("!BBBBII")
 _VNET = struct.Struct("<BBHHHH")
@@ -864,4 +822,4 @@ def sleeve_crypto_name() -> str:
     return AEAD
 
 
-__all__ = ["COUNTERS", "MAX_BATCH", "Pump", "TAG_LEN", "SEALED_HEADER_LEN"]
+__all__ = ["Pump"]

@@ -35,6 +35,9 @@ the underlay MTU minus the largest overhead of any mode we may pick for a peer::
 
     outer IPv4 20 + UDP 8 + sleeve header 12 + AEAD (counter 8 + tag 16) + inner Ethernet 14
     = 78 bytes, against kernel VXLAN's 20 + 8 + 8 + 14 = 50.
+
+Every integer constant here is also a C constant of the compiled pump: the build
+generates them from this file (`meshnet/dataplane/pxi.py`), so this is their only copy.
 """
 
 VERSION = 2
@@ -94,9 +97,11 @@ def wire_overhead(crypto: bool) -> int:
 # Pump table capacities, the same in the compiled pump and its Python twin so that both
 # refuse or skip the same entries. The compiled MAC table is open addressing with
 # MAC_TABLE_SLOTS slots kept at most half full; the peer table is dense.
-MAC_TABLE_SLOTS = 16384
+MAC_TABLE_BITS = 14
+MAC_TABLE_SLOTS = 1 << MAC_TABLE_BITS
 MAC_TABLE_MAX = MAC_TABLE_SLOTS // 2
 PEER_TABLE_MAX = 4096
+MAX_BATCH = 1024  # frames per read batch; the kernel's UIO_MAXIOV caps one sendmmsg/recvmmsg
 
 
 def overlay_mtu(underlay_mtu: int) -> int:
