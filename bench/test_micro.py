@@ -20,7 +20,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "tests" / "pump"))
 
 from meshnet.dataplane import sleeve_crypto  # noqa: E402
 from meshnet.dataplane.pump import load_pump  # noqa: E402
-from pump_harness import frame, header, mac  # noqa: E402
+from pump_harness import frame, header, mac, offloads_for  # noqa: E402
 
 BATCH = 256
 COMPILED, HAVE_COMPILED = load_pump()
@@ -74,7 +74,8 @@ class _Rig:
         self.far.bind(("127.0.0.1", 0))
         self.far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.far.setblocking(False)
-        self.pump = cls(self.tap.fileno(), self.udp.fileno(), 1, batch=64, crypto=crypto)
+        offloads = offloads_for(cls, self.tap.fileno(), self.udp.fileno())
+        self.pump = cls(self.tap.fileno(), self.udp.fileno(), 1, batch=64, crypto=crypto, offloads=offloads)
         self.pump.set_peer(2, self.far.getsockname(), 2)
         self.pump.set_mac(mac(2), 2)
         if crypto:

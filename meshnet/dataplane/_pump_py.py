@@ -45,7 +45,6 @@ written back into the TAP, and not sent.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import select
 import socket
@@ -83,15 +82,13 @@ from meshnet.dataplane.layout import (
     VNET_HDR_LEN,
     wire_overhead,
 )
+from meshnet.dataplane.offloads import Offloads
 
 
 _HEADER = struct.Struct("!BBBBII")
 _VNET = struct.Struct("<BBHHHH")
 _SOCKET_FULL = (errno.EAGAIN, errno.ENOBUFS)
 _ZERO_VNET = bytes(VNET_HDR_LEN)
-
-TUNGETIFF = 0x800454D2
-IFF_VNET_HDR = 0x4000
 
 
 @dataclass
@@ -136,15 +133,6 @@ def _check_addr(addr: tuple[str, int]) -> tuple[str, int]:
     if not isinstance(port, int) or not 0 < port <= 0xFFFF:
         raise ValueError(f"peer port must be 1..65535, got {port!r}")
     return socket.inet_ntop(socket.AF_INET, packed), port
-
-
-def tap_has_vnet_hdr(fd: int) -> bool:
-    """True if fd is a TUN/TAP opened with IFF_VNET_HDR (False for anything else)."""
-    try:
-        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
-    except OSError:
-        return False
-    return bool(struct.unpack_from("H", ifr, 16)[0] & IFF_VNET_HDR)
 
 
 # -- inner packets: checksums, the CSUM rule, TSO segmentation, ICMP ------------------
@@ -303,8 +291,7 @@ class Pump:
         *,
         batch: int = 32,
         crypto: bool = False,
-        offload: bool = True,
-        vnet_hdr: bool | None = None,
+        offloads: Offloads | None = None,
         underlay_mtu: int = 0,
         spin_us: int = 0,
     ) -> None:
@@ -315,7 +302,10 @@ class Pump:
             raise ValueError(f"underlay_mtu must be 0 or 576..65535, got {underlay_mtu}")
         if not 0 <= spin_us <= 100000:
             raise ValueError(f"spin_us must be 0..100000, got {spin_us}")
-        self._spin_us = spin_us  # accepted for API parity; the twin always sleeps in poll()
+        # spin_us is accepted for API parity; the twin always sleeps in poll()
+        offloads = Offloads() if offloads is None else offloads
+        if offloads.udp_gro:  # recvfrom() would return many datagrams as one
+            raise ValueError("the pure-Python pump reads one datagram per receive: UDP_GRO must be off")
         dup = os.dup(udp_fd)  # the pump's own socket object; the caller keeps udp_fd
         try:
             udp = socket.socket(fileno=dup)
@@ -335,7 +325,8 @@ class Pump:
         self._udp = udp
         self._batch = batch
         self._crypto = bool(crypto)
-        self._vnet = tap_has_vnet_hdr(tap_fd) if vnet_hdr is None else bool(vnet_hdr)
+        self._offloads = offloads
+        self._vnet = bool(offloads.vnet_hdr)
         self._underlay_mtu = underlay_mtu
         self._max_frame = MAX_SEALED_FRAME if self._crypto else MAX_SLEEVE_FRAME
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -470,7 +461,7 @@ class Pump:
             "implementation": "python",
             "crypto": sleeve_crypto_name() if self._crypto else None,
             "vnet_hdr": self._vnet,
-            "tap_offload": [],
+            "tap_offload": list(self._offloads.tap),
             "udp_gso": False,
             "udp_gro": False,
             "gro_merge": False,

@@ -39,7 +39,6 @@ cdef extern from "<sys/socket.h>" nogil:
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
     size_t CMSG_SPACE(size_t length)
     size_t CMSG_LEN(size_t length)
-    int setsockopt(int fd, int level, int name, const void *value, socklen_t length)
     enum:
         AF_INET
         SOCK_DGRAM
@@ -65,11 +64,8 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<sys/uio.h>" nogil:
     ssize_t writev(int fd, const iovec *iov, int iovcnt)
 
-cdef extern from "<sys/ioctl.h>" nogil:
-    int ioctl(int fd, unsigned long request, ...)
-
-# UDP GSO/GRO socket options and the TUN ioctls, with their kernel values where the libc
-# headers are older than the kernel.
+# The UDP GSO/GRO socket options, with their kernel values where the libc headers are
+# older than the kernel (control messages only: meshnet.kernel.offload turns them on).
 cdef extern from *:
     """
     #include <netinet/udp.h>
@@ -79,24 +75,10 @@ cdef extern from *:
     #ifndef UDP_GRO
     #define UDP_GRO 104
     #endif
-    #define MN_TUNSETOFFLOAD 0x400454d0UL
-    #define MN_TUNGETIFF 0x800454d2UL
-    #define MN_IFF_VNET_HDR 0x4000
-    #define MN_TUN_F_CSUM 0x01
-    #define MN_TUN_F_TSO4 0x02
-    #define MN_TUN_F_TSO6 0x04
-    #define MN_TUN_F_TSO_ECN 0x08
     """
     enum:
         UDP_SEGMENT
         UDP_GRO
-        MN_IFF_VNET_HDR
-        MN_TUN_F_CSUM
-        MN_TUN_F_TSO4
-        MN_TUN_F_TSO6
-        MN_TUN_F_TSO_ECN
-    unsigned long MN_TUNSETOFFLOAD
-    unsigned long MN_TUNGETIFF
 
 cdef extern from "<sys/eventfd.h>" nogil:
     enum:

@@ -21,6 +21,7 @@ from typing import Any
 from meshnet.dataplane import sleeve_plan as sp
 from meshnet.dataplane.pump import load_pump
 from meshnet.errors import UsageError
+from meshnet.kernel import offload
 
 log = logging.getLogger("meshnet.sleeve")
 
@@ -56,7 +57,12 @@ class SleeveDriver:
             underlay_mtu=underlay_mtu,  # frames that do not fit get ICMP "fragmentation needed"
             # after traffic the pump polls without sleeping this long: lower latency for CPU
             spin_us=int(os.environ.get("MESHNET_PUMP_SPIN_US", "0")),
-            offload=os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",  # 0: for comparisons
+            # TAP and UDP offloads; the twin uses none. MESHNET_PUMP_OFFLOAD=0: for comparisons
+            offloads=offload.configure(
+                tap_fd,
+                self.udp.fileno(),
+                enable=self.compiled and os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",
+            ),
         )
         self._thread: threading.Thread | None = None
         self._peers: dict[int, sp.PeerRow] = {}

@@ -21,6 +21,7 @@ import threading
 import time
 
 from meshnet.dataplane.pump import load_pump
+from pump_harness import offloads_for
 
 FRAME = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + b"\xab" * 1386
 
@@ -52,8 +53,8 @@ def measure(cls: type, seconds: float, batch: int) -> dict[str, float]:
     app_a, tap_a = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     app_b, tap_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     udp_a, udp_b = _udp(), _udp()
-    a = cls(tap_a.fileno(), udp_a.fileno(), 1, batch=batch)
-    b = cls(tap_b.fileno(), udp_b.fileno(), 2, batch=batch)
+    a = cls(tap_a.fileno(), udp_a.fileno(), 1, batch=batch, offloads=offloads_for(cls, tap_a.fileno(), udp_a.fileno()))
+    b = cls(tap_b.fileno(), udp_b.fileno(), 2, batch=batch, offloads=offloads_for(cls, tap_b.fileno(), udp_b.fileno()))
     a.set_peer(2, udp_b.getsockname(), 2)
     a.set_mac(FRAME[:6], 2)  # a known unicast MAC: the common case, no flood
     b.set_peer(1, udp_a.getsockname(), 1)
@@ -128,7 +129,7 @@ def burst(cls: type, seconds: float, batch: int, n: int = 1000) -> tuple[float, 
     app.setblocking(False)
     udp, far = _udp(), _udp()
     far.setblocking(False)
-    pump = cls(tap.fileno(), udp.fileno(), 1, batch=batch)
+    pump = cls(tap.fileno(), udp.fileno(), 1, batch=batch, offloads=offloads_for(cls, tap.fileno(), udp.fileno()))
     pump.set_peer(2, far.getsockname(), 2)
     pump.set_mac(FRAME[:6], 2)
     datagram = b"\x01\x01\x00\x08" + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + FRAME

@@ -1,5 +1,6 @@
 """Rigs for pump tests without root: a socketpair stands in for the TAP, UDP sockets on
-127.0.0.1 for the underlay and for the remote peers.
+127.0.0.1 for the underlay and for the remote peers. `offloads_for` gives a pump the
+offloads the router would give it on those fds.
 
 Loopback delivery is usually done before sendto() returns, but not on a busy machine
 (softirqs deferred to ksoftirqd), so the rig counts what it injected and what the pump
@@ -13,8 +14,10 @@ import socket
 import struct
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 from meshnet.dataplane.layout import DEFAULT_TTL, TYPE_FRAME, VERSION
+from meshnet.kernel import offload
 
 BROADCAST = b"\xff" * 6
 HEADER = struct.Struct("!BBBBII")
@@ -43,17 +46,34 @@ def _read_all(sock: socket.socket) -> list[bytes]:
             return out
 
 
-class Rig:
-    """One pump under test, its fake TAP and a set of fake remote peers (one socket each)."""
+def offloads_for(pump_cls: type, tap_fd: int, udp_fd: int, *, enable: bool = True,
+                 vnet_hdr: bool | None = None) -> offload.Offloads:
+    """What the router gives this pump class on these fds: every offload the kernel accepts
+    for the compiled pump (unless not enable), none turned on for the twin.
 
-    def __init__(self, pump_cls: type, local_id: int, *, batch: int = 32, **pump_args) -> None:
+    A socketpair is no TAP: TUNGETIFF and TUNSETOFFLOAD fail on it, as on a kernel without
+    them, so it gets plain frames and no TAP offloads. vnet_hdr=True makes the pump take
+    virtio_net_hdrs on it anyway (the tests write and read them)."""
+    compiled = pump_cls.__module__ == "meshnet._fastpath"
+    found = offload.configure(tap_fd, udp_fd, enable=enable and compiled)
+    return found if vnet_hdr is None else replace(found, vnet_hdr=vnet_hdr)
+
+
+class Rig:
+    """One pump under test, its fake TAP and a set of fake remote peers (one socket each).
+    `offload` and `vnet_hdr` go to `offloads_for`, the rest to the pump."""
+
+    def __init__(self, pump_cls: type, local_id: int, *, batch: int = 32, offload: bool = True,
+                 vnet_hdr: bool | None = None, **pump_args) -> None:
         self.app, self.tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.app.setblocking(False)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.addr = self.udp.getsockname()
         self.local_id = local_id
-        self.pump = pump_cls(self.tap.fileno(), self.udp.fileno(), local_id, batch=batch, **pump_args)
+        offloads = offloads_for(pump_cls, self.tap.fileno(), self.udp.fileno(), enable=offload, vnet_hdr=vnet_hdr)
+        self.pump = pump_cls(self.tap.fileno(), self.udp.fileno(), local_id, batch=batch, offloads=offloads,
+                             **pump_args)
         self.remotes: dict[int, socket.socket] = {}
         self._unhandled = 0  # frames and datagrams injected that the pump has not read yet
         self._inbox: defaultdict[int, list[bytes]] = defaultdict(list)

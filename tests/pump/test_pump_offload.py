@@ -20,6 +20,8 @@ from meshnet.dataplane.layout import (
     VNET_GSO_TCPV6,
     VNET_GSO_UDP,
 )
+from meshnet.dataplane.offloads import Offloads
+from meshnet.dataplane.pump import load_pump
 from pump_harness import (
     VNET,
     Rig,
@@ -430,3 +432,12 @@ def test_features_report_what_was_probed(impl, rigs):
         assert f["udp_gso"] and f["udp_gro"] and f["syscall_batching"]  # loopback has both
     else:
         assert not (f["udp_gso"] or f["udp_gro"] or f["syscall_batching"])
+
+
+def test_the_twin_refuses_udp_gro(rigs):
+    """recvfrom() would hand it many coalesced datagrams as one."""
+    cls, _ = load_pump(prefer_compiled=False)
+    rig = Rig(cls, LOCAL)
+    rigs.append(rig)
+    with pytest.raises(ValueError):
+        cls(rig.tap.fileno(), rig.udp.fileno(), LOCAL, offloads=Offloads(udp_gro=True))
