@@ -1,9 +1,10 @@
 """Build the Cython sleeve pump `meshnet._fastpath`.
 
-Metadata lives in pyproject.toml; this file only declares the extension. Its C
-constants are generated first from the Python ones (`meshnet/dataplane/pxi.py` says why
-generated and not copied). MESHNET_PUREPYTHON=1 skips all of it: the router then runs
-the pure-Python twin of the pump and says so loudly in `meshnet status`.
+Metadata lives in pyproject.toml; this file only declares the extension: one module,
+`meshnet/_fastpath.pyx`, which includes its parts from `meshnet/_fastpath/*.pxi`.
+Its C constants are generated first from the Python ones (`meshnet/dataplane/pxi.py`
+says why generated and not copied). MESHNET_PUREPYTHON=1 skips all of it: the router
+then runs the pure-Python twin of the pump and says so loudly in `meshnet status`.
 """
 import os
 import sys
