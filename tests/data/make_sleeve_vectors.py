@@ -26,12 +26,12 @@ TCP = bytes.fromhex(
 
 
 def _fix_tcp(frame: bytes) -> bytes:
-    from meshnet.dataplane._pump_py import _ipv4_header_checksum, pseudo_sum
+    from meshnet.dataplane._pump_py.checksums import ipv4_header_checksum, pseudo_sum
 
     f = bytearray(frame)
     f[16:18] = (len(f) - 14).to_bytes(2, "big")
     ip = f[14:34]
-    _ipv4_header_checksum(ip)
+    ipv4_header_checksum(ip)
     f[14:34] = ip
     f[50:52] = pseudo_sum(bytes(f), len(f) - 34, 6).to_bytes(2, "big")
     return bytes(f)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane import _pump_py
+from meshnet.dataplane._pump_py import checksums
+from meshnet.dataplane._pump_py.tap_side import segment_tso
 from meshnet.dataplane.counters import COMPILED_ONLY
 from meshnet.dataplane.layout import (
     FLAG_CSUM,
@@ -65,11 +66,11 @@ def segment_uso(f: bytes, hdr_len: int, gso_size: int) -> list[bytes]:
             h[16:18] = (l4 - 14 + 8 + len(chunk)).to_bytes(2, "big")
             h[18:20] = ((int.from_bytes(f[18:20], "big") + k) & 0xFFFF).to_bytes(2, "big")
             ip = h[14:l4]
-            _pump_py._ipv4_header_checksum(ip)
+            checksums.ipv4_header_checksum(ip)
             h[14:l4] = ip
         h[l4 + 4 : l4 + 6] = (8 + len(chunk)).to_bytes(2, "big")
-        h[l4 + 6 : l4 + 8] = _pump_py.pseudo_sum(bytes(h), 8 + len(chunk), 17).to_bytes(2, "big")
-        out.append(_pump_py.complete_checksum(bytes(h) + chunk, l4, 6))
+        h[l4 + 6 : l4 + 8] = checksums.pseudo_sum(bytes(h), 8 + len(chunk), 17).to_bytes(2, "big")
+        out.append(checksums.complete_checksum(bytes(h) + chunk, l4, 6))
     return out
 
 
@@ -81,10 +82,10 @@ def normalize(messages: list[tuple[tuple, bytes]]) -> list[bytes]:
         if gso_type == 5:  # VIRTIO_NET_HDR_GSO_UDP_L4
             out += segment_uso(f, hdr_len, gso_size)
         elif gso_type:
-            out += [_pump_py.complete_checksum(s, *_pump_py.l4_checksum_at(s))
-                    for s in _pump_py.segment_tso(f, gso_type, gso_size)]
+            out += [checksums.complete_checksum(s, *checksums.l4_checksum_at(s))
+                    for s in segment_tso(f, gso_type, gso_size)]
         elif flags & VNET_F_NEEDS_CSUM:
-            out.append(_pump_py.complete_checksum(f, start, offset))
+            out.append(checksums.complete_checksum(f, start, offset))
         else:
             out.append(f)
     return out
@@ -133,7 +134,7 @@ def test_a_tso_frame_leaves_as_mss_segments_with_partial_checksums(impl, rigs, v
         if not v6:
             assert ipv4_ok(seg) and int.from_bytes(seg[18:20], "big") == 7 + k
         assert not l4_valid(seg)  # partial: the receiver completes it
-        assert l4_valid(_pump_py.complete_checksum(seg, l4, 16))
+        assert l4_valid(checksums.complete_checksum(seg, l4, 16))
     assert data == payload
     assert [len(d) - 12 - l4 - 20 for d in got] == [1400, 1400, 1400, 920]
 
@@ -141,25 +142,25 @@ def test_a_tso_frame_leaves_as_mss_segments_with_partial_checksums(impl, rigs, v
 def test_segments_are_completed_by_a_receiver_without_vnet_hdr(impl, rigs):
     rx = receiver(impl, vnet_hdr=False)
     rigs.append(rx)
-    segs = _pump_py.segment_tso(ipv4_tcp(b"x" * 3000), VNET_GSO_TCPV4, 1000)
+    segs = segment_tso(ipv4_tcp(b"x" * 3000), VNET_GSO_TCPV4, 1000)
     for s in segs:
         rx.send_from(LOCAL, header(LOCAL, 1, flags=FLAG_CSUM) + s)
     rx.run_until_idle()
     out = rx.from_tap()
     assert len(out) == 3 and all(l4_valid(f) for f in out)
-    assert out == [_pump_py.complete_checksum(s, 34, 16) for s in segs]
+    assert out == [checksums.complete_checksum(s, 34, 16) for s in segs]
 
 
 def test_segments_reach_a_vnet_tap_with_needs_csum_and_the_compiled_pump_merges_them(impl, rigs):
     rx = receiver(impl, vnet_hdr=True)
     rigs.append(rx)
     original = ipv4_tcp(bytes(range(200)) * 30, flags=0x18)
-    segs = _pump_py.segment_tso(original, VNET_GSO_TCPV4, 1448)
+    segs = segment_tso(original, VNET_GSO_TCPV4, 1448)
     for s in segs:
         rx.send_from(LOCAL, header(LOCAL, 1, flags=FLAG_CSUM) + s)
     rx.run_until_idle()
     got = tap_frames(rx)
-    assert normalize(got) == [_pump_py.complete_checksum(s, 34, 16) for s in segs]
+    assert normalize(got) == [checksums.complete_checksum(s, 34, 16) for s in segs]
     s = rx.stats()
     assert s["tap_tx"] == 5 and s["tap_tx_bytes"] == sum(map(len, segs))
     assert rx.pump.peer_stats()[LOCAL]["rx_frames"] == 5
@@ -176,8 +177,8 @@ def test_segments_reach_a_vnet_tap_with_needs_csum_and_the_compiled_pump_merges_
 def test_only_consecutive_segments_of_one_flow_merge(impl, rigs):
     rx = receiver(impl, vnet_hdr=True)
     rigs.append(rx)
-    a = _pump_py.segment_tso(ipv4_tcp(b"a" * 4000, seq=0), VNET_GSO_TCPV4, 1000)
-    b = _pump_py.segment_tso(ipv4_tcp(b"b" * 3000, seq=5000, src=b"\x0a\x20\x01\x09"), VNET_GSO_TCPV4, 1000)
+    a = segment_tso(ipv4_tcp(b"a" * 4000, seq=0), VNET_GSO_TCPV4, 1000)
+    b = segment_tso(ipv4_tcp(b"b" * 3000, seq=5000, src=b"\x0a\x20\x01\x09"), VNET_GSO_TCPV4, 1000)
     order = [a[0], a[1], a[3], a[2], b[0], b[1], a[0], b[2]]  # a gap, another flow, a retransmit
     plain = frame(mac(50), mac(5))
     for s in order[:4]:
@@ -187,8 +188,8 @@ def test_only_consecutive_segments_of_one_flow_merge(impl, rigs):
         rx.send_from(LOCAL, header(LOCAL, 1, flags=FLAG_CSUM) + s)
     rx.run_until_idle()
     got = tap_frames(rx)
-    want = [_pump_py.complete_checksum(s, 34, 16) for s in order[:4]] + [plain]
-    want += [_pump_py.complete_checksum(s, 34, 16) for s in order[4:]]
+    want = [checksums.complete_checksum(s, 34, 16) for s in order[:4]] + [plain]
+    want += [checksums.complete_checksum(s, 34, 16) for s in order[4:]]
     assert normalize(got) == want
     if rx.pump.features()["gro_merge"]:
         assert len(got) == 7  # a0+a1 merged, b0+b1 merged
@@ -205,9 +206,9 @@ def udp_datagram(payload: bytes, ip_id: int, *, sport: int = 5000, partial: bool
     f = bytearray(f)
     f[24:26] = b"\0\0"
     f[24:26] = ((~inet_sum(bytes(f[14:34]))) & 0xFFFF).to_bytes(2, "big")
-    f[40:42] = _pump_py.pseudo_sum(bytes(f), 8 + len(payload), 17).to_bytes(2, "big")
+    f[40:42] = checksums.pseudo_sum(bytes(f), 8 + len(payload), 17).to_bytes(2, "big")
     f = bytes(f)
-    return f if partial else _pump_py.complete_checksum(f, 34, 6)
+    return f if partial else checksums.complete_checksum(f, 34, 6)
 
 
 def test_udp_datagrams_of_one_flow_reach_a_vnet_tap_merged_by_the_compiled_pump(impl, rigs):
@@ -221,7 +222,7 @@ def test_udp_datagrams_of_one_flow_reach_a_vnet_tap_merged_by_the_compiled_pump(
         rx.send_from(LOCAL, header(LOCAL, 1, flags=FLAG_CSUM if d is not done else 0) + d)
     rx.run_until_idle()
     got = tap_frames(rx)
-    assert normalize(got) == [_pump_py.complete_checksum(d, 34, 6) if d is not done else d for d in seq]
+    assert normalize(got) == [checksums.complete_checksum(d, 34, 6) if d is not done else d for d in seq]
     assert all(l4_valid(f) for f in normalize(got))
     if rx.pump.features()["gro_merge_udp"]:
         assert [h[1] for h, _ in got] == [5, 0, 5, 0]  # 3 merged, other, 4 merged (last short), done
@@ -251,7 +252,7 @@ def test_needs_csum_frames_keep_a_partial_checksum_only_where_the_receiver_finds
     rig.run_until_idle()
     got = rig.received(1)
     assert got[0] == header(LOCAL, 1, flags=FLAG_CSUM) + udp
-    assert got[1] == header(LOCAL, 1) + _pump_py.complete_checksum(tcp, 36, 16)
+    assert got[1] == header(LOCAL, 1) + checksums.complete_checksum(tcp, 36, 16)
     assert len(got) == 2 and rig.stats()["drop_bad_csum"] == 2
     rx = receiver(impl, vnet_hdr=False)
     rigs.append(rx)
@@ -319,8 +320,8 @@ def test_encrypted_segments_round_trip(impl, rigs):
     while rx.stats()["udp_rx"] < 8:
         rx.pump.poll(100)
     got = normalize(tap_frames(rx))
-    segs = _pump_py.segment_tso(original, VNET_GSO_TCPV4, 1380)
-    assert got == [_pump_py.complete_checksum(s, 34, 16) for s in segs]
+    segs = segment_tso(original, VNET_GSO_TCPV4, 1380)
+    assert got == [checksums.complete_checksum(s, 34, 16) for s in segs]
     assert all(l4_valid(g) for g in got)
     assert sum(v for k, v in rx.stats().items() if k.startswith("drop_")) == 0
 

@@ -72,7 +72,7 @@ def test_both_pumps_send_and_accept_the_vector(impl, v):
             rx.pump.poll(100)
         out = rx.from_tap()
         if csum:
-            from meshnet.dataplane._pump_py import complete_checksum
+            from meshnet.dataplane._pump_py.checksums import complete_checksum
 
             frame = complete_checksum(frame, 34, 16)
         assert out == [frame]
