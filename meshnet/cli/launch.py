@@ -41,7 +41,7 @@ def _refuse_if_held(config: Any) -> None:
     for kind, path in (("run", config.run_dir), ("state", config.state_dir)):
         holder = lock_holder(path)
         if holder is not None:
-            raise Conflict(f"another meshnet router (pid {holder}) is running with {kind} dir {path}; stop it first (meshnet stop) or use --{kind}-dir")
+            raise Conflict(f"another meshnet router (pid {holder}) is already running with {kind} dir {path}; stop it first (meshnet stop) or use --{kind}-dir")
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

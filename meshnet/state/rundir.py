@@ -51,7 +51,7 @@ class RunDir:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise Conflict(
-                f"another meshnet router (pid {holder}) is running with run dir {self.path}; "
+                f"another meshnet router (pid {holder}) is already running with run dir {self.path}; "
                 "stop it first (meshnet stop) or use --run-dir"
             ) from None
         os.ftruncate(fd, 0)
