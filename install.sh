@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything meshnet needs on Debian 12, as root, into ./.venv:
-# system packages (apt-get), a virtualenv with meshnet and its test tools (pip),
+# system packages (apt-get), a virtualenv with meshnet, its test tools and the benchmark
+# suite's chart library (pip),
 # and the compiled sleeve pump (Cython extension, built in place).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +21,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test,kubernetes]'   # also compiles meshnet/_fastpath.pyx in place
+# bench: matplotlib, for the charts the README's `python -m bench` writes (and its smoke test checks)
+.venv/bin/pip install -q -e '.[test,kubernetes,bench]'   # also compiles meshnet/_fastpath.pyx in place
 .venv/bin/python -c "import meshnet._fastpath" || { echo "the compiled pump did not build" >&2; exit 1; }
 echo "meshnet installed: .venv/bin/meshnet"
