@@ -100,4 +100,6 @@ def build_bare(bed: Bed, wanted: list[str], on_skip) -> dict[str, Path]:
             out[name] = path
         except Skip as why:
             on_skip(name, str(why))
+        except Exception as exc:  # one peer's surprise costs that path, not the bed
+            on_skip(name, f"{type(exc).__name__}: {exc}")
     return out

@@ -55,6 +55,15 @@ def box_ticks() -> BoxTicks:
         return parse_box_stat(f.read())
 
 
+def idle_busy_cores(seconds: float) -> float:
+    """How many CPUs' worth the box is busy over `seconds` while nothing is measured."""
+    import time
+
+    b0 = box_ticks()
+    time.sleep(seconds)
+    return (box_ticks().busy - b0.busy) / HZ / seconds
+
+
 @dataclass
 class CpuWindow:
     """CPU used between `start` and `stop`: per daemon (by label) and by the whole box."""

@@ -135,7 +135,8 @@ def header_lines(data: dict) -> list[str]:
     mode = "QUICK (smoke test: figures are not meaningful)" if p.get("quick") else f"{p['rounds']} rounds, medians"
     return [
         f"Run {env.get('date', '?')} on {env.get('cpu', '?')} ({env.get('nproc', '?')} CPUs), kernel {env.get('kernel', '?')}, "
-        f"load {env.get('loadavg_start', '?')} at start, {env.get('loadavg_end', '?')} at end.",
+        f"load {env.get('loadavg_start', '?')} at start, {env.get('loadavg_end', '?')} at end; "
+        f"{env.get('idle_busy_cores', '?')} CPUs busy with every path up and nothing measured (in the box figures).",
         "",
         f"{mode}; every path measured once per round, round-robin. Tests: {tests}. "
         f"TCP congestion control set per test (`iperf3 -C`): {p['cc'][0]} is the headline, "

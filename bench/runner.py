@@ -20,7 +20,7 @@ from bench.bed import Bed, Ledger
 from bench.catalog import BY_NAME, Path, Skip
 from bench.meshnet_beds import BUILDERS, lab_options
 from bench.plan import Plan, Test
-from bench.procstat import CpuWindow
+from bench.procstat import CpuWindow, idle_busy_cores
 from bench.progress import Progress, fmt_duration, fmt_value, note
 from bench.tools import combine, df_ping, run_iperf, run_ping
 from meshnet.lab import Lab
@@ -66,10 +66,11 @@ def build(names: list[str], ledger: Ledger, opts: Options, logs: pathlib.Path, b
         note(f"setting up bed {bed_name} ({bed.lab.prefix}, {bed.lab.hosts} hosts) for {', '.join(wanted)}")
         try:
             got = build_bare(bed, wanted, skip) if bed_name == "bare" else BUILDERS[bed_name](bed, bed_name, wanted)
-        except (Skip, RuntimeError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # a bed that cannot be built costs its paths, not the run
             got = {}
+            why = str(exc) if isinstance(exc, Skip) else f"{type(exc).__name__}: {exc}"
             for n in wanted:
-                skip(n, f"bed {bed_name}: {exc}")
+                skip(n, f"bed {bed_name}: {why}")
         paths.update(got)
         note(f"  bed {bed_name} ready in {time.monotonic() - t0:.1f}s: {', '.join(got) or 'nothing'}")
         if not got:
@@ -145,6 +146,8 @@ def run(plan: Plan, names: list[str], opts: Options, out: pathlib.Path) -> dict:
         t0 = time.monotonic()
         paths, skipped = build(names, ledger, opts, out / "logs", beds)
         note(f"setup done in {time.monotonic() - t0:.0f}s: {len(paths)} paths up, {len(skipped)} skipped")
+        env["idle_busy_cores"] = round(idle_busy_cores(1 if plan.quick else 5), 3)
+        note(f"box busy with every path up and nothing measured: {env['idle_busy_cores']:.2f} CPUs")
         order = list(paths)
         runs = plan.measurements(order)
         note(f"measuring {len(order)} paths x {len(plan.tests())} tests x {plan.rounds} rounds, about {fmt_duration(plan.estimate_s(len(order)))}")
