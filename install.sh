@@ -11,6 +11,7 @@ packages=(
   python3 python3-venv python3-dev gcc libssl-dev      # build: Python headers, libcrypto for the pump
   iproute2 iputils-ping iperf3 nftables iptables procps  # runtime, lab and tests
   docker.io containerd runc podman containernetworking-plugins busybox-static curl jq  # Docker and CNI integration tests
+  mmdebstrap                                           # image/build.sh: the container image from Debian packages
 )
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
