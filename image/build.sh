@@ -104,13 +104,16 @@ fi
 # -- app layer: meshnet from this checkout ------------------------------------------------
 deps=$("$python" -m pip freeze --exclude-editable 2>/dev/null | grep -iE '^(msgpack|cryptography|cffi|pycparser|pyroute2|docker|requests|urllib3|idna|certifi|charset-normalizer|dnspython|prometheus.client)==' | sort)
 sources=$(cd "$root" && { git ls-files --cached --others --exclude-standard -- meshnet pyproject.toml setup.py cni/install.sh cni/10-meshnet.conflist image 2>/dev/null || find meshnet pyproject.toml setup.py cni image -type f; } | grep -vE '(^|/)__pycache__/|\.(so|c|pyc)$' | sort)
-app_key=$( { (cd "$root" && sha256sum $sources); echo "$deps"; echo "$pyver"; } | hash_of)
+app_key=$( { (cd "$root" && sha256sum $sources README.md); echo "$deps"; echo "$pyver"; } | hash_of)
 app=$cache/app-$app_key.tar
 if [ ! -s "$app" ]; then
   say "building the meshnet layer (wheel with the compiled pump, dependencies)"
   work=$(mktemp -d "$cache/app.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  (cd "$root" && "$python" -m pip wheel -q --no-deps -w "$work/wheels" . >"$work/wheel.log" 2>&1) || { cat "$work/wheel.log" >&2; die "building the meshnet wheel failed"; }
+  # from a copy of exactly the hashed files: a build/ dir left in the checkout never leaks in
+  mkdir -p "$work/src"
+  (cd "$root" && tar -cf - $sources README.md) | tar -xf - -C "$work/src"
+  "$python" -m pip wheel -q --no-deps -w "$work/wheels" "$work/src" >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log" >&2; die "building the meshnet wheel failed"; }
   site=$work/stage/usr/local/lib/python3.11/dist-packages
   echo "$deps" > "$work/constraints.txt"
   "$python" -m pip install -q --no-warn-script-location --target "$site" -c "$work/constraints.txt" "$work"/wheels/meshnet-*.whl >"$work/pip.log" 2>&1 \

@@ -8,15 +8,16 @@ container through the Engine API (docker-py) before asking the router to attach 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from meshnet.api.client import ApiClient
 from meshnet.config import socket_of
-from meshnet.errors import MeshnetError
+from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 
 DOCKER_ATTACH_TIMEOUT = 60.0
 
@@ -120,21 +121,48 @@ def split_addresses(rest: list[str]) -> tuple[list[str], list[str]]:
     return cidrs, []
 
 
+@contextlib.contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """Docker's refusals as meshnet's errors: one line, the right exit code."""
+    from meshnet.docker.engine import DockerError, DockerUnavailable
+
+    try:
+        yield
+    except DockerUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+    except DockerError as exc:
+        kind = {404: NotFound, 409: Conflict}.get(exc.status, MeshnetError)
+        raise kind(f"{what}: {exc}") from None
+
+
+def ensure_image(engine: Any, image: str, policy: str) -> None:
+    """Pull `image` through the daemon when the policy says so (`--pull`, default missing)."""
+    if policy == "never" or (policy == "missing" and engine.has_image(image)):
+        return
+    print(f"meshnet: pulling {image} through Docker at {engine.base_url}", file=sys.stderr)
+    with docker_errors(f"cannot pull {image}"):
+        engine.pull(image)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from meshnet.docker.containers import check_cidrs
-    from meshnet.docker.engine import Engine, find_docker_host, parse_run_args
+    from meshnet.docker.engine import Engine, find_docker_host
+    from meshnet.docker.run_args import parse_run_args
 
     rest = list(args.rest)
     if rest[:1] == ["--"]:
         rest = rest[1:]
     cidrs, docker_args = split_addresses(rest)
     check_cidrs(cidrs)  # UsageError before anything is made
-    spec = parse_run_args(docker_args)
+    try:
+        spec = parse_run_args(docker_args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     client = _client(args, DOCKER_ATTACH_TIMEOUT)
     info = client.get("/docker/info")
     url = find_docker_host(args.docker_socket, env={}) if args.docker_socket else info.get("docker") or find_docker_host()
     if not url:
-        raise ValueError("no Docker socket: give --docker-socket or DOCKER_HOST")
+        raise UsageError("no Docker socket: give --docker-socket or DOCKER_HOST")
     dns = info.get("dns") or {}
     if dns.get("addresses") and "dns" not in spec.host_config and spec.host_config.get("network_mode") != "host":
         spec.host_config["dns"] = list(dns["addresses"])
@@ -142,13 +170,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not dns.get("addresses"):
         print("meshnet: note: this host has no overlay address, so the container gets no meshnet DNS (meshnet expose)", file=sys.stderr)
     engine = Engine(url)
-    cid = engine.create(spec)
     try:
-        engine.start(cid)
-        result = client.post("/docker/attach", {"container": cid, "cidrs": cidrs})
-    except BaseException:
-        engine.remove(cid, force=True)  # nothing half-made
-        raise
+        ensure_image(engine, spec.image, spec.pull)
+        with docker_errors("cannot create the container"):
+            try:
+                cid = engine.create(spec)
+            except Exception as exc:
+                if getattr(exc, "status", 0) == 409 and spec.name:
+                    raise Conflict(f"the container name {spec.name!r} is already in use (docker rm {spec.name}, or another --name)") from None
+                raise
+        try:
+            with docker_errors("cannot start the container"):
+                engine.start(cid)
+            result = client.post("/docker/attach", {"container": cid, "cidrs": cidrs})
+        except BaseException:
+            engine.remove(cid, force=True)  # nothing half-made
+            raise
     finally:
         engine.close()
     print(cid)

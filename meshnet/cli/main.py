@@ -12,6 +12,7 @@ import sys
 
 from meshnet.api.client import ApiClient
 from meshnet.cli import commands, launch
+from meshnet.cli import dns as dns_cli
 from meshnet.cli import docker as docker_cli
 from meshnet.config import add_launch_flags, add_socket_flags, socket_of
 from meshnet.errors import MeshnetError, UsageError
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parsers(sub)
     docker_cli.add_parsers(sub, add_socket_flags)
+    dns_cli.add_parsers(sub, add_socket_flags)
     lab_cli.add_parser(sub)
     return parser
 

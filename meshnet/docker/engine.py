@@ -6,17 +6,18 @@ makes (inspect, list, events, create/start/remove, networks) and turns docker-py
 exceptions into `DockerUnavailable` (nothing answers) and `DockerError` (Docker said no).
 API versions are negotiated, so any dockerd from 20.10 on works.
 
-`parse_run_args()` turns `docker run` arguments into Engine API create parameters for
-`meshnet run`; flags it does not know are refused with a clear message, never guessed.
+`meshnet run` builds its create parameters with `run_args.parse_run_args()`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from meshnet.docker.run_args import RunSpec
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API_TIMEOUT = 30
@@ -29,7 +30,11 @@ class DockerUnavailable(ConnectionError):
 
 
 class DockerError(Exception):
-    """Docker refused a request; the message is Docker's."""
+    """Docker refused a request; the message is Docker's, `status` its HTTP status (0: none)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
 
 
 def find_docker_host(given: str | None = None, env: dict[str, str] | None = None) -> str | None:
@@ -117,7 +122,7 @@ class Engine:
         except docker.errors.NotFound:
             raise
         except docker.errors.APIError as exc:
-            raise DockerError(str(exc.explanation or exc)) from None
+            raise DockerError(str(exc.explanation or exc), exc.status_code or 0) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, OSError) as exc:
             self.close()
             raise DockerUnavailable(f"cannot reach Docker at {self.base_url}: {_why(exc)}") from None
@@ -152,11 +157,49 @@ class Engine:
         try:
             result = self._call("create_container", spec.image, host_config=host_config, **spec.create)
         except docker.errors.NotFound as exc:
-            raise DockerError(str(exc.explanation or exc)) from None
+            raise DockerError(str(exc.explanation or exc), 404) from None
         return result["Id"]
 
     def start(self, cid: str) -> None:
         self._call("start", cid)
+
+    def stop(self, cid: str, timeout: float) -> None:
+        """SIGTERM (the container's stop signal), SIGKILL after `timeout` seconds."""
+        import docker.errors
+
+        try:
+            self._call("stop", cid, timeout=int(timeout))
+        except docker.errors.NotFound:
+            pass
+
+    def logs(self, cid: str, tail: int = 50) -> str:
+        import docker.errors
+
+        try:
+            return self._call("logs", cid, stdout=True, stderr=True, tail=tail).decode(errors="replace")
+        except docker.errors.NotFound:
+            return ""
+
+    def has_image(self, ref: str) -> bool:
+        import docker.errors
+
+        try:
+            self._call("inspect_image", ref)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def pull(self, ref: str) -> None:
+        """Pull through the daemon (its registries and credentials). Raises DockerError."""
+        import docker.errors
+
+        repo, tag = split_image(ref)
+        try:
+            for line in self._call("pull", repo, tag=tag, stream=True, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise DockerError(str(line["error"]))
+        except docker.errors.NotFound as exc:
+            raise DockerError(str(exc.explanation or exc), 404) from None
 
     def remove(self, cid: str, *, force: bool = True) -> None:
         import docker.errors
@@ -175,6 +218,17 @@ class Engine:
         self._call("create_network", name, driver=driver, ipam=ipam)
 
 
+def split_image(ref: str) -> tuple[str, str | None]:
+    """`repo[:tag][@digest]` -> (repo, tag or digest); a port in the registry is not a tag."""
+    if "@" in ref:
+        repo, _, digest = ref.partition("@")
+        return repo, digest
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
 def _why(exc: BaseException) -> str:
     text = str(exc)
     if "No such file" in text or "FileNotFound" in text:
@@ -182,199 +236,3 @@ def _why(exc: BaseException) -> str:
     if "Connection refused" in text:
         return "connection refused"
     return text[:200]
-
-
-# -- `meshnet run`: docker run arguments -> Engine API ------------------------------------
-
-
-@dataclass
-class RunSpec:
-    image: str = ""
-    create: dict[str, Any] = field(default_factory=dict)  # create_container kwargs
-    host_config: dict[str, Any] = field(default_factory=dict)  # create_host_config kwargs
-
-    @property
-    def name(self) -> str | None:
-        return self.create.get("name")
-
-
-# flag -> (kwarg, where, kind); kind: "bool", "str", "list", "int", "kv" (K=V dict), "float"
-_FLAGS: dict[str, tuple[str, str, str]] = {
-    "--name": ("name", "create", "str"),
-    "--hostname": ("hostname", "create", "str"),
-    "-h": ("hostname", "create", "str"),
-    "--domainname": ("domainname", "create", "str"),
-    "--user": ("user", "create", "str"),
-    "-u": ("user", "create", "str"),
-    "--workdir": ("working_dir", "create", "str"),
-    "-w": ("working_dir", "create", "str"),
-    "--env": ("environment", "create", "list"),
-    "-e": ("environment", "create", "list"),
-    "--label": ("labels", "create", "kv"),
-    "-l": ("labels", "create", "kv"),
-    "--entrypoint": ("entrypoint", "create", "str"),
-    "--interactive": ("stdin_open", "create", "bool"),
-    "-i": ("stdin_open", "create", "bool"),
-    "--tty": ("tty", "create", "bool"),
-    "-t": ("tty", "create", "bool"),
-    "--detach": ("", "ignore", "bool"),
-    "-d": ("", "ignore", "bool"),
-    "--stop-signal": ("stop_signal", "create", "str"),
-    "--stop-timeout": ("stop_timeout", "create", "int"),
-    "--mac-address": ("mac_address", "create", "str"),
-    "--volume": ("binds", "host", "list"),
-    "-v": ("binds", "host", "list"),
-    "--restart": ("restart_policy", "host", "str"),
-    "--rm": ("auto_remove", "host", "bool"),
-    "--cap-add": ("cap_add", "host", "list"),
-    "--cap-drop": ("cap_drop", "host", "list"),
-    "--privileged": ("privileged", "host", "bool"),
-    "--read-only": ("read_only", "host", "bool"),
-    "--init": ("init", "host", "bool"),
-    "--dns": ("dns", "host", "list"),
-    "--dns-search": ("dns_search", "host", "list"),
-    "--dns-option": ("dns_opt", "host", "list"),
-    "--add-host": ("extra_hosts", "host", "list"),
-    "--network": ("network_mode", "host", "str"),
-    "--net": ("network_mode", "host", "str"),
-    "--memory": ("mem_limit", "host", "str"),
-    "-m": ("mem_limit", "host", "str"),
-    "--cpus": ("nano_cpus", "host", "float"),
-    "--tmpfs": ("tmpfs", "host", "list"),
-    "--sysctl": ("sysctls", "host", "kv"),
-    "--pids-limit": ("pids_limit", "host", "int"),
-    "--shm-size": ("shm_size", "host", "str"),
-    "--security-opt": ("security_opt", "host", "list"),
-    "--ulimit": ("ulimits", "host", "list"),
-}
-_SHORT_BOOLS = {"d", "i", "t"}
-
-
-def supported_run_flags() -> str:
-    return " ".join(sorted({f for f in _FLAGS if f.startswith("--")}))
-
-
-def parse_run_args(argv: list[str]) -> RunSpec:
-    """`docker run` arguments (without `docker run`) -> RunSpec. Raises ValueError."""
-    spec = RunSpec()
-    values: dict[tuple[str, str], Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            break
-        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if not arg.startswith("--") and len(arg) > 2:
-            letters = arg[1:]
-            if all(c in _SHORT_BOOLS for c in letters):  # -dit
-                for c in letters:
-                    _store(values, f"-{c}", True)
-                i += 1
-                continue
-            flag, inline, eq = arg[:2], arg[2:], "="  # -eFOO=bar
-        if flag not in _FLAGS:
-            raise ValueError(f"meshnet run does not support the docker run flag {flag}; supported: {supported_run_flags()}")
-        kind = _FLAGS[flag][2]
-        if kind == "bool":
-            if eq:
-                value: Any = inline.lower() not in ("false", "0", "no")
-            else:
-                value = True
-        else:
-            if eq:
-                value = inline
-            else:
-                i += 1
-                if i >= len(argv):
-                    raise ValueError(f"docker run flag {flag} needs a value")
-                value = argv[i]
-        _store(values, flag, value)
-        i += 1
-    if i >= len(argv):
-        raise ValueError("meshnet run needs an image (meshnet run [IP/CIDR...] [docker run flags] IMAGE [COMMAND...])")
-    spec.image = argv[i]
-    command = argv[i + 1 :]
-    if command:
-        spec.create["command"] = command
-    for (kwarg, where), value in values.items():
-        if where == "ignore":
-            continue
-        target = spec.create if where == "create" else spec.host_config
-        target[kwarg] = value
-    _finish(spec)
-    return spec
-
-
-def _store(values: dict[tuple[str, str], Any], flag: str, value: Any) -> None:
-    kwarg, where, kind = _FLAGS[flag]
-    key = (kwarg, where)
-    if kind == "list":
-        values.setdefault(key, []).append(value)
-    elif kind == "kv":
-        k, _, v = str(value).partition("=")
-        values.setdefault(key, {})[k] = v
-    elif kind == "int":
-        try:
-            values[key] = int(value)
-        except ValueError:
-            raise ValueError(f"docker run flag {flag} needs a whole number, not {value!r}") from None
-    elif kind == "float":
-        try:
-            values[key] = float(value)
-        except ValueError:
-            raise ValueError(f"docker run flag {flag} needs a number, not {value!r}") from None
-    else:
-        values[key] = value
-
-
-def _finish(spec: RunSpec) -> None:
-    hc, cr = spec.host_config, spec.create
-    if "restart_policy" in hc:
-        name, _, count = hc["restart_policy"].partition(":")
-        if name not in ("no", "always", "unless-stopped", "on-failure"):
-            raise ValueError(f"--restart {hc['restart_policy']!r}: use no, always, unless-stopped or on-failure[:N]")
-        policy: dict[str, Any] = {"Name": "" if name == "no" else name}
-        if count:
-            policy["MaximumRetryCount"] = int(count)
-        hc["restart_policy"] = policy
-    if "binds" in hc:
-        volumes, binds = [], []
-        for v in hc["binds"]:
-            parts = v.split(":")
-            if len(parts) == 1:
-                volumes.append(parts[0])
-            else:
-                volumes.append(parts[1])
-                binds.append(v)
-        cr["volumes"] = volumes
-        hc["binds"] = binds
-    if "extra_hosts" in hc:
-        hosts = {}
-        for item in hc["extra_hosts"]:
-            host, sep, ip = item.partition(":")
-            if not sep:
-                raise ValueError(f"--add-host {item!r}: use HOST:IP")
-            hosts[host] = ip
-        hc["extra_hosts"] = hosts
-    if "tmpfs" in hc:
-        hc["tmpfs"] = {p.partition(":")[0]: p.partition(":")[2] for p in hc["tmpfs"]}
-    if "nano_cpus" in hc:
-        hc["nano_cpus"] = int(hc["nano_cpus"] * 1e9)
-    if "ulimits" in hc:
-        import docker.types
-
-        ulimits = []
-        for item in hc["ulimits"]:
-            name, _, limits = item.partition("=")
-            soft, _, hard = limits.partition(":")
-            try:
-                ulimits.append(docker.types.Ulimit(name=name, soft=int(soft), hard=int(hard or soft)))
-            except ValueError:
-                raise ValueError(f"--ulimit {item!r}: use NAME=SOFT[:HARD]") from None
-        hc["ulimits"] = ulimits
-    if "entrypoint" in cr:
-        cr["entrypoint"] = shlex.split(cr["entrypoint"]) if cr["entrypoint"] else [""]
-    cr.setdefault("detach", True)

@@ -30,6 +30,10 @@ class Endpoints(Protocol):
 
     def mesh(self) -> list[dict[str, Any]]: ...
 
+    def publish_names(self, names: list[list[Any]]) -> None: ...
+
+    def mesh_names(self) -> list[Any]: ...
+
 
 class Plumbing(Protocol):
     mtu: int

@@ -34,6 +34,7 @@ from meshnet.dns.server import DnsServer
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.docker.names import DnsNames, label_of
 from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
 from meshnet.errors import MeshnetError, NotFound, UsageError
 from meshnet.kernel.errors import KernelError
@@ -88,6 +89,7 @@ class DockerService:
             port=settings.dns_port or 53,
             upstreams=parse_upstreams(settings.dns_upstream or ""),
         )
+        self.names = DnsNames(endpoints, store, self.domain)
         self.connected = False
         self._told_unreachable = False
         self._records: tuple[float, Records] | None = None
@@ -105,6 +107,8 @@ class DockerService:
         self.cnm = CnmDriver(self.endpoints, self.plumbing, self.store, universe=self.universe)
         self.containers = ContainerManager(self.endpoints, self.engine, self.blocking, self.store, self.plumbing)
         self.api.add_routes(self.routes())
+        if self.names.local:
+            self.names.publish()
         if not self.disabled and (self.url or self.plugin_dir_given):
             self.plugin = ApiServer(self.plugin_path)
             self.plugin.add_routes(self.cnm.routes())
@@ -157,7 +161,7 @@ class DockerService:
         now = time.monotonic()
         if self._records is not None and now - self._records[0] < RECORDS_TTL:
             return self._records[1]
-        entries = [(ep["name"], ep["ips"]) for ep in self.endpoints.mesh()]
+        entries = [(ep["name"], ep["ips"]) for ep in self.endpoints.mesh()] + self.names.mesh()
         rec = Records.build(self.domain, entries)
         self._records = (now, rec)
         return rec
@@ -368,7 +372,26 @@ class DockerService:
             ("POST", "/expose"): self.expose,
             ("POST", "/hide"): self.hide,
             ("GET", "/expose"): self._expose_status,
+            ("POST", "/dns/add"): self._dns_add,
+            ("POST", "/dns/remove"): self._dns_remove,
+            ("POST", "/dns/lookup"): self._dns_lookup,
         }
+
+    async def _dns_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        result = self.names.add(body)
+        self._records = None
+        return result
+
+    async def _dns_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        result = self.names.remove(body)
+        self._records = None
+        return result
+
+    async def _dns_lookup(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the resolver answers for a name in the domain (A records)."""
+        label = label_of(body.get("name"), self.domain)
+        self._records = None
+        return {"name": f"{label}.{self.domain}", "ips": list(self.records().by_name.get(label, []))}
 
     async def _ps(self, body: dict[str, Any]) -> dict[str, Any]:
         live = {e.id: e for e in self.endpoints.local_endpoints()}

@@ -95,6 +95,12 @@ class FakeEndpoints:
     def mesh(self) -> list[dict[str, Any]]:
         return [{"peer": "self", "nick": "me", "mac": e["mac"], "ips": e["ips"], "name": e["name"]} for e in self.local.values()]
 
+    def publish_names(self, names: list[list[Any]]) -> None:
+        self.names = names
+
+    def mesh_names(self) -> list[Any]:
+        return [getattr(self, "names", [])] + list(getattr(self, "remote_names", []))
+
     @staticmethod
     def _endpoint(ep: dict[str, Any]) -> Endpoint:
         return Endpoint(ep["id"], ep["mac"], tuple(ep["ips"]), ep.get("name", ""), ep.get("host_if", ""))

@@ -44,6 +44,7 @@ class EndpointService:
         universe: str,
         topology: Callable[[], Topology],
         publish: Callable[[list[list[Any]]], None],
+        publish_names: Callable[[list[list[Any]]], None] = lambda names: None,
     ):
         self.registry = registry
         self.ipam = ipam
@@ -51,6 +52,7 @@ class EndpointService:
         self.universe = ipaddress.ip_network(universe)
         self._topology = topology
         self._publish = publish
+        self._publish_names = publish_names
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -129,6 +131,16 @@ class EndpointService:
             if e.name in reachable
             for mac, ips, name in e.data.get("eps", [])
         ]
+
+    def publish_names(self, names: list[list[Any]]) -> None:
+        """Extra DNS records (`meshnet dns-add`), gossiped beside the endpoints as our `dns`."""
+        self._publish_names(names)
+
+    def mesh_names(self) -> list[Any]:
+        """Every reachable peer's gossiped `dns` data, unchecked (the reader checks it)."""
+        topo = self._topology()
+        reachable = topo.reachable() | {topo.local.name}
+        return [e.data.get("dns") for e in topo.entries.values() if e.name in reachable and "dns" in e.data]
 
     async def restore(self) -> None:
         """At start: drop endpoints whose veth vanished while the router was down; publish."""

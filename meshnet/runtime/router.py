@@ -177,6 +177,7 @@ class Router:
             universe=cfg.ipalloc_range,
             topology=lambda: self.core.topology,
             publish=self._publish_endpoints,
+            publish_names=lambda names: self.control.handle(self.core.set_data("dns", names, now=time.monotonic())),
         )
         await self.endpoints.restore()
         self.timer.add(Job("mesh", lambda now: self.control.tick(now=now), self.core.next_deadline))

@@ -8,7 +8,8 @@ from meshnet.cli import build_parser
 from meshnet.cli.docker import split_addresses
 from meshnet.config import child_argv, from_args
 from meshnet.errors import UsageError
-from meshnet.docker.engine import Container, dns_label, find_docker_host, parse_run_args
+from meshnet.docker.engine import Container, dns_label, find_docker_host
+from meshnet.docker.run_args import parse_run_args
 
 
 def test_find_docker_host_order(tmp_path):
@@ -49,7 +50,11 @@ def test_parse_run_args():
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["--publish", "80:80", "img"], "does not support"),
+        (["--frobnicate", "80:80", "img"], "does not support"),
+        (["-p", "80:80:80:80", "img"], "-p"),
+        (["-p", "70000", "img"], "outside"),
+        (["-p", "8080-8081:80", "img"], "differ"),
+        (["--pull", "sometimes", "img"], "--pull"),
         (["--name"], "needs a value"),
         (["-d"], "needs an image"),
         (["--restart", "sometimes", "img"], "--restart"),
@@ -78,3 +83,17 @@ def test_launch_flags_round_trip():
     bad = build_parser().parse_args(["launch", "--dns-upstream", "not-an-ip"])
     with pytest.raises(UsageError, match="--dns-upstream"):
         from_args(bad, environ={})
+
+
+def test_parse_run_args_publish():
+    spec = parse_run_args(["-p", "8080:80", "-p", "127.0.0.1:5353:53/udp", "-p", "9000", "-p", "8000-8001:7000-7001", "--expose", "22", "-P", "img"])
+    assert spec.create["ports"] == [(22, "tcp"), (53, "udp"), (80, "tcp"), (7000, "tcp"), (7001, "tcp"), (9000, "tcp")]
+    assert spec.host_config["port_bindings"] == {
+        "80/tcp": 8080,
+        "53/udp": ("127.0.0.1", 5353),
+        "9000/tcp": None,
+        "7000/tcp": 8000,
+        "7001/tcp": 8001,
+    }
+    assert spec.host_config["publish_all_ports"] is True and spec.pull == "missing"
+    assert parse_run_args(["--pull=never", "img"]).pull == "never"
