@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
+from meshnet import __version__
 from meshnet.dns.answer import normalize_domain, parse_upstreams
 from meshnet.errors import UsageError
 from meshnet.ipam.addr import parse_universe
@@ -30,6 +31,7 @@ MIN_MTU = 576  # bytes: the smallest IPv4 MTU every host must accept (RFC 791)
 MAX_MTU = 65000  # bytes: leaves room for any encapsulation within a 64 KiB datagram
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # Linux IFNAMSIZ is 16 with the NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROUTER_MODES = ("auto", "container", "process")
 
 
 def default_socket(run_dir: str) -> str:
@@ -130,6 +132,18 @@ def _log_level(value: str) -> str:
     return value.lower()
 
 
+def _router_mode(value: str) -> str:
+    if value.lower() not in ROUTER_MODES:
+        raise ValueError(f"{value!r} is not one of {', '.join(ROUTER_MODES)}")
+    return value.lower()
+
+
+def _image(value: str) -> str:
+    if not value or len(value) > 255 or any(c.isspace() for c in value) or value.startswith("-"):
+        raise ValueError(f"{value!r} is not an image reference (REPOSITORY[:TAG])")
+    return value
+
+
 def _peers(value: str) -> list[str]:
     return value.split()
 
@@ -191,6 +205,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("dns_domain", "meshnet.local", "containers resolve as NAME.DOMAIN", _domain, group="docker"),
     Option("dns_port", 53, "resolver port on the host's exposed addresses", _int_in(1, 65535), group="docker"),
     Option("dns_upstream", "", "servers for names outside the domain, 'IP[:PORT] ...' (default none: REFUSED)", _upstreams, group="docker"),
+    Option(
+        "router_mode",
+        "auto",
+        "how `launch` runs the router: container (a Docker container with a restart policy), process (a background "
+        "process), auto (container when the Docker daemon has the router image, else process)",
+        _router_mode,
+        group="docker",
+    ),
+    Option("router_image", f"meshnet/meshnet:{__version__}", "the router container's image (image/build.sh makes it)", _image, group="docker"),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -7,8 +7,9 @@ it answers on its socket. A background router logs to RUN_DIR/meshnet.log (size-
 rotated); what it prints before its logging is set up goes to RUN_DIR/meshnet.start, which
 each launch starts afresh, so a failed launch shows its own error and nothing older.
 
-`stop` returns only once the router's process is gone; if it does not leave in time it is
-killed, and `stop` says so.
+On a Docker host the router runs as a container instead (`cli/container.py`,
+`--router-mode`). `stop` returns only once the router's process (or container) is gone; if
+it does not leave in time it is killed, and `stop` says so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 from meshnet.api.client import ApiClient
+from meshnet.cli import container
 from meshnet.config import child_argv, from_args, run_dir_of, socket_of
 from meshnet.errors import Conflict, MeshnetError, RouterUnavailable
 from meshnet.state.rundir import PID_NAME, lock_holder
@@ -49,6 +51,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     _refuse_if_held(config)
     if args.foreground:
         return run_foreground(config, log_to_file=args.log_to_file)
+    engine, note = container.choose(config)
+    if engine is not None:
+        try:
+            return container.launch(config, engine)
+        finally:
+            engine.close()
+    if note:
+        print(f"meshnet: note: running the router as a background process: {note}", file=sys.stderr)
+    container.forget_record(config.run_dir)
     return _launch_background(config)
 
 
@@ -137,6 +148,10 @@ def _alive(pid: int) -> bool:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     run_dir = run_dir_of(args)
+    done = container.stop(run_dir, STOP_TIMEOUT)
+    if done is not None:
+        print(done)
+        return 0
     client = ApiClient(socket_of(args), timeout=5)
     pid = _read_pid(os.path.join(run_dir, PID_NAME))
     if pid is not None and not _alive(pid):

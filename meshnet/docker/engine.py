@@ -65,6 +65,9 @@ class Container:
     pid: int  # 0 when not running
     status: str
     restart_policy: str = ""
+    restart_count: int = 0
+    exit_code: int = 0
+    restarting: bool = False
     networks: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)  # NetworkSettings.Networks
 
     @property
@@ -81,6 +84,9 @@ class Container:
             pid=int(state.get("Pid") or 0),
             status=str(state.get("Status") or ""),
             restart_policy=str(((data.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or ""),
+            restart_count=int(data.get("RestartCount") or 0),
+            exit_code=int(state.get("ExitCode") or 0),
+            restarting=bool(state.get("Restarting")),
             networks=dict(((data.get("NetworkSettings") or {}).get("Networks")) or {}),
         )
 
@@ -154,6 +160,7 @@ class Engine:
         import docker.errors
 
         host_config = self._call("create_host_config", **spec.host_config)
+        host_config.update(spec.raw_host_config)
         try:
             result = self._call("create_container", spec.image, host_config=host_config, **spec.create)
         except docker.errors.NotFound as exc:

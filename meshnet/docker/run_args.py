@@ -22,6 +22,7 @@ class RunSpec:
     create: dict[str, Any] = field(default_factory=dict)  # create_container kwargs
     host_config: dict[str, Any] = field(default_factory=dict)  # create_host_config kwargs
     meshnet: dict[str, Any] = field(default_factory=dict)  # what meshnet run itself does (pull)
+    raw_host_config: dict[str, Any] = field(default_factory=dict)  # HostConfig fields docker-py has no kwarg for
 
     @property
     def pull(self) -> str:

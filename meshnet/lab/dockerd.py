@@ -148,7 +148,8 @@ class DockerLab(Lab):
         if remove_containers:
             try:
                 api = self.client(i)
-                for c in api.containers(all=True):
+                # the router container last: the others' endpoints are released while the plugin answers
+                for c in sorted(api.containers(all=True), key=lambda c: "/meshnet-router" in (c.get("Names") or [])):
                     api.remove_container(c["Id"], force=True)
             except Exception:
                 pass
