@@ -1,5 +1,5 @@
-"""The commands that ask the running router something: status, connect/forget, attach/detach
-of namespaces, IPAM's rmpeer and reset."""
+"""The commands that ask the running router something: status (and its sections), report,
+version, connect/forget, attach/detach of namespaces, IPAM's rmpeer and reset."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import shutil
 import sys
 from typing import Any, Callable
 
+from meshnet import __version__
 from meshnet.api.client import ApiClient
+from meshnet.cli import container, launch
 from meshnet.cli import docker as docker_cli
-from meshnet.cli import launch
-from meshnet.cli.status import format_ipam_status, format_status
-from meshnet.config import DEFAULT_STATE_DIR, add_socket_flags, socket_of
-from meshnet.errors import MeshnetError
+from meshnet.cli.status import connection_lines, format_dns, format_ipam_status, format_status, peer_lines
+from meshnet.config import DEFAULT_STATE_DIR, add_socket_flags, run_dir_of, socket_of
+from meshnet.errors import MeshnetError, NotFound, RouterUnavailable
 
 
 def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
@@ -22,11 +23,25 @@ def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="this router, its peers, connections and data-plane modes; `status ipam` for addresses")
-    p.add_argument("what", nargs="?", choices=["ipam"], help="ipam: ranges per peer, free and used counts, unreachable owners")
+    p = sub.add_parser("status", help="this router, IPAM, DNS, peers, connections and data-plane modes; or one section")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=SECTIONS,
+        help="connections: control connections with mode and reason; peers: every peer; ipam: ranges per peer, free and used "
+        "counts, unreachable owners; dns: the resolver and every name it answers",
+    )
     add_socket_flags(p)
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="everything `status` knows, and the endpoints, as one JSON document (like weave report)")
+    add_socket_flags(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("version", help="the version of this command and of the running router")
+    add_socket_flags(p)
+    p.set_defaults(func=cmd_version)
 
     p = sub.add_parser("rmpeer", help="reclaim the address space of a peer that is gone for good (refused while it is reachable; safe to repeat)")
     p.add_argument("peer", metavar="PEER", help="nickname or 32-hex-digit peer name")
@@ -57,12 +72,70 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: docker_cli.cmd_detach(a, cmd_detach))
 
 
+SECTIONS = ["connections", "peers", "ipam", "dns"]
+
+
+def _optional(client: ApiClient, path: str) -> dict[str, Any] | None:
+    """A route an integration adds (absent on a router without it): None then."""
+    try:
+        return client.get(path)
+    except NotFound:
+        return None
+
+
+def _router_status(args: argparse.Namespace) -> dict[str, Any]:
+    """GET /status; if nothing answers but a router container is on record, say what it is doing."""
+    try:
+        return _client(args).get("/status")
+    except RouterUnavailable as exc:
+        runs_as = container.describe(run_dir_of(args))
+        if runs_as is None:
+            raise
+        raise RouterUnavailable(f"{exc.message}; the router's {runs_as} (docker logs {container.NAME})") from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).get("/ipam/status" if args.what == "ipam" else "/status")
-    if args.json:
-        print(json.dumps(status, indent=2))
+    client = _client(args)
+    if args.what == "ipam":
+        data: Any = client.get("/ipam/status")
+        text = lambda: format_ipam_status(data)  # noqa: E731
+    elif args.what == "dns":
+        docker, records = client.get("/docker/info"), client.get("/dns/records")
+        data = {"docker": docker, "records": records}
+        text = lambda: format_dns(docker, records)  # noqa: E731
     else:
-        print(format_ipam_status(status) if args.what == "ipam" else format_status(status))
+        data = _router_status(args)
+        if args.what == "connections":
+            text = lambda: "\n".join([f"Connections ({len(data['connections'])}):", *connection_lines(data)])  # noqa: E731
+        elif args.what == "peers":
+            text = lambda: "\n".join([f"Peers ({len(data['peers'])}):", *peer_lines(data)])  # noqa: E731
+        else:
+            docker = _optional(client, "/docker/info")
+            runs_as = container.describe(run_dir_of(args))
+            text = lambda: format_status(data, docker=docker, runs_as=runs_as)  # noqa: E731
+    print(json.dumps(data, indent=2) if args.json else text())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    client = _client(args)
+    report: dict[str, Any] = {"version": __version__, "router": _router_status(args), "ipam": client.get("/ipam/status")}
+    for key, path in (("docker", "/docker/info"), ("ps", "/docker/ps"), ("dns", "/dns/records")):
+        report[key] = _optional(client, path)
+    report["endpoints"] = client.get("/endpoints")
+    report["runs_as"] = container.describe(run_dir_of(args))
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"meshnet {__version__}")
+    try:
+        router = _client(args, timeout=5).get("/status")["router"]
+    except (MeshnetError, OSError):
+        print("router: not running")
+        return 0
+    print(f"router {router.get('version', '?')} ({router['nick']}, pid {router.get('pid', '?')})")
     return 0
 
 

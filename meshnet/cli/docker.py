@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 from meshnet.api.client import ApiClient
+from meshnet.cli.progress import ipam_progress
 from meshnet.config import socket_of
 from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 
@@ -90,9 +91,11 @@ def is_netns(target: str) -> bool:
 
 def cmd_attach(args: argparse.Namespace, netns_attach: Callable[[argparse.Namespace], int]) -> int:
     if is_netns(args.netns):
-        return netns_attach(args)
+        with ipam_progress(socket_of(args), f"attach {args.netns}"):
+            return netns_attach(args)
     try:
-        result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
+        with ipam_progress(socket_of(args), f"attach {args.netns}"):
+            result = _client(args, DOCKER_ATTACH_TIMEOUT).post("/docker/attach", {"container": args.netns, "cidrs": args.cidrs})
     except MeshnetError as exc:  # say both things we looked for
         raise type(exc)(f"no network namespace named {args.netns!r}, and as a container: {exc.message}") from None
     print(f"{result['id'][:12]} {result['name']} {result['mac']} {' '.join(result['cidrs'])}")
@@ -182,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             with docker_errors("cannot start the container"):
                 engine.start(cid)
-            result = client.post("/docker/attach", {"container": cid, "cidrs": cidrs})
+            with ipam_progress(socket_of(args), f"run {spec.name or spec.image}"):
+                result = client.post("/docker/attach", {"container": cid, "cidrs": cidrs})
         except BaseException:
             engine.remove(cid, force=True)  # nothing half-made
             raise
@@ -210,7 +214,8 @@ def cmd_expose(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"cidrs": args.cidrs}
     if args.nat is not None:
         body["nat"] = args.nat
-    result = _client(args).post("/expose", body)
+    with ipam_progress(socket_of(args), "expose"):
+        result = _client(args).post("/expose", body)
     print(" ".join(result["cidrs"]) + ("  (NAT on)" if result["nat"] else ""))
     return 0
 

@@ -35,34 +35,101 @@ def describe_encryption(encrypted: bool) -> str:
     return "DISABLED: the mesh is unencrypted (no --password)"
 
 
-def format_status(s: dict[str, Any]) -> str:
+def describe_ipam(ipam: dict[str, Any] | None) -> str:
+    if not ipam:
+        return "?"
+    local = ipam.get("local") or {}
+    if ipam.get("ready"):
+        text = f"ready: {ipam['range']}, {local.get('ranges', 0)} ranges here, {local.get('used', 0)} addresses used, {local.get('free', 0)} free"
+    else:
+        text = f"NOT READY ({ipam.get('init')}): {ipam.get('waiting') or ipam.get('state')}"
+    if ipam.get("pending"):
+        text += f"; {ipam['pending']} request(s) waiting"
+    if ipam.get("unreachable_owners"):
+        text += f"; {ipam['unreachable_owners']} unreachable owner(s) (status ipam)"
+    if ipam.get("conflicts"):
+        text += f"; {ipam['conflicts']} CONFLICT(S) (status ipam)"
+    return text
+
+
+def describe_dns(docker: dict[str, Any] | None) -> str:
+    if not docker:
+        return "no Docker integration"
+    dns = docker.get("dns") or {}
+    where = ", ".join(f"{a}:{dns.get('port', 53)}" for a in dns.get("addresses") or [])
+    if not where:
+        return f"domain {dns.get('domain')}; not serving: this host has no overlay address (meshnet expose)"
+    counters = dns.get("counters") or {}
+    asked = sum(v for k, v in counters.items() if isinstance(v, int) and k.startswith("queries")) if counters else 0
+    return f"domain {dns.get('domain')} on {where}" + (f", {asked} queries" if asked else "")
+
+
+def describe_docker(docker: dict[str, Any] | None) -> str:
+    if not docker or not docker.get("docker"):
+        return "off (no Docker socket)"
+    state = "connected" if docker.get("connected") else "NOT CONNECTED (retrying)"
+    plugin = f"; plugin {docker['plugin']}" if docker.get("plugin") else ""
+    return f"{state} to {docker['docker']}{plugin}"
+
+
+def peer_lines(s: dict[str, Any]) -> list[str]:
     r = s["router"]
-    health = s.get("health") or {}
-    lines = [
-        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s  version {r.get('version', '?')}",
-        f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
-        f"Health   {'healthy' if health.get('healthy', True) else 'UNHEALTHY'}"
-        + (f" (timer last ran {health['timer_age_s']:.1f}s ago)" if not health.get("healthy", True) else ""),
-        f"Crypto   {describe_encryption(r['encrypted'])}",
-        f"Pump     {describe_pump(s['dataplane']['pump'])}",
-        f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
-        "",
-        f"Peers ({len(s['peers'])}):",
-    ]
+    lines = []
     for p in s["peers"]:
         state = "self" if p["name"] == r["name"] else ("reachable" if p["reachable"] else "UNREACHABLE")
         via = f" via {p['via'][:8]}" if p.get("via") else ""
         mode = f"  {p['mode']}" if p.get("mode") and state != "self" else ""
         lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}")
-    lines += ["", f"Connections ({len(s['connections'])}):"]
+    return lines
+
+
+def connection_lines(s: dict[str, Any]) -> list[str]:
+    lines = []
     for c in s["connections"]:
         if c.get("state") == "established":
-            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']:<16} ({c['mode_reason']})")
+            beat = f"  heard {c['heartbeat_age_s']:.0f}s ago" if "heartbeat_age_s" in c else ""
+            lines.append(f"  {c['nick']:<16} {c['address']:<16} {c['direction']:<9} established  {c['mode']:<16} ({c['mode_reason']}){beat}")
         else:
-            lines.append(f"  {'?':<16} {c['address']:<22} {c['state']}: {c['last_error']}")
+            lines.append(f"  {'?':<16} {c['address']:<22} {c['state']}: {c['last_error'] or 'dialling'}")
+    return lines
+
+
+def format_status(s: dict[str, Any], *, docker: dict[str, Any] | None = None, runs_as: str | None = None) -> str:
+    r = s["router"]
+    health = s.get("health") or {}
+    lines = [
+        f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s  version {r.get('version', '?')}",
+        f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
+        f"Runs as  {runs_as or 'process ' + str(r.get('pid', '?'))}",
+        f"Health   {'healthy' if health.get('healthy', True) else 'UNHEALTHY'}"
+        + (f" (timer last ran {health['timer_age_s']:.1f}s ago)" if not health.get("healthy", True) else ""),
+        f"Crypto   {describe_encryption(r['encrypted'])}",
+        f"Pump     {describe_pump(s['dataplane']['pump'])}",
+        f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
+        f"IPAM     {describe_ipam(s.get('ipam'))}",
+        f"Docker   {describe_docker(docker)}",
+        f"DNS      {describe_dns(docker)}",
+        "",
+        f"Peers ({len(s['peers'])}):",
+        *peer_lines(s),
+        "",
+        f"Connections ({len(s['connections'])}):",
+        *connection_lines(s),
+    ]
     if s.get("refusals"):
         lines += ["", "Refused handshakes (newest last):"]
         lines += [f"  {x['address']} {x['nick'] or '?'}: {x['reason']}" for x in s["refusals"][-5:]]
+    return "\n".join(lines)
+
+
+def format_dns(docker: dict[str, Any], records: dict[str, Any]) -> str:
+    lines = [f"DNS      {describe_dns(docker)}", ""]
+    added = records.get("added_here") or {}
+    by_name = records.get("records") or {}
+    lines.append(f"Names ({len(by_name)}), * added here with dns-add:")
+    for name, ips in sorted(by_name.items()):
+        mark = "*" if name in added else " "
+        lines.append(f" {mark}{name}.{records.get('domain', '')}  {' '.join(ips)}")
     return "\n".join(lines)
 
 

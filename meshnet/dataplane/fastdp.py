@@ -72,6 +72,7 @@ Mode = Literal["fastdp", "sleeve"]
 REASON_HEALTHY = "vxlan path healthy"
 REASON_UNVERIFIED = "vxlan path not yet verified"
 REASON_NO_FASTDP = "--no-fastdp"
+REASON_PEER_OFF = "peer has fastdp off"
 REASON_NO_ESP = "mesh is encrypted and this kernel has no IPsec ESP"
 REASON_ESP_UNUSED = "mesh is encrypted; fastdp encryption (ESP) is not implemented"
 

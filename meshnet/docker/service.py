@@ -375,7 +375,13 @@ class DockerService:
             ("POST", "/dns/add"): self._dns_add,
             ("POST", "/dns/remove"): self._dns_remove,
             ("POST", "/dns/lookup"): self._dns_lookup,
+            ("GET", "/dns/records"): self._dns_records,
         }
+
+    async def _dns_records(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._records = None
+        rec = self.records()
+        return {"domain": self.domain, "records": rec.by_name, "added_here": dict(self.names.local)}
 
     async def _dns_add(self, body: dict[str, Any]) -> dict[str, Any]:
         result = self.names.add(body)

@@ -103,6 +103,13 @@ class Targets:
         if t is not None:
             t.dialling, t.failures, t.last_error, t.peer = False, 0, "", peer
 
+    def peer_connected(self, peer: bytes, address: str) -> None:
+        """A connection with `peer` (listening at `address`) is up, whoever dialled: its
+        targets are satisfied, so their failures are history, not a current reason."""
+        for addr, t in self._targets.items():
+            if t.peer == peer or addr == address:
+                t.peer, t.failures, t.last_error = peer, 0, ""
+
     def failed(self, address: str, error: str, *, now: float, retry: bool = True) -> None:
         t = self._targets.get(address)
         if t is None:

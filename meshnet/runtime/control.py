@@ -148,6 +148,7 @@ class ControlPlane:
             self.links[link.id] = link
             if address is not None:
                 self.targets.succeeded(address, proto.remote["name"])
+            self.targets.peer_connected(proto.remote["name"], f"{peer_ip}:{proto.remote['port']}")
             log.info(
                 "connected to %s (%s) at %s, %s%s",
                 proto.remote["nick"],

@@ -39,6 +39,7 @@ class FastdpDriver:
         self._vx: VxlanKernel | None = None
         self._probe: ProbeSocket | None = None
         self._peers: dict[int, str | None] = {}
+        self._peers_off: set[int] = set()  # peers whose FEATURES say fastdp is off there
         self._endpoints: dict[str, int] = {}
         self._applying = asyncio.Lock()
         self.on_modes_changed: Callable[[], None] = lambda: None
@@ -72,14 +73,19 @@ class FastdpDriver:
     def mode(self, peer_id: int) -> tuple[str, str]:
         if peer_id not in self._peers:
             return fastdp.SLEEVE, "relayed: no direct connection"
-        return self.health.mode(peer_id)
+        mode, reason = self.health.mode(peer_id)
+        if mode == fastdp.SLEEVE and self.disabled is None and peer_id in self._peers_off:
+            return mode, fastdp.REASON_PEER_OFF
+        return mode, reason
 
     def fastdp_peers(self) -> set[int]:
         return {pid for pid in self._peers if self.health.mode(pid)[0] == fastdp.FASTDP}
 
-    async def update(self, peers: dict[int, str | None], endpoints: dict[str, int]) -> None:
-        """Follow the mesh: {peer id: underlay IP if directly connected}, {MAC: peer id}."""
+    async def update(self, peers: dict[int, str | None], endpoints: dict[str, int], peers_off: set[int] | None = None) -> None:
+        """Follow the mesh: {peer id: underlay IP if directly connected}, {MAC: peer id},
+        and the peers that announced fastdp off."""
         self._peers, self._endpoints = peers, endpoints
+        self._peers_off = set(peers_off or ())
         self.health.set_peers([pid for pid, ip in peers.items() if ip], time.monotonic())
         await self._converge()
 

@@ -249,7 +249,7 @@ class Router:
             "uid": local.uid,
             "port": self.config.port,
             "udp_port": self.config.udp_port,
-            "features": {"sleeve": 1},
+            "features": {"sleeve": 1, "fastdp": int(self.fastdp.disabled is None)},  # data paths this router runs
         }
 
     def _on_deliver(self, event: Deliver) -> None:
@@ -274,13 +274,17 @@ class Router:
     def _topology_changed(self) -> None:
         self._program_sleeve()
         self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints()))
+        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), self._fastdp_off()))
         self.dial_book.follow_topology()
 
     def _direct_ips(self) -> dict[int, str | None]:
         """Every reachable peer's id, with its underlay IP when we connect to it directly."""
         direct = {c.peer: c.ip for c in self.core.conns.values()}
         return {layout.peer_id(p): direct.get(p) for p in self.core.topology.reachable()}
+
+    def _fastdp_off(self) -> set[int]:
+        """Directly connected peers whose FEATURES say they run without fastdp."""
+        return {layout.peer_id(c.peer) for c in self.core.conns.values() if isinstance(c.features, dict) and c.features.get("fastdp") == 0}
 
     def _remote_endpoints(self) -> dict[str, int]:
         topo = self.core.topology

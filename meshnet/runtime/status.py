@@ -7,6 +7,7 @@ thread from the live objects, never cached.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,22 @@ def health(router: Router) -> dict[str, Any]:
     }
 
 
+def ipam_summary(router: Router) -> dict[str, Any]:
+    """IPAM in one line's worth: ready or not, and what it waits for (`status ipam` has it all)."""
+    report = router.ipam.status()
+    return {
+        "state": report["state"],
+        "ready": report["state"] == "ready",
+        "waiting": report["waiting"],
+        "pending": report["pending"],
+        "range": report["range"],
+        "init": report["init"],
+        "local": report["local"],
+        "unreachable_owners": len(report["unreachable_owners"]),
+        "conflicts": len(report["conflicts"]),
+    }
+
+
 def status(router: Router) -> dict[str, Any]:
     core = router.core
     topo = core.topology
@@ -51,6 +68,7 @@ def status(router: Router) -> dict[str, Any]:
             "state": "established",
             **path_mode(router, c.peer),
             "since": round(now - c.since, 1),
+            "heartbeat_age_s": round(max(0.0, now - c.last_rx), 1),  # seconds since anything arrived from it
         }
         for c in core.conns.values()
     ]
@@ -82,6 +100,7 @@ def status(router: Router) -> dict[str, Any]:
             "nick": local.nick,
             "id": layout.peer_id(local.name),
             "version": __version__,
+            "pid": os.getpid(),
             "uptime": round(time.time() - router.started, 1),
             "port": cfg.port,
             "udp_port": cfg.udp_port,
@@ -101,5 +120,6 @@ def status(router: Router) -> dict[str, Any]:
         "connections": conns + pending,
         "targets": targets,
         "refusals": list(router.control.refusals),
+        "ipam": ipam_summary(router),
         "counters": {**core.counters, **router.control.counters},
     }
