@@ -77,10 +77,10 @@ def _split(items: list[str]) -> tuple[list[str], str | None]:
 
 def _container(client: ApiClient, ref: str) -> tuple[str, list[str]]:
     """A container's DNS label and meshnet addresses, from `meshnet ps`'s rows."""
-    rows = client.get("/docker/ps")
-    for row in rows.get("containers", []) + rows.get("network_plugin", []):
-        ids = (row.get("id") or row.get("container") or "", row.get("endpoint") or "")
-        if ref == row.get("name") or any(i and len(ref) >= 4 and i.startswith(ref) for i in ids):
+    for row in client.get("/docker/ps")["endpoints"]:
+        if row["kind"] not in ("container", "network"):
+            continue
+        if ref == row.get("name") or (len(ref) >= 4 and row["id"].startswith(ref)):
             return dns_label(row.get("name") or ""), [c.split("/")[0] for c in row.get("cidrs", [])]
     raise NotFound(f"no container {ref!r} on the overlay (meshnet ps)")
 

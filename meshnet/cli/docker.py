@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction, socket_flags: Callable[[argpars
     p.set_defaults(func=cmd_run)
     p.__class__ = _RunParser  # everything after its own flags belongs to docker run
 
-    p = sub.add_parser("ps", help="containers on the overlay: id, name, MAC, addresses")
+    p = sub.add_parser("ps", help="every endpoint on this host's bridge: containers, namespaces, the host; id, name, MAC, addresses, state")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
     socket_flags(p)
     p.set_defaults(func=cmd_ps)
@@ -202,11 +202,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    for row in result["containers"]:
-        print(f"{row['id'][:12]} {row['name'] or '-':<20} {row['mac'] or '-':<17} {' '.join(row['cidrs'])}  {row['state']}")
-    for row in result["network_plugin"]:
-        state = "" if row["joined"] else "  (not joined)"
-        print(f"{row['endpoint'][:12]} {row['name'] or '-':<20} {row['mac']:<17} {' '.join(row['cidrs'])}  network {row['network'][:12]}{state}")
+    for row in result["endpoints"]:
+        ident = row["id"][:12] if row["kind"] in ("container", "network", "pod") else row["id"]
+        print(f"{row['kind']:<9} {ident:<12} {row['name'] or '-':<20} {row['mac'] or '-':<17} {' '.join(row['cidrs']):<18} {row['state']}")
     return 0
 
 

@@ -34,6 +34,7 @@ from meshnet.dns.server import DnsServer
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.docker.listing import docker_endpoints, rows
 from meshnet.docker.names import DnsNames, label_of
 from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
 from meshnet.errors import MeshnetError, NotFound, UsageError
@@ -400,14 +401,14 @@ class DockerService:
         return {"name": f"{label}.{self.domain}", "ips": list(self.records().by_name.get(label, []))}
 
     async def _ps(self, body: dict[str, Any]) -> dict[str, Any]:
-        live = {e.id: e for e in self.endpoints.local_endpoints()}
-        cnm = []
-        for row in self.cnm.rows():
-            ep = live.get(f"cnm:{row['endpoint']}")
-            if ep is not None:
-                row["mac"], row["cidrs"] = ep.mac, list(ep.ips)
-            cnm.append(row)
-        return {"containers": await self.containers.ps(), "network_plugin": cnm}
+        current = None
+        if self.engine is not None and self.connected and self.cnm.endpoints:
+            try:
+                current = await self.blocking(docker_endpoints, self.engine)
+            except (DockerError, DockerUnavailable) as exc:
+                log.info("ps: Docker did not answer (%s); showing the plugin's records as they are", exc)
+        endpoints = rows(containers=await self.containers.ps(), cnm=self.cnm.rows(), local=self.endpoints.local_endpoints(), current=current)
+        return {"endpoints": endpoints}
 
     async def _info(self, body: dict[str, Any]) -> dict[str, Any]:
         return {

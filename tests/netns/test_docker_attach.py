@@ -45,7 +45,7 @@ def test_attach_run_dns_lifecycle(docker_lab):
     # meshnet ps: containers with MAC and addresses
     ps = lab.ok(2, "ps")
     assert "c2" in ps and ips[2] in ps
-    row = json.loads(lab.ok(1, "ps", "--json"))["containers"][0]
+    row = next(r for r in json.loads(lab.ok(1, "ps", "--json"))["endpoints"] if r["kind"] == "container")
     assert row["name"] == "c1" and row["mac"] and row["cidrs"] == [f"{ips[1]}/12"] and row["id"] == cid1
 
     # bad input: clear errors, nothing half-made
