@@ -73,7 +73,8 @@ def busybox_rootfs() -> bytes:
 class DockerLab(Lab):
     prefix: str = "mndk"
     dockerd_pids: dict[int, int] = field(default_factory=dict)
-    launch_flags: list[str] = field(default_factory=list)  # extra flags for every router
+    launch_flags: list[str] = field(default_factory=lambda: ["--router-mode=process"])  # extra flags for every router
+    docker_bridge: set[int] = field(default_factory=set)  # hosts whose dockerd has its default bridge and iptables (-p works)
 
     def __post_init__(self) -> None:
         self._clients: dict[int, Any] = {}
@@ -122,8 +123,8 @@ class DockerLab(Lab):
             "--exec-root", f"{d}/exec",
             "--pidfile", f"{d}/docker.pid",
             "--cgroup-parent", f"/{self.prefix}-h{i}",
-            "--bridge=none", "--iptables=false", "--ip-masq=false", "--userland-proxy=false",
-            "--shutdown-timeout", "2",
+            *(["--bridge=none", "--iptables=false", "--ip-masq=false"] if i not in self.docker_bridge else []),
+            "--userland-proxy=false", "--shutdown-timeout", "2",
         ]  # fmt: skip
         with open(f"{d}/dockerd.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)

@@ -19,6 +19,7 @@ from meshnet.dataplane import fastdp
 from meshnet.dataplane.fastdp import LocalConfig, PathHealth, PeerInfo
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.vxlan import ProbeSocket, VxlanKernel, esp_available
+from meshnet.kernel.vxlan_stats import VxlanStats, device_counters
 
 log = logging.getLogger("meshnet.fastdp")
 
@@ -42,6 +43,7 @@ class FastdpDriver:
         self._peers_off: set[int] = set()  # peers whose FEATURES say fastdp is off there
         self._endpoints: dict[str, int] = {}
         self._applying = asyncio.Lock()
+        self._stats: VxlanStats | None = None  # per-peer VXLAN counters (nftables), fastdp on only
         self.on_modes_changed: Callable[[], None] = lambda: None
 
     async def start(self, local_ip: str | None) -> None:
@@ -60,6 +62,7 @@ class FastdpDriver:
             size = fastdp.probe_frame_size(self.local.mtu)
             self._probe = await self._kernel(ProbeSocket, VXLAN_DEVICE, self.local.peer_id, size)
             asyncio.get_running_loop().add_reader(self._probe.fileno(), self._on_probe)
+            self._stats = VxlanStats(self.local.port)
             log.info("fastdp on: VXLAN %s (VNI %#x, UDP %d) from %s", VXLAN_DEVICE, self.local.vni, self.local.port, local_ip)
         self.health = PathHealth(now=time.monotonic(), disabled=self.disabled)
 
@@ -67,6 +70,9 @@ class FastdpDriver:
         if self._probe is not None:
             asyncio.get_running_loop().remove_reader(self._probe.fileno())
             self._probe.close()
+        if self._stats is not None:
+            await self._kernel(self._stats.close)
+            self._stats = None
         if self._vx is not None:
             await self._kernel(self._vx.close)
 
@@ -102,6 +108,27 @@ class FastdpDriver:
                 return
         if ops:
             log.debug("fastdp: applied %d FDB changes", len(ops))
+        await self._count(infos)
+
+    async def _count(self, infos: dict[int, PeerInfo]) -> None:
+        """Per-peer VXLAN counters follow the directly connected peers; without nft, none."""
+        if self._stats is None:
+            return
+        try:
+            await self._kernel(self._stats.follow, {pid: i.underlay_ip for pid, i in infos.items() if i.underlay_ip})
+        except KernelError as exc:
+            log.warning("fastdp: no per-peer VXLAN counters: %s", exc)
+            self._stats = None
+
+    async def stats(self) -> dict[str, Any]:
+        """{"peers": {peer id: tx/rx packets and bytes on VXLAN}, "device": drops and errors}."""
+        if self._stats is None or self.local is None or self.local.vxlan is None:
+            return {}
+        try:
+            return {"peers": await self._kernel(self._stats.read), "device": await self._kernel(device_counters, self.local.vxlan)}
+        except (KernelError, OSError, ValueError) as exc:
+            log.debug("fastdp: reading VXLAN counters failed: %s", exc)
+            return {}
 
     def next_deadline(self) -> float | None:
         return self.health.next_deadline()

@@ -100,16 +100,7 @@ def families(snap: dict[str, Any]) -> list[Metric]:
         cm.add_metric([state, mode], n)
     out.append(cm)
 
-    # per-peer traffic, when the data plane counts it
-    names = {p.get("id"): (p.get("name", ""), p.get("nick", "")) for p in snap.get("peers", [])}
-    pb = CounterMetricFamily("meshnet_peer_bytes", "Bytes carried to/from each peer by the data plane", labels=["peer", "nick", "direction"])
-    pf = CounterMetricFamily("meshnet_peer_frames", "Frames carried to/from each peer by the data plane", labels=["peer", "nick", "direction"])
-    for pid, st in sorted((snap.get("peer_stats") or {}).items(), key=lambda kv: str(kv[0])):
-        name, nick = names.get(pid, names.get(_int(pid), (str(pid), "")))
-        for direction in ("rx", "tx"):
-            pb.add_metric([name, nick, direction], float(st.get(f"{direction}_bytes", 0)))
-            pf.add_metric([name, nick, direction], float(st.get(f"{direction}_frames", 0)))
-    out += [pb, pf]
+    out += _peer_families(snap, direct_mode)
 
     # data plane totals and drops
     stats = snap.get("dataplane", {}).get("stats", {}) or {}
@@ -153,6 +144,42 @@ def families(snap: dict[str, Any]) -> list[Metric]:
 
     out += _ipam_families(snap.get("ipam"))
     return out
+
+
+def _peer_families(snap: dict[str, Any], direct_mode: dict[Any, str]) -> list[Metric]:
+    """Per peer: its mode (a labelled gauge), heartbeat age, and traffic on each path: the
+    sleeve from the pump's per-peer counters, fastdp from the kernel's (nftables counters on
+    the VXLAN packets; meshnet/kernel/vxlan_stats.py)."""
+    router = snap.get("router", {})
+    names = {p.get("id"): (p.get("name", ""), p.get("nick", "")) for p in snap.get("peers", [])}
+    mode = GaugeMetricFamily("meshnet_peer_mode", "1 for the data path each peer is reached by now (relayed: through another peer)", labels=["peer", "nick", "mode"])
+    for p in snap.get("peers", []):
+        if p.get("name") == router.get("name") or not p.get("reachable"):
+            continue
+        now = direct_mode.get(p.get("name")) or "relayed"
+        for m in (*MODES, "relayed"):
+            mode.add_metric([p.get("name", ""), p.get("nick", ""), m], float(m == now))
+    beat = GaugeMetricFamily("meshnet_peer_heartbeat_age_seconds", "Seconds since anything arrived on the control connection to each peer", labels=["peer", "nick"])
+    for c in snap.get("connections", []):
+        if c.get("state") == "established" and "heartbeat_age_s" in c:
+            beat.add_metric([str(c.get("peer", "")), str(c.get("nick", ""))], float(c["heartbeat_age_s"]))
+    pb = CounterMetricFamily("meshnet_peer_bytes", "Bytes of Ethernet frames carried to/from each peer, by data path", labels=["peer", "nick", "direction", "path"])
+    pf = CounterMetricFamily("meshnet_peer_frames", "Frames carried to/from each peer, by data path", labels=["peer", "nick", "direction", "path"])
+    for pid, st in sorted((snap.get("peer_stats") or {}).items(), key=lambda kv: str(kv[0])):
+        name, nick = names.get(pid, names.get(_int(pid), (str(pid), "")))
+        for direction in ("rx", "tx"):
+            pb.add_metric([name, nick, direction, "sleeve"], float(st.get(f"{direction}_bytes", 0)))
+            pf.add_metric([name, nick, direction, "sleeve"], float(st.get(f"{direction}_frames", 0)))
+    vxlan = snap.get("vxlan_stats") or {}
+    for pid, st in sorted((vxlan.get("peers") or {}).items(), key=lambda kv: str(kv[0])):
+        name, nick = names.get(pid, names.get(_int(pid), (str(pid), "")))
+        for direction in ("rx", "tx"):
+            pb.add_metric([name, nick, direction, "fastdp"], float(st.get(f"{direction}_bytes", 0)))
+            pf.add_metric([name, nick, direction, "fastdp"], float(st.get(f"{direction}_packets", 0)))
+    vd = CounterMetricFamily("meshnet_vxlan_device_drops", "Drops and errors of the VXLAN device (all fastdp peers together), by kind", labels=["reason"])
+    for key, value in sorted((vxlan.get("device") or {}).items()):
+        vd.add_metric([key], float(value))
+    return [mode, beat, pb, pf, vd]
 
 
 def _int(value: Any) -> Any:

@@ -316,4 +316,5 @@ class Router:
         snap = status(self)
         snap["ipam"] = self.ipam.status()
         snap["peer_stats"] = self.sleeve.peer_stats()
+        snap["vxlan_stats"] = await self.fastdp.stats()
         return snap

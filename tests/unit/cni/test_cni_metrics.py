@@ -27,12 +27,13 @@ SNAP = {
         {"name": P4, "nick": "h4", "id": 4, "reachable": False},
     ],
     "connections": [
-        {"peer": P2, "nick": "h2", "state": "established", "mode": "sleeve+encrypted"},
+        {"peer": P2, "nick": "h2", "state": "established", "mode": "sleeve+encrypted", "heartbeat_age_s": 1.5},
         {"address": "192.168.90.14:6783", "state": "retrying", "last_error": "refused"},
     ],
     "refusals": [{"reason": "wrong password"}],
     "counters": {"handshake_failures": 2, "wrong_password": 1, "messages_in": 5, "messages_out": 6},
     "peer_stats": {2: {"rx_frames": 7, "rx_bytes": 700, "tx_frames": 8, "tx_bytes": 800}},
+    "vxlan_stats": {"peers": {2: {"tx_packets": 3, "tx_bytes": 4200, "rx_packets": 2, "rx_bytes": 2800}}, "device": {"tx_dropped": 1, "rx_errors": 0}},
     "ipam": {
         "name": ME,
         "range": "10.32.0.0/12",
@@ -66,8 +67,17 @@ def test_families_cover_the_issue_list():
     assert s[("meshnet_connections", (("mode", ""), ("state", "retrying")))] == 1
     assert s[("meshnet_connections", (("mode", "sleeve"), ("state", "established")))] == 0
     # per peer bytes and frames
-    assert s[("meshnet_peer_bytes_total", (("direction", "tx"), ("nick", "h2"), ("peer", P2)))] == 800
-    assert s[("meshnet_peer_frames_total", (("direction", "rx"), ("nick", "h2"), ("peer", P2)))] == 7
+    assert s[("meshnet_peer_bytes_total", (("direction", "tx"), ("nick", "h2"), ("path", "sleeve"), ("peer", P2)))] == 800
+    assert s[("meshnet_peer_frames_total", (("direction", "rx"), ("nick", "h2"), ("path", "sleeve"), ("peer", P2)))] == 7
+    assert s[("meshnet_peer_bytes_total", (("direction", "tx"), ("nick", "h2"), ("path", "fastdp"), ("peer", P2)))] == 4200
+    assert s[("meshnet_peer_frames_total", (("direction", "rx"), ("nick", "h2"), ("path", "fastdp"), ("peer", P2)))] == 2
+    assert s[("meshnet_vxlan_device_drops_total", (("reason", "tx_dropped"),))] == 1
+    # per peer mode as a labelled gauge, heartbeat age
+    assert s[("meshnet_peer_mode", (("mode", "encrypted"), ("nick", "h2"), ("peer", P2)))] == 1
+    assert s[("meshnet_peer_mode", (("mode", "fastdp"), ("nick", "h2"), ("peer", P2)))] == 0
+    assert s[("meshnet_peer_mode", (("mode", "relayed"), ("nick", "h3"), ("peer", P3)))] == 1
+    assert not any(k[0] == "meshnet_peer_mode" and ("peer", P4) in k[1] for k in s)  # unreachable: no mode
+    assert s[("meshnet_peer_heartbeat_age_seconds", (("nick", "h2"), ("peer", P2)))] == 1.5
     # drops by reason
     assert s[("meshnet_dataplane_drops_total", (("reason", "no_route"),))] == 3
     assert s[("meshnet_dataplane_drops_total", (("reason", "learn_table_full"),))] == 0
