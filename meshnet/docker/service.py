@@ -313,7 +313,7 @@ class DockerService:
         claimed: list[str] = []
         try:
             if not wanted and not old["cidrs"]:
-                got = await self.endpoints.allocate(owner, wait=15.0)
+                got = await self._allocate_again(owner, old.get("last") or [])
                 claimed.append(got.address)
                 new["cidrs"].append(got.cidr)
             for cidr in wanted:
@@ -340,6 +340,15 @@ class DockerService:
         self.store.put(EXPOSE_KEY, new)
         return self._exposure_info(new)
 
+    async def _allocate_again(self, owner: str, last: list[str]) -> Any:
+        """The address this host had before `hide` while it is free (containers keep their DNS server), else any."""
+        for cidr in last[:4]:
+            try:
+                return await self.endpoints.allocate(owner, address=str(cidr).split("/")[0])
+            except MeshnetError:
+                continue
+        return await self.endpoints.allocate(owner, wait=15.0)
+
     async def hide(self, body: dict[str, Any]) -> dict[str, Any]:
         which = check_cidrs(body.get("cidrs") or [])
         old = self._exposure()
@@ -349,7 +358,7 @@ class DockerService:
             raise NotFound(f"not exposed: {', '.join(unknown)}")
         new = {"cidrs": [c for c in old["cidrs"] if c not in gone], "nat": old.get("nat", False)}
         if not new["cidrs"]:
-            new["nat"] = False
+            new["nat"], new["last"] = False, gone  # a later bare `expose` asks for these again
         try:
             await self._apply_exposure(new, old)
         except KernelError as exc:

@@ -139,6 +139,10 @@ def test_dns_args_and_records(lab):
     lab.ok(2, "dns-remove", "-h", "db")
     lab.wait(lambda: lab.cli(1, "dns-lookup", "db").returncode == 1, 15, "db gone on h1")
     assert "db.meshnet.local" not in lab.ok(1, "status", "dns")
+    # hide then expose gives the host its old address back: containers keep their DNS server
+    before = lab.ok(2, "expose").split()[0]
+    lab.ok(2, "hide")
+    assert lab.ok(2, "expose").split()[0] == before
 
 
 def test_run_publish_is_reached_from_another_host(lab):
