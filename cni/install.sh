@@ -98,7 +98,9 @@ if [ -n "$runtime" ]; then
   if [ -e "$host_root$runtime" ]; then mv "$host_root$runtime" "$host_root$runtime.old"; fi
   mv "$tmp" "$host_root$runtime"
   rm -rf "$host_root$runtime.old"
-  launcher="export PYTHONHOME='$runtime' LD_LIBRARY_PATH='$runtime/lib'; exec '$runtime/bin/python3' -s -m meshnet.cni \"\$@\""
+  # site-packages by PYTHONPATH: a Debian Python (the image's) looks only in dist-packages
+  site="$runtime/lib/$(cd / && "$py" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')/site-packages"
+  launcher="export PYTHONHOME='$runtime' PYTHONPATH='$site' LD_LIBRARY_PATH='$runtime/lib'; exec '$runtime/bin/python3' -s -m meshnet.cni \"\$@\""
 else
   launcher="${source:+export PYTHONPATH='$source'; }exec '$py' -m meshnet.cni \"\$@\""
 fi

@@ -122,6 +122,7 @@ def test_status_reasons_are_current(lab):
 
 
 def test_dns_args_and_records(lab):
+    lab.ok(1, "expose")  # both ends have a resolver (a no-op if the host is exposed already)
     lab.ok(2, "expose")
     lab.ok(2, "run", "--name", "web", "bb:local", "sleep", "3600")
     web_ip = lab.ip_of(2, "web")
