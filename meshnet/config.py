@@ -24,6 +24,7 @@ from meshnet.dns.answer import normalize_domain, parse_upstreams
 from meshnet.errors import UsageError
 from meshnet.ipam.addr import parse_universe
 from meshnet.ipam.bootstrap import parse_init
+from meshnet.mesh.targets import normalize
 
 DEFAULT_RUN_DIR = "/run/meshnet"
 DEFAULT_STATE_DIR = "/var/lib/meshnet"
@@ -145,7 +146,10 @@ def _image(value: str) -> str:
 
 
 def _peers(value: str) -> list[str]:
-    return value.split()
+    peers = value.split()
+    for peer in peers:
+        normalize(peer)  # ValueError: not HOST[:PORT]
+    return peers
 
 
 # -- the table -----------------------------------------------------------------------------------

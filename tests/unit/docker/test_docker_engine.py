@@ -97,3 +97,9 @@ def test_parse_run_args_publish():
     }
     assert spec.host_config["publish_all_ports"] is True and spec.pull == "missing"
     assert parse_run_args(["--pull=never", "img"]).pull == "never"
+
+
+@pytest.mark.parametrize("argv, flag", [(["launch", "host:99999"], "peers"), (["launch", "--router-mode", "vm"], "--router-mode"), (["launch", "--router-image", "-x"], "--router-image")])
+def test_launch_flags_checked_before_anything_starts(argv, flag):
+    with pytest.raises(UsageError, match=flag.lstrip("-")):
+        from_args(build_parser().parse_args(argv), environ={})
