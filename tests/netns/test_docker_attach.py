@@ -61,8 +61,8 @@ def test_attach_run_dns_lifecycle(docker_lab):
     assert r.returncode == 2 and "network or broadcast" in r.stderr
     r = lab.cli(1, "run", f"{ips[1]}/12", "--name", "c1d", "--stop-timeout", "1", IMAGE, "sleep", "60")
     assert r.returncode == 1 and "in use" in r.stderr
-    r = lab.cli(1, "run", "--publish", "80:80", IMAGE)
-    assert r.returncode == 1 and "does not support" in r.stderr
+    r = lab.cli(1, "run", "--frobnicate", "80:80", IMAGE)
+    assert r.returncode == 2 and "does not support" in r.stderr
     names = {n.lstrip("/") for x in lab.client(1).containers(all=True) for n in x["Names"]}
     assert "c1c" not in names and "c1d" not in names, "a failed meshnet run leaves no container"
     assert lab.ipam_owners(1, "docker:") == before_owners
