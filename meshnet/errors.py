@@ -89,6 +89,7 @@ class Refusal(enum.Enum):
     WRONG_PASSWORD = "wrong_password"  # a sealed handshake message did not authenticate
     PASSWORD_MISMATCH = "password_mismatch"  # one side has a password, the other none
     CLOSING = "closing"  # an established connection closed on purpose (timeout, rekey, shutdown)
+    PROTOCOL_ERROR = "protocol_error"  # the peer sent a message out of its bounds or out of place
     OTHER = "other"  # a peer's reason we do not know (a newer or older peer)
 
     @property

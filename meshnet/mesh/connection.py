@@ -14,8 +14,9 @@ key and every later body is sealed (session.py). FEATURES carries who we are
 (name, nickname, incarnation, ports, feature map); a wrong password shows up as a
 FEATURES box that will not open.
 
-Errors: anything malformed or forged raises `RemoteProtocolError` from `receive_data`
-and moves the connection to CLOSED; the runtime then closes the socket.
+Errors: anything malformed, out of its bounds (`wire.decode_message` checks every field)
+or forged raises `RemoteProtocolError` from `receive_data` and moves the connection to
+CLOSED; the runtime then closes the socket.
 """
 
 from __future__ import annotations
@@ -149,14 +150,7 @@ class ControlConnection:
             raise _refused_by_peer(message)
         if message.kind is not Msg.FEATURES:
             raise RemoteProtocolError(f"expected FEATURES, got {message.kind.name}")
-        features = message.fields[0]
-        name = features.get("name")
-        if not isinstance(name, bytes) or len(name) != 16:
-            raise RemoteProtocolError("FEATURES lacks a 16-byte peer name")
-        for key, kind in (("nick", str), ("uid", int), ("port", int), ("udp_port", int)):
-            if not isinstance(features.get(key), kind):
-                raise RemoteProtocolError(f"FEATURES lacks {key!r}")
-        self.remote = features
+        self.remote = message.fields[0]  # name, nick, uid, ports: checked by the decoder
         self.state = State.ESTABLISHED
 
     def _send_body(self, body: bytes) -> None:

@@ -19,6 +19,12 @@ someone, and anti-entropy repairs it.
 Liveness: a HEARTBEAT goes out on every connection that sent nothing for `heartbeat`
 seconds; a connection that received nothing for `timeout` seconds is closed. Peers that
 stay unreachable for `gc_after` seconds are forgotten.
+
+Hostile input: every message arrives checked against its bounds (`wire.decode_message`),
+so `receive` never raises; a message that is wrong only here (a HELLO on an established
+connection) is a `Close` with `Refusal.PROTOCOL_ERROR`. What is stored of an entry is
+decided by `quota.Quota` (peer table, per-peer endpoint share), and who holds each MAC and
+IP address by `claims.Claims` (conflicts: the earlier claim keeps it).
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from meshnet.errors import Refusal, RemoteProtocolError
+from meshnet.errors import Refusal
+from meshnet.mesh.bounds import MAX_ENTRY_BYTES, MAX_FRAME
+from meshnet.mesh.claims import Claims
+from meshnet.mesh.quota import Limits, Quota
 from meshnet.mesh.targets import normalize
 from meshnet.mesh.topology import Link, PeerEntry, Topology
-from meshnet.mesh.wire import MAX_FRAME, Message, Msg
+from meshnet.mesh.wire import Message, Msg
 
-ENTRY_BUDGET = MAX_FRAME // 2  # bytes of entries per TOPOLOGY message (estimate)
+ENTRY_BUDGET = MAX_FRAME // 2  # bytes of entries per TOPOLOGY message
 SEEN_BROADCASTS = 8192  # (source, seq) pairs remembered to drop duplicate broadcasts
 
 
@@ -91,10 +100,6 @@ class Conn:
     features: dict[str, Any]
 
 
-def _approx_size(entry: PeerEntry) -> int:
-    return 64 + 40 * len(entry.links) + 64 * sum(len(v) if isinstance(v, list) else 1 for v in entry.data.values())
-
-
 class MeshCore:
     def __init__(
         self,
@@ -111,6 +116,7 @@ class MeshCore:
         gossip_interval: float = 5.0,
         gc_after: float = 60.0,
         rng: random.Random | None = None,
+        limits: Limits = Limits(),
     ):
         local = PeerEntry(name, nick, uid, int(now * 1000), port, udp_port)
         self.name = name
@@ -127,7 +133,9 @@ class MeshCore:
         self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
         self._unreachable_since: dict[bytes, float] = {}
-        self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0}
+        self.quota = Quota(limits)
+        self.claims = Claims(name)
+        self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0, "oversize_entries": 0}
 
     # -- connections -------------------------------------------------------------------
 
@@ -199,7 +207,7 @@ class MeshCore:
         if data.get(key) == value:
             return []
         data[key] = value
-        self.topology.update_local(now_ms=int(now * 1000), data=data)
+        self.claims.update([self.topology.update_local(now_ms=int(now * 1000), data=data)])
         return self._publish_local(now)
 
     def _publish_local(self, now: float) -> list[Event]:
@@ -211,11 +219,8 @@ class MeshCore:
     # -- messages ----------------------------------------------------------------------
 
     def receive(self, conn: int, message: Message, *, now: float) -> list[Event]:
-        """Handle one message from an established connection.
-
-        Raises:
-            RemoteProtocolError: malformed content; the runtime closes the connection.
-        """
+        """Handle one message (decoded, so within its bounds) from an established connection.
+        Never raises: a message that has no place here closes its connection (`Close`)."""
         c = self.conns.get(conn)
         if c is None:
             return []
@@ -233,24 +238,31 @@ class MeshCore:
         if kind is Msg.DIGEST:
             return self._on_digest(conn, fields[0], now)
         if kind is Msg.REQUEST:
-            wanted = [self.topology.entries[n] for n in fields[0] if isinstance(n, bytes) and n in self.topology.entries]
+            wanted = [self.topology.entries[n] for n in fields[0] if n in self.topology.entries]
             return self._send_entries(conn, wanted, now)
         if kind is Msg.BROADCAST:
             return self._on_broadcast(c, *fields, now=now)
         if kind is Msg.UNICAST:
             return self._on_unicast(*fields, now=now)
-        raise RemoteProtocolError(f"unexpected {kind.name} on an established connection")
+        return [Close(conn, f"unexpected {kind.name} on an established connection", Refusal.PROTOCOL_ERROR)]
 
-    def _on_topology(self, c: Conn, raw: list[Any], now: float) -> list[Event]:
-        entries = [PeerEntry.decode(obj) for obj in raw]
+    def _on_topology(self, c: Conn, entries: list[PeerEntry], now: float) -> list[Event]:
         events: list[Event] = []
         ours = [e for e in entries if e.name == self.name]
-        if ours and max(e.version for e in ours) >= self.topology.local.version:
+        before = self.topology.local.version
+        if ours and max(e.version for e in ours) >= before:
             # Someone holds an entry under our name that outranks ours: a previous
-            # incarnation of us. Outrank it so our current entry wins everywhere.
-            self.topology.update_local(now_ms=max(e.version for e in ours) + 1)
-            events += self._publish_local(now)
-        news = self.topology.merge(entries)
+            # incarnation of us. Outrank it so our current entry wins everywhere (versions
+            # stop at their bound: at it there is nothing more to publish).
+            if self.topology.update_local(now_ms=max(e.version for e in ours) + 1).version > before:
+                events += self._publish_local(now)
+        newest: dict[bytes, PeerEntry] = {}
+        for e in entries:
+            known = newest.get(e.name) or self.topology.entries.get(e.name)
+            if e.name != self.name and (known is None or e.version > known.version):
+                newest[e.name] = e
+        news = self.topology.merge(self.quota.admit(newest.values(), self.topology.entries))
+        self.claims.update(news)
         if not news:
             return events
         by_owner: dict[bytes, list[PeerEntry]] = {}
@@ -263,14 +275,12 @@ class MeshCore:
         return events
 
     def _on_digest(self, conn: int, pairs: list[Any], now: float) -> list[Event]:
-        theirs: dict[bytes, int] = {}
-        for pair in pairs:
-            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], bytes) and type(pair[1]) is int):
-                raise RemoteProtocolError("malformed DIGEST")
-            theirs[pair[0]] = pair[1]
+        theirs: dict[bytes, int] = {name: version for name, version in pairs}
         mine = self.topology.entries
         give = [e for n, e in mine.items() if theirs.get(n, -1) < e.version]
-        want = [n for n, v in theirs.items() if n != self.name and (n not in mine or mine[n].version < v)]
+        want = [
+            n for n, v in theirs.items() if n != self.name and (n not in mine or mine[n].version < v) and not self.quota.refused(n)
+        ]
         events = self._send_entries(conn, give, now)
         if want:
             events.append(self._send(conn, Msg.REQUEST, want, now=now))
@@ -338,7 +348,10 @@ class MeshCore:
         batch: list[dict[str, Any]] = []
         size = 0
         for entry in entries:
-            cost = _approx_size(entry)
+            cost = entry.wire_size
+            if cost > MAX_ENTRY_BYTES:  # only ours can be (received ones are bounded): never sent
+                self.counters["oversize_entries"] += 1
+                continue
             if batch and size + cost > ENTRY_BUDGET:
                 events.append(self._send(conn, Msg.TOPOLOGY, batch, now=now))
                 batch, size = [], 0
@@ -379,6 +392,8 @@ class MeshCore:
         forgotten = [n for n, since in self._unreachable_since.items() if now - since >= self.gc_after]
         for name in forgotten:
             self.topology.remove(name)
+            self.quota.forget(name)
+            self.claims.remove(name)
             del self._unreachable_since[name]
         if forgotten:
             events.append(Changed())

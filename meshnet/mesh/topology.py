@@ -15,15 +15,14 @@ one side has already dropped is not used for routing.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Iterable
 
-from meshnet.errors import RemoteProtocolError
+import msgpack
 
-NAME_LEN = 16
+from meshnet.mesh.bounds import MAX_U63
 BFS_CACHE = 64  # spanning trees kept per graph version (the busiest sources)
 
 
@@ -59,53 +58,11 @@ class PeerEntry:
             "x": self.data,
         }
 
-    @classmethod
-    def decode(cls, obj: Any) -> PeerEntry:
-        """Raises RemoteProtocolError for anything that is not a well-formed entry."""
-        try:
-            name, nick, uid, version = obj["n"], obj["k"], obj["u"], obj["v"]
-            port, udp_port, raw_links, data = obj["p"], obj["d"], obj["c"], obj["x"]
-            ok = (
-                isinstance(name, bytes)
-                and len(name) == NAME_LEN
-                and isinstance(nick, str)
-                and all(type(v) is int for v in (uid, version, port, udp_port))
-                and 0 < port < 65536
-                and 0 < udp_port < 65536
-                and isinstance(raw_links, list)
-                and isinstance(data, dict)
-            )
-            if not ok:
-                raise ValueError
-            links = []
-            for peer, ip, outbound in raw_links:
-                if not (isinstance(peer, bytes) and len(peer) == NAME_LEN and isinstance(outbound, bool)):
-                    raise ValueError
-                if not isinstance(ip, str):
-                    raise ValueError
-                ipaddress.ip_address(ip)
-                links.append(Link(peer, ip, outbound))
-            _check_endpoints(data.get("eps", []))
-        except (KeyError, TypeError, ValueError):
-            raise RemoteProtocolError("malformed peer entry") from None
-        return cls(name, nick, uid, version, port, udp_port, tuple(links), data)
-
-
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-def _check_endpoints(eps: Any) -> None:
-    """`eps`: [[mac, [cidr, ...], name], ...]; raises ValueError otherwise."""
-    if not isinstance(eps, list):
-        raise ValueError
-    for ep in eps:
-        mac, cidrs, name = ep
-        if not (isinstance(mac, str) and _MAC.match(mac) and isinstance(cidrs, list) and isinstance(name, str)):
-            raise ValueError
-        for cidr in cidrs:
-            if not isinstance(cidr, str):
-                raise ValueError
-            ipaddress.ip_interface(cidr)
+    @cached_property
+    def wire_size(self) -> int:
+        """Bytes of the encoded entry (msgpack), computed once: TOPOLOGY messages are cut
+        by it so that a frame never exceeds its limit."""
+        return len(msgpack.packb(self.encode(), use_bin_type=True))
 
 
 class Topology:
@@ -122,8 +79,10 @@ class Topology:
         return self.entries[self.local_name]
 
     def update_local(self, *, now_ms: int, **changes: Any) -> PeerEntry:
+        """A new version of our entry. Versions stop at the bound every peer accepts
+        (2^63 - 1): past it our entry would be refused everywhere."""
         entry = self.local
-        version = max(entry.version + 1, now_ms)
+        version = min(max(entry.version + 1, now_ms), MAX_U63)
         self.entries[self.local_name] = replace(entry, version=version, **changes)
         self._invalidate()
         return self.entries[self.local_name]

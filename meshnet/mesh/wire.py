@@ -10,7 +10,9 @@ encrypted mesh every body after the HELLO is an AEAD box (see `session.py`) whos
 plaintext is that msgpack array. The first element of the array is the message type.
 
 `FrameReader` and `decode_message` are the only entry points for untrusted bytes; they
-either return a value or raise `RemoteProtocolError`.
+either return a value or raise `RemoteProtocolError`. Every field of every message is
+checked against its bound (`bounds.py`, `schema.py`; docs/protocol.md "Bounds") here, so a
+message that decodes holds nothing out of range.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from typing import Any
 import msgpack
 
 from meshnet.errors import RemoteProtocolError
+from meshnet.mesh import schema
+from meshnet.mesh.bounds import MAX_FRAME
 
 MAGIC = b"MESHNET"
 PREAMBLE_LEN = len(MAGIC) + 2
 MIN_VERSION = 1
 MAX_VERSION = 1
-MAX_FRAME = 256 * 1024  # bytes of one frame body; gossip is chunked below this
 LENGTH = struct.Struct(">I")
 
 
@@ -103,28 +106,28 @@ class Message:
     fields: tuple[Any, ...]
 
 
-# Shape of each message after its type: the number of fields and their types.
-_SHAPES: dict[Msg, tuple[type | tuple[type, ...], ...]] = {
-    Msg.HELLO: (dict,),
-    Msg.FEATURES: (dict,),
-    Msg.HEARTBEAT: (),
-    Msg.TOPOLOGY: (list,),
-    Msg.DIGEST: (list,),
-    Msg.REQUEST: (list,),
-    Msg.BROADCAST: (str, bytes, int, bytes),
-    Msg.UNICAST: (str, bytes, bytes, bytes),
-    Msg.REFUSE: (str, bool, str),
-    Msg.SUMMARY: (bytes,),
+# Number of fields after the type: (fewest, most). REFUSE's kind came after version 1 shipped.
+_ARITY: dict[Msg, tuple[int, int]] = {
+    Msg.HELLO: (1, 1),
+    Msg.FEATURES: (1, 1),
+    Msg.HEARTBEAT: (0, 0),
+    Msg.TOPOLOGY: (1, 1),
+    Msg.DIGEST: (1, 1),
+    Msg.REQUEST: (1, 1),
+    Msg.BROADCAST: (4, 4),
+    Msg.UNICAST: (4, 4),
+    Msg.REFUSE: (2, 3),
+    Msg.SUMMARY: (1, 1),
 }
-# Trailing fields a sender may leave out (added after version 1 first shipped).
-_OPTIONAL = {Msg.REFUSE: 1}
 
 
 def decode_message(body: bytes) -> Message:
-    """Decode one frame body (already opened if sealed).
+    """Decode one frame body (already opened if sealed); TOPOLOGY's entries come back as
+    `PeerEntry`s.
 
     Raises:
-        RemoteProtocolError: anything that is not a well-formed message of a known type.
+        RemoteProtocolError: anything that is not a well-formed message of a known type
+            with every field within its bound.
     """
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
@@ -137,9 +140,7 @@ def decode_message(body: bytes) -> Message:
     except ValueError:
         raise RemoteProtocolError(f"unknown message type {obj[0]}") from None
     fields = tuple(obj[1:])
-    shape = _SHAPES[kind]
-    if not len(shape) - _OPTIONAL.get(kind, 0) <= len(fields) <= len(shape) or not all(
-        isinstance(f, t) and not (t is int and isinstance(f, bool)) for f, t in zip(fields, shape)
-    ):
-        raise RemoteProtocolError(f"malformed {kind.name} message")
-    return Message(kind, fields)
+    fewest, most = _ARITY[kind]
+    if not fewest <= len(fields) <= most:
+        raise RemoteProtocolError(f"malformed {kind.name} message: {len(fields)} fields")
+    return Message(kind, schema.CHECKS[kind](fields))

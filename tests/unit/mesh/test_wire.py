@@ -33,7 +33,7 @@ def test_golden_heartbeat_frame():
 def test_roundtrip_every_kind():
     samples = {
         Msg.HELLO: ({"encrypt": False, "pub": None},),
-        Msg.FEATURES: ({"name": b"x" * 16},),
+        Msg.FEATURES: ({"name": b"x" * 16, "nick": "x", "uid": 1, "port": 6783, "udp_port": 6783, "features": {"sleeve": 1}},),
         Msg.HEARTBEAT: (),
         Msg.TOPOLOGY: ([],),
         Msg.DIGEST: ([[b"a" * 16, 5]],),
