@@ -318,6 +318,14 @@ class Allocator(Engine):
         self._progress(now)
         return taken, self._flush()
 
+    def knows(self, peer: bytes) -> str | None:
+        """What the address ring says of a peer: "owner" (it owns ranges, or we are taking
+        them from it), "removed" (removed with rmpeer, here or anywhere), or None: rmpeer
+        of it would change nothing, and a name nobody knows is likely a typo."""
+        if (self.ring is not None and self.ring.owned(peer)) or peer in self.reclaim.targets:
+            return "owner"
+        return "removed" if peer in self.gone else None
+
     def view(self) -> IpamView:
         """A frozen picture of this allocator for `status ipam` (`status.py`)."""
         ranges = None

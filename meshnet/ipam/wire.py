@@ -28,7 +28,10 @@ Unknown keys are ignored so later versions can add fields.
 whole ring travels each time, which is what keeps ring merges safe (see `ring.py`).
 
 `decode` is the only entry point for untrusted bytes: it returns a message or raises
-`IpamProtocolError`, nothing else.
+`IpamProtocolError`, nothing else. Bounds (docs/ipam.md, "Wire format"): every int within
+its range below (at most 2^63 - 1), the range string at most MAX_CIDR characters, maps at
+most MAX_KEYS keys, at most MAX_RING_ENTRIES ring entries, MAX_NAMES owners, acceptors and
+names in a consensus value, MAX_GONE removed peers; unknown keys are ignored, never kept.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ from meshnet.ipam.ring import NAME_LEN, Entry
 VERSION = 1
 MAX_GONE = 1024  # names in a "gone" list
 MAX_INT = (1 << 63) - 1  # versions, ids and hints must fit a signed 64-bit integer
+MAX_CIDR = 18  # characters of the range ("255.255.255.255/32")
+MAX_KEYS = 16  # keys of a payload, a ring or a consensus map
+MAX_RING_ENTRIES = 32768  # ranges in one ring
+MAX_NAMES = 8192  # owners in a ring, acceptors and names in a consensus (the mesh's peer bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,18 +162,25 @@ def _name(obj: Any, what: str) -> bytes:
     return obj
 
 
-def _list(obj: Any, what: str) -> list[Any]:
-    if type(obj) is not list:
-        raise _fail(f"{what} must be an array")
+def _list(obj: Any, what: str, most: int = MAX_NAMES) -> list[Any]:
+    if type(obj) is not list or len(obj) > most:
+        raise _fail(f"{what} must be an array of at most {most} elements")
+    return obj
+
+
+def _map(obj: Any, what: str) -> dict[Any, Any]:
+    if type(obj) is not dict or len(obj) > MAX_KEYS:
+        raise _fail(f"{what} is not a map of at most {MAX_KEYS} keys")
     return obj
 
 
 def _message(obj: Any) -> Message:
-    if type(obj) is not dict:
-        raise _fail("not a map")
-    if obj.get("v") != VERSION:
-        raise _fail(f"unsupported version {obj.get('v')!r}")
-    universe = parse_universe(obj.get("u"))
+    obj = _map(obj, "a payload")
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:
+        raise _fail("unsupported version")
+    if type(obj.get("u")) is not str or len(obj["u"]) > MAX_CIDR:
+        raise _fail(f"the range must be a CIDR string of at most {MAX_CIDR} characters")
+    universe = parse_universe(obj["u"])
     kind = obj.get("t")
     if kind == "state":
         return State(
@@ -183,20 +197,19 @@ def _message(obj: Any) -> Message:
         return Want(universe.cidr, _int(obj.get("id"), "id"), lo, hi)
     if kind == "deny":
         return Deny(universe.cidr, _int(obj.get("id"), "id"))
-    raise _fail(f"unknown type {kind!r}")
+    raise _fail("unknown type")
 
 
 def _ring(obj: Any, universe: Block) -> RingData:
-    if type(obj) is not dict:
-        raise _fail("ring must be a map")
+    obj = _map(obj, "ring")
     genesis = obj.get("g")
     if type(genesis) is not bytes or len(genesis) != 16:
         raise _fail("ring genesis must be 16 bytes")
     owners = [_name(o, "ring owner") for o in _list(obj.get("o"), "ring owners")]
     entries: dict[int, Entry] = {}
     last = universe.start - 1
-    for row in _list(obj.get("e"), "ring entries"):
-        row = _list(row, "ring entry")
+    for row in _list(obj.get("e"), "ring entries", MAX_RING_ENTRIES):
+        row = _list(row, "ring entry", 5)
         if len(row) != 5:
             raise _fail("ring entry must have 5 fields")
         token = _int(row[0], "token", last + 1, universe.end - 1)
@@ -213,9 +226,7 @@ def _ring(obj: Any, universe: Block) -> RingData:
 
 
 def _gone(obj: Any) -> tuple[bytes, ...]:
-    names = _list(obj, "gone")
-    if len(names) > MAX_GONE:
-        raise _fail(f"more than {MAX_GONE} gone peers")
+    names = _list(obj, "gone", MAX_GONE)
     return tuple(_name(n, "gone peer") for n in names)
 
 
@@ -229,12 +240,11 @@ def _ballot(round_: Any, name: Any) -> Ballot:
 
 
 def _paxos(obj: Any) -> PaxosData:
-    if type(obj) is not dict:
-        raise _fail("px must be a map")
+    obj = _map(obj, "px")
     n = _int(obj.get("n"), "consensus N", 1, 1 << 20)
     states: dict[bytes, Acceptor] = {}
     for row in _list(obj.get("a"), "acceptors"):
-        row = _list(row, "acceptor")
+        row = _list(row, "acceptor", 6)
         if len(row) != 6:
             raise _fail("acceptor must have 6 fields")
         value = tuple(_name(x, "consensus value") for x in _list(row[5], "consensus value"))
