@@ -24,6 +24,8 @@ from meshnet.dns.answer import normalize_domain, parse_upstreams
 from meshnet.errors import UsageError
 from meshnet.ipam.addr import parse_universe
 from meshnet.ipam.bootstrap import parse_init
+from meshnet.mesh import bounds
+from meshnet.mesh.quota import Limits
 from meshnet.mesh.targets import normalize
 
 DEFAULT_RUN_DIR = "/run/meshnet"
@@ -191,7 +193,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("nickname", "", "name shown to other peers (default: the hostname)", _nickname),
     Option("password", None, "shared secret: encrypts and authenticates the mesh", secret=True),
     Option("password_file", None, "read the shared secret from this file"),
-    Option("conn_limit", 100, "most control connections", _int_in(1, 10000)),
+    Option("conn_limit", 100, "most control connections", _int_in(1, bounds.MAX_LINKS)),
+    Option("max_peers", Limits.max_peers, "most peers this router keeps in its topology", _int_in(2, bounds.MAX_PEERS), group="limits"),
+    Option("max_endpoints", Limits.max_endpoints, "most gossiped container endpoints this router keeps, mesh-wide", _int_in(1, 1 << 24), group="limits"),
+    Option(
+        "max_peer_endpoints",
+        Limits.max_peer_endpoints,
+        "most endpoints one peer may announce (its share; more are not stored or forwarded), and attach on this host",
+        _int_in(1, bounds.MAX_ENDPOINTS),
+        group="limits",
+    ),
     Option("ipalloc_range", "10.32.0.0/12", "the address range IPAM hands out, cluster-wide", _range, group="ipam"),
     Option("ipalloc_init", "", "how the range is first split: consensus=N, seed=PEER,... or observer (default consensus=1+number of PEERs)", _init, group="ipam"),
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),

@@ -45,6 +45,7 @@ class Daemon:
                 store=router.state,
                 api=router.api,
                 host_owner=f"host:{router.core.name.hex()}",
+                supervisor=router.supervisor,
             )
             await self.docker.start()
         except BaseException:

@@ -116,8 +116,10 @@ class ApiServer:
         raw = await reader.readexactly(length) if length else b""
         try:
             body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return 400, {"error": "request body is not JSON", "kind": "usage"}
+        except RecursionError:  # nested deeper than the parser's stack: no handler wants that
+            return 400, {"error": "request body is nested too deeply", "kind": "usage"}
         if not isinstance(body, dict):
             return 400, {"error": "request body must be a JSON object", "kind": "usage"}
         return 200, (method, target.split("?", 1)[0], body)

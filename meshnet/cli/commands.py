@@ -23,7 +23,7 @@ def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="this router, IPAM, DNS, peers, connections and data-plane modes; or one section")
+    p = sub.add_parser("status", help="this router, IPAM, DNS, peers, connections and data-plane modes (exit 1 when it is unhealthy); or one section")
     p.add_argument(
         "what",
         nargs="?",
@@ -95,6 +95,7 @@ def _router_status(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status (or one section); exit 1 when the router reports itself unhealthy."""
     client = _client(args)
     if args.what == "ipam":
         data: Any = client.get("/ipam/status")
@@ -114,6 +115,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             runs_as = container.describe(run_dir_of(args))
             text = lambda: format_status(data, docker=docker, runs_as=runs_as)  # noqa: E731
     print(json.dumps(data, indent=2) if args.json else text())
+    if args.what not in ("ipam", "dns") and not (data.get("health") or {}).get("healthy", True):
+        return 1  # unhealthy (a stalled timer, a dead pump or thread): scripts and probes see it
     return 0
 
 
@@ -141,7 +144,10 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_rmpeer(args: argparse.Namespace) -> int:
     result = _client(args).post("/ipam/rmpeer", {"peer": args.peer})
-    print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}")
+    if result.get("already_removed"):
+        print(f"peer {result['peer']} was removed already; nothing left to reclaim")
+    else:
+        print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}")
     return 0
 
 

@@ -72,6 +72,60 @@ def describe_docker(docker: dict[str, Any] | None) -> str:
     return f"{state} to {docker['docker']}{plugin}"
 
 
+_REASONS = {
+    "timer_stalled": "the timer is {age:.1f}s late (heartbeats, failure detection and probes have stopped)",
+    "pump_stopped": "the sleeve pump's thread has stopped (no sleeve traffic)",
+}
+
+
+def describe_health(health: dict[str, Any]) -> str:
+    """`healthy`, or UNHEALTHY and why; then what supervision caught, if anything."""
+    if health.get("healthy", True):
+        text = "healthy"
+    else:
+        why = [
+            _REASONS[r].format(age=health.get("timer_age_s", 0)) if r in _REASONS else f"{r.split(':', 1)[-1]} died"
+            for r in health.get("reasons") or ["timer_stalled"]
+        ]
+        text = "UNHEALTHY: " + "; ".join(why)
+    sup = health.get("supervision") or {}
+    caught = {**health.get("timer_failures", {}), **sup.get("failures", {})}
+    caught = {k: v for k, v in caught.items() if v}
+    if caught:
+        text += "  (failures caught: " + ", ".join(f"{k} {v}" for k, v in sorted(caught.items())) + ")"
+    return text
+
+
+def describe_limits(limits: dict[str, Any]) -> str:
+    text = (
+        f"peers {limits['peers']}/{limits['max_peers']}, gossiped endpoints {limits['endpoints']}/{limits['max_endpoints']}, "
+        f"local {limits['local_endpoints']}/{limits['max_peer_endpoints']}"
+    )
+    dropped = [
+        f"{n} {what}"
+        for what, n in (("over a peer's share", limits.get("endpoints_over_quota", 0)), ("for a full table", limits.get("endpoints_table_full", 0)))
+        if n
+    ]
+    if limits.get("peers_table_full"):
+        dropped.append(f"{limits['peers_table_full']} peer entries for a full topology")
+    return text + (f"; NOT STORED: {', '.join(dropped)}" if dropped else "")
+
+
+def conflict_lines(s: dict[str, Any]) -> list[str]:
+    """MAC and IP addresses two peers claim (status data `conflicts`)."""
+    conflicts = s.get("conflicts") or {}
+    if not conflicts.get("current"):
+        return []
+    nick = {p["name"]: p["nick"] for p in s["peers"]}
+    lines = ["", f"ADDRESS CONFLICTS ({conflicts['current']}; the earlier claim keeps the address):"]
+    for c in conflicts.get("list", [])[:10]:
+        others = ", ".join(nick.get(o, o[:12]) for o in c["others"])
+        lines.append(f"  {c['kind'].upper():<4} {c['address']:<20} kept by {nick.get(c['owner'], c['owner'][:12])}, also claimed by {others}")
+    if conflicts["current"] > 10:
+        lines.append(f"  ... {conflicts['current'] - 10} more (meshnet status --json)")
+    return lines
+
+
 def peer_lines(s: dict[str, Any]) -> list[str]:
     r = s["router"]
     lines = []
@@ -79,7 +133,8 @@ def peer_lines(s: dict[str, Any]) -> list[str]:
         state = "self" if p["name"] == r["name"] else ("reachable" if p["reachable"] else "UNREACHABLE")
         via = f" via {p['via'][:8]}" if p.get("via") else ""
         mode = f"  {p['mode']}" if p.get("mode") and state != "self" else ""
-        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}")
+        dropped = f" (+{p['endpoints_dropped']} NOT STORED: over its share)" if p.get("endpoints_dropped") else ""
+        lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}{dropped}")
     return lines
 
 
@@ -101,20 +156,22 @@ def format_status(s: dict[str, Any], *, docker: dict[str, Any] | None = None, ru
         f"Router   {r['nick']} ({r['name']})  id {r['id']:#010x}  up {r['uptime']}s  version {r.get('version', '?')}",
         f"         TCP {r['port']}  UDP {r['udp_port']}  bridge {r['bridge']}  MTU {r['mtu']}",
         f"Runs as  {runs_as or 'process ' + str(r.get('pid', '?'))}",
-        f"Health   {'healthy' if health.get('healthy', True) else 'UNHEALTHY'}"
-        + (f" (timer last ran {health['timer_age_s']:.1f}s ago)" if not health.get("healthy", True) else ""),
+        f"Health   {describe_health(health)}",
         f"Crypto   {describe_encryption(r['encrypted'])}",
         f"Pump     {describe_pump(s['dataplane']['pump'])}",
         f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
         f"IPAM     {describe_ipam(s.get('ipam'))}",
         f"Docker   {describe_docker(docker)}",
         f"DNS      {describe_dns(docker)}",
+        *([f"Tables   {describe_limits(s['limits'])}"] if s.get("limits") else []),
+        *([f"Errors   {n} connections closed for protocol errors"] if (n := (s.get("counters") or {}).get("protocol_errors")) else []),
         "",
         f"Peers ({len(s['peers'])}):",
         *peer_lines(s),
         "",
         f"Connections ({len(s['connections'])}):",
         *connection_lines(s),
+        *conflict_lines(s),
     ]
     if s.get("refusals"):
         lines += ["", "Refused handshakes (newest last):"]

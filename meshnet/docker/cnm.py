@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from typing import Any, Awaitable, Callable
@@ -44,6 +45,15 @@ DST_PREFIX = "eth"
 ALLOCATE_WAIT = 10.0  # below Docker's plugin timeout, so Docker gets our answer, not its own
 POOL_LOOP_WINDOW, POOL_LOOP_LIMIT = 2.0, 20  # RequestPool calls in that many seconds: a loop
 GC_GRACE = 120.0  # an address no container uses is reclaimed after this long (docs/docker.md)
+DOCKER_ID = re.compile(r"^[0-9a-f]{1,64}$")  # libnetwork's network and endpoint ids
+
+
+def docker_id(body: dict[str, Any], key: str) -> str:
+    """A network or endpoint id from Docker's request; UsageError naming the field if not one."""
+    value = body.get(key)
+    if not isinstance(value, str) or not DOCKER_ID.match(value):
+        raise UsageError(f"{key} must be a hex id, got {str(value)[:80]!r}")
+    return value
 
 
 def error(message: str) -> dict[str, str]:
@@ -145,9 +155,9 @@ class CnmDriver:
             except MeshnetError as exc:
                 log.warning("%s failed: %s", path, exc.message)
                 return error(exc.message)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("%s: bad request %r: %s", path, body, exc)
-                return error(f"bad request to {path.lstrip('/')}: {exc}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong shape
+                log.warning("%s: bad request: %s: %s", path, exc.__class__.__name__, str(exc)[:200])
+                return error(f"bad request to {path.lstrip('/')}: {exc.__class__.__name__}: {str(exc)[:200]}")
             except Exception as exc:
                 log.exception("%s failed", path)
                 return error(f"{path.lstrip('/')} failed: {exc.__class__.__name__}: {exc}")
@@ -262,7 +272,7 @@ class CnmDriver:
         return {"Scope": "local", "ConnectivityScope": "global"}
 
     async def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
-        nid = body["NetworkID"]
+        nid = docker_id(body, "NetworkID")
         if body.get("IPv6Data"):
             raise UsageError("IPv6 is not supported on meshnet networks")
         v4 = body.get("IPv4Data") or []
@@ -275,12 +285,12 @@ class CnmDriver:
         return {}
 
     async def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.networks.pop(body["NetworkID"], None)
+        self.networks.pop(docker_id(body, "NetworkID"), None)
         self._save()
         return {}
 
     async def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
-        nid, eid = body["NetworkID"], body["EndpointID"]
+        nid, eid = docker_id(body, "NetworkID"), docker_id(body, "EndpointID")
         iface = body.get("Interface") or {}
         address = iface.get("Address") or ""
         if not address:
@@ -302,7 +312,7 @@ class CnmDriver:
         return {"Value": {"meshnet.host_if": ep["host_if"], "meshnet.mac": ep["mac"]}}
 
     async def join(self, body: dict[str, Any]) -> dict[str, Any]:
-        eid = body["EndpointID"]
+        eid = docker_id(body, "EndpointID")
         ep = self.endpoints.get(eid)
         if ep is None:
             raise NotFound(f"unknown endpoint {eid[:12]} (was it created while meshnet's state was lost?)")
@@ -323,7 +333,7 @@ class CnmDriver:
         }
 
     async def leave(self, body: dict[str, Any]) -> dict[str, Any]:
-        eid = body["EndpointID"]
+        eid = docker_id(body, "EndpointID")
         self.service.remove(endpoint_id(eid))
         ep = self.endpoints.get(eid)
         if ep is not None:
@@ -332,7 +342,7 @@ class CnmDriver:
         return {}
 
     async def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
-        eid = body["EndpointID"]
+        eid = docker_id(body, "EndpointID")
         ep = self.endpoints.get(eid)
         host_if = ep["host_if"] if ep else veth_names(eid)[0]
         await self.plumbing.delete_link(host_if)

@@ -14,7 +14,9 @@ plumbing, its state store and its API route table. What it adds:
   * API routes: /docker/attach, /docker/detach, /docker/ps, /docker/info, /expose, /hide.
 
 Everything runs on the router's loop; docker-py calls run in a small thread pool, kernel
-calls through the plumbing port.
+calls through the plumbing port. The event consumer, the address gc and the watch thread
+run under the router's supervisor (`runtime/supervise.py`): a failure is logged, counted
+and the loop started again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +43,7 @@ from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
 from meshnet.errors import MeshnetError, NotFound, UsageError
 from meshnet.kernel.errors import KernelError
 from meshnet.runtime.endpoints import Endpoint
+from meshnet.runtime.supervise import Supervisor
 
 log = logging.getLogger("meshnet.docker")
 
@@ -50,6 +54,22 @@ EXPOSE_KEY = "docker.expose"
 NAT_TABLE = "meshnet-nat"
 RECORDS_TTL = 0.5  # seconds the DNS name table is cached
 GC_INTERVAL = 60.0
+CONTAINER_REF = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")  # a Docker container name or id
+
+
+def container_ref(body: dict[str, Any]) -> str:
+    """The `container` field: a Docker name or id (UsageError naming it otherwise)."""
+    ref = body.get("container")
+    if not isinstance(ref, str) or not CONTAINER_REF.match(ref.strip()):
+        raise UsageError(f"'container' must be a container name or id, got {str(ref)[:80]!r}")
+    return ref.strip()
+
+
+def nat_flag(body: dict[str, Any]) -> dict[str, Any]:
+    """The `nat` field is absent, null or a boolean (UsageError naming it otherwise)."""
+    if body.get("nat") is not None and not isinstance(body["nat"], bool):
+        raise UsageError(f"'nat' must be true or false, got {str(body['nat'])[:80]!r}")
+    return body
 
 
 @dataclass(frozen=True)
@@ -66,8 +86,20 @@ class DockerSettings:
 
 
 class DockerService:
-    def __init__(self, settings: DockerSettings, *, endpoints: Endpoints, plumbing: Plumbing, store: Store, api: Routes, host_owner: str):
-        """`host_owner`: the IPAM owner of this host's own overlay addresses (`expose`)."""
+    def __init__(
+        self,
+        settings: DockerSettings,
+        *,
+        endpoints: Endpoints,
+        plumbing: Plumbing,
+        store: Store,
+        api: Routes,
+        host_owner: str,
+        supervisor: Supervisor | None = None,
+    ):
+        """`host_owner`: the IPAM owner of this host's own overlay addresses (`expose`);
+        `supervisor`: the router's (failures show in its status)."""
+        self.supervisor = supervisor or Supervisor()
         self.endpoints = endpoints
         self.plumbing = plumbing
         self.store = store
@@ -124,10 +156,9 @@ class DockerService:
         except (MeshnetError, KernelError) as exc:
             log.warning("could not restore the host's overlay address: %s", getattr(exc, "message", exc))
         if self.engine is not None and not self.disabled:
-            self._tasks.append(asyncio.ensure_future(self._consume()))
-            self._tasks.append(asyncio.ensure_future(self._gc_loop()))
-            self._watcher = threading.Thread(target=self._watch, name="meshnet-docker-events", daemon=True)
-            self._watcher.start()
+            self._tasks.append(self.supervisor.keep("docker-events", self._consume))
+            self._tasks.append(self.supervisor.keep("docker-gc", self._gc_loop))
+            self._watcher = self.supervisor.thread("docker-watch", self._watch, self._stop)
             log.info("following Docker at %s", self.url)
         else:
             log.info("no Docker socket (--docker-socket, DOCKER_HOST): meshnet attach/run of containers is off")
@@ -225,8 +256,8 @@ class DockerService:
                 raise
             except (MeshnetError, DockerError, DockerUnavailable, KernelError) as exc:
                 log.warning("Docker %s: %s", kind, getattr(exc, "message", exc))
-            except Exception:
-                log.exception("Docker %s handling failed", kind)
+            except Exception as exc:
+                self.supervisor.failed(f"docker-{kind}", exc)
 
     async def _on_connect(self) -> None:
         await self.containers.reconcile()
@@ -375,11 +406,11 @@ class DockerService:
 
     def routes(self) -> dict[tuple[str, str], Any]:
         return {
-            ("POST", "/docker/attach"): lambda b: self.containers.attach(b.get("container"), b.get("cidrs")),
-            ("POST", "/docker/detach"): lambda b: self.containers.detach(b.get("container")),
+            ("POST", "/docker/attach"): lambda b: self.containers.attach(container_ref(b), b.get("cidrs")),
+            ("POST", "/docker/detach"): lambda b: self.containers.detach(container_ref(b)),
             ("GET", "/docker/ps"): self._ps,
             ("GET", "/docker/info"): self._info,
-            ("POST", "/expose"): self.expose,
+            ("POST", "/expose"): lambda b: self.expose(nat_flag(b)),
             ("POST", "/hide"): self.hide,
             ("GET", "/expose"): self._expose_status,
             ("POST", "/dns/add"): self._dns_add,

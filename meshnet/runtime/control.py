@@ -8,7 +8,10 @@ router's timer calls `tick` at `next_deadline`.
 
 Decisions about refusals use the `Refusal` enum the core and the handshake return, never
 the prose shown to people. A `RemoteProtocolError` closes the one connection that carried
-it; nothing a peer sends reaches the shared tasks as an exception.
+it and is counted (`protocol_errors` once established, `handshake_failures` before);
+nothing a peer sends reaches the shared tasks as an exception. Warnings that a peer or a
+scanner can repeat at will (garbage connections, refusals, protocol errors) are rate
+limited (`ratelimit.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from meshnet.errors import HandshakeRefused, Refusal, RemoteProtocolError
 from meshnet.mesh.connection import ControlConnection, State
 from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
 from meshnet.mesh.targets import Targets
+from meshnet.runtime.ratelimit import RateLimitedLog
 
 log = logging.getLogger("meshnet.router")
 
@@ -57,7 +61,7 @@ class ControlPlane:
         on_deliver: Callable[[Deliver], None],
         on_changed: Callable[[], None],
         wake: Callable[[], None],
-        spawn: Callable[[Any], None],
+        spawn: Callable[[Any, str], None],
     ):
         self.core = core
         self.targets = targets
@@ -70,7 +74,8 @@ class ControlPlane:
         self.links: dict[int, Link] = {}
         self._next_conn = 1
         self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
-        self.counters = {"handshake_failures": 0, "wrong_password": 0}
+        self.counters = {"handshake_failures": 0, "wrong_password": 0, "protocol_errors": 0}
+        self.warn = RateLimitedLog(log)
 
     # -- views -------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ class ControlPlane:
 
     def dial_due(self, *, now: float) -> None:
         for address in self.targets.due(now, set(self.core.by_peer())):
-            self._spawn(self.dial(address))
+            self._spawn(self.dial(address), "dial")
 
     async def dial(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -179,12 +184,15 @@ class ControlPlane:
             if exc.refusal is Refusal.WRONG_PASSWORD:
                 self.counters["wrong_password"] += 1
             self._note_refusal(peer_ip, proto.remote, exc.reason)
-            log.warning("connection with %s refused: %s", peer_ip, exc.reason)
+            self.warn.warning(f"refused:{exc.refusal.value}", "connection with %s refused: %s", peer_ip, exc.reason)
         except RemoteProtocolError as exc:
             error = f"protocol error: {exc}"
-            if proto.state is not State.ESTABLISHED or not admitted:
+            if admitted:
+                self.counters["protocol_errors"] += 1
+                self.warn.warning("protocol-error", "closing connection with %s (%s): %s", peer_ip, proto.remote.get("nick"), error)
+            else:
                 self.counters["handshake_failures"] += 1
-            log.warning("closing connection with %s: %s", peer_ip, error)
+                self.warn.warning("handshake-error", "closing connection with %s during the handshake: %s", peer_ip, error)
         except asyncio.TimeoutError:
             error = "handshake timed out"
             self.counters["handshake_failures"] += 1
@@ -238,12 +246,15 @@ class ControlPlane:
             if isinstance(event, Send):
                 link = self.links.get(event.conn)
                 if link is not None and link.proto.state is State.ESTABLISHED:
-                    link.proto.send(event.kind, *event.fields)
-                    link.flush()
+                    self._send(link, event)
             elif isinstance(event, Close):
                 link = self.links.get(event.conn)
-                if link is not None:
+                if event.refusal is Refusal.PROTOCOL_ERROR:
+                    self.counters["protocol_errors"] += 1
+                    self.warn.warning("protocol-error", "closing connection %d: %s", event.conn, event.reason)
+                elif link is not None:
                     log.info("closing connection %d: %s", event.conn, event.reason)
+                if link is not None:
                     link.proto.refuse(event.refusal, event.reason)
                     link.flush()
                     link.writer.close()
@@ -256,6 +267,17 @@ class ControlPlane:
             self._on_changed()
         if changed or closed:
             self._wake()
+
+    def _send(self, link: Link, event: Send) -> None:
+        """Send one message; one that cannot be framed (a bug: the core keeps messages under
+        the frame limit) closes that connection only."""
+        try:
+            link.proto.send(event.kind, *event.fields)
+        except ValueError as exc:
+            self.warn.error("send-failed", "cannot send %s on connection %d: %s; closing it", event.kind.name, link.id, exc)
+            link.writer.close()
+            return
+        link.flush()
 
     def close_peers(self, peers: set[bytes], reason: str) -> None:
         """Close the connections to these peers on purpose (e.g. to rekey the sleeve)."""

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from dataclasses import replace
 from typing import Any, Callable
 
-from meshnet.errors import Conflict, MeshnetError, NotFound, UsageError
+from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 from meshnet.ipam.outcome import Result
 from meshnet.kernel.links import netns_path, parse_cidrs
+from meshnet.mesh.bounds import MAX_ENTRY_BYTES
+from meshnet.mesh.claims import Claims, address_of
 from meshnet.mesh.topology import Topology
 from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
 from meshnet.runtime.ipam_service import DEFAULT_WAIT, IpamService
@@ -45,12 +48,14 @@ class EndpointService:
         topology: Callable[[], Topology],
         publish: Callable[[list[list[Any]]], None],
         publish_names: Callable[[list[list[Any]]], None] = lambda names: None,
+        claims: Callable[[], Claims | None] = lambda: None,
     ):
         self.registry = registry
         self.ipam = ipam
         self.plumbing = plumbing
         self.universe = ipaddress.ip_network(universe)
         self._topology = topology
+        self._claims = claims
         self._publish = publish
         self._publish_names = publish_names
 
@@ -103,8 +108,25 @@ class EndpointService:
     # -- the registry ------------------------------------------------------------------
 
     def add(self, ep: Endpoint) -> None:
+        """Register (or replace) an endpoint and gossip it.
+
+        Raises:
+            Unavailable: the registry is full (--max-peer-endpoints), or our gossiped entry
+                would grow past what one control frame carries.
+        """
+        self.check_room(ep.id)
+        local = self._topology().local
+        gossip = [e.gossip() for e in self.registry.all() if e.id != ep.id] + [ep.gossip()]
+        if replace(local, data={**local.data, "eps": gossip}).wire_size > MAX_ENTRY_BYTES:
+            raise Unavailable(f"this host's endpoints would not fit in one gossip entry ({MAX_ENTRY_BYTES} bytes)")
         self.registry.add(ep)
         self.publish()
+
+    def check_room(self, ep_id: str) -> None:
+        """Raises Unavailable if a new endpoint would be one too many (--max-peer-endpoints)."""
+        registry = self.registry
+        if registry.get(ep_id) is None and len(registry.all()) >= registry.limit:
+            raise Unavailable(f"this host has {registry.limit} endpoints, the most it may announce (--max-peer-endpoints)")
 
     def remove(self, ep_id: str) -> Endpoint | None:
         ep = self.registry.remove(ep_id)
@@ -122,15 +144,24 @@ class EndpointService:
         self._publish(self.registry.gossip())
 
     def mesh(self) -> list[dict[str, Any]]:
-        """Every reachable peer's gossiped endpoints, ours included."""
+        """Every reachable peer's gossiped endpoints, ours included. An endpoint whose MAC
+        another peer holds (an address conflict the other claim won) is left out, and so
+        are addresses another peer holds (`mesh/claims.py`): DNS answers only owners."""
         topo = self._topology()
+        claims = self._claims()
         reachable = topo.reachable() | {topo.local.name}
-        return [
-            {"peer": e.name.hex(), "nick": e.nick, "mac": mac, "ips": ips, "name": name}
-            for e in topo.entries.values()
-            if e.name in reachable
-            for mac, ips, name in e.data.get("eps", [])
-        ]
+        out = []
+        for e in topo.entries.values():
+            if e.name not in reachable:
+                continue
+            for ep in e.data.get("eps", []):
+                mac, cidrs, name = ep[0], ep[1], ep[2]
+                if claims is not None and claims.owner("mac", mac) not in (None, e.name):
+                    continue
+                if claims is not None:
+                    cidrs = [c for c in cidrs if claims.owner("ip", address_of(c)) in (None, e.name)]
+                out.append({"peer": e.name.hex(), "nick": e.nick, "mac": mac, "ips": cidrs, "name": name})
+        return out
 
     def publish_names(self, names: list[list[Any]]) -> None:
         """Extra DNS records (`meshnet dns-add`), gossiped beside the endpoints as our `dns`."""
@@ -166,6 +197,7 @@ class EndpointService:
             raise UsageError(str(exc)) from None
         except OSError as exc:
             raise NotFound(exc.strerror or str(exc)) from None
+        self.check_room(ep_id)
         claimed = await self.claim(ep_id, cidrs)
         try:
             att = await self.plumbing.attach_netns(netns, cidrs=claimed, ifname=ifname)
@@ -175,7 +207,12 @@ class EndpointService:
         except BaseException:
             self.ipam.release(ep_id)
             raise
-        self.add(Endpoint(ep_id, att.mac, att.cidrs, name, att.host_if))
+        try:
+            self.add(Endpoint(ep_id, att.mac, att.cidrs, name, att.host_if))
+        except BaseException:
+            await self.plumbing.delete_link(att.host_if)
+            self.ipam.release(ep_id)
+            raise
         return {"id": ep_id, "netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.plumbing.mtu}
 
     async def detach(self, *, netns: str | None = None, ep_id: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,10 @@ gossiped in our peer entry as `eps`, so every router can program its forwarding 
 statically (floods become the exception) and answer name lookups.
 
 Gossiped form (docs/protocol.md): `eps` = [[mac "aa:bb:..", [cidr, ...], name], ...].
+
+Bounded: at most `limit` endpoints (`--max-peer-endpoints`, the share every peer accepts
+from one router), each within the protocol's bounds (`mesh/bounds.py`), so what we
+gossip is never refused or cut by a peer with the same settings.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from meshnet.errors import UsageError
+from meshnet.errors import Unavailable, UsageError
+from meshnet.mesh import bounds
 from meshnet.state.statedir import StateDir
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_ID = 512  # characters of an endpoint id
+MAX_IFNAME = 15  # Linux IFNAMSIZ with the NUL
 
 
 @dataclass(frozen=True)
@@ -35,34 +42,42 @@ class Endpoint:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Endpoint:
-        """Validate an API body. Raises UsageError with a clear message."""
-        ep_id, mac = body.get("id"), str(body.get("mac", "")).lower()
-        ips, name = body.get("ips", []), str(body.get("name") or "").lower()
-        if not isinstance(ep_id, str) or not ep_id:
-            raise UsageError("an endpoint needs an id")
-        if not MAC_RE.match(mac):
-            raise UsageError(f"{body.get('mac')!r} is not a MAC address like 02:42:0a:20:00:05")
-        if not isinstance(ips, list):
-            raise UsageError("ips must be a list of IP/CIDR")
+        """Validate an API body. Raises UsageError naming the bad field."""
+        ep_id, mac, ips = body.get("id"), body.get("mac"), body.get("ips", [])
+        name, host_if = body.get("name") or "", body.get("host_if") or ""
+        if not isinstance(ep_id, str) or not 0 < len(ep_id) <= MAX_ID:
+            raise UsageError(f"'id' must be a non-empty string of at most {MAX_ID} characters")
+        if not isinstance(mac, str) or not MAC_RE.match(mac.lower()):
+            raise UsageError(f"'mac': {mac!r} is not a MAC address like 02:42:0a:20:00:05")
+        if not isinstance(ips, list) or len(ips) > bounds.MAX_ADDRESSES:
+            raise UsageError(f"'ips' must be a list of at most {bounds.MAX_ADDRESSES} IP/CIDR")
         for cidr in ips:
+            if not isinstance(cidr, str) or len(cidr) > bounds.MAX_CIDR:
+                raise UsageError(f"'ips': {cidr!r} is not a valid IP/CIDR")
             try:
                 ipaddress.ip_interface(cidr)
-            except (TypeError, ValueError):
-                raise UsageError(f"{cidr!r} is not a valid IP/CIDR") from None
-        if name and not NAME_RE.match(name):
-            raise UsageError(f"{name!r} is not a valid DNS label")
-        return cls(ep_id, mac, tuple(ips), name, str(body.get("host_if") or ""))
+            except ValueError:
+                raise UsageError(f"'ips': {cidr!r} is not a valid IP/CIDR") from None
+        if not isinstance(name, str) or (name and not NAME_RE.match(name.lower())):
+            raise UsageError(f"'name': {name!r} is not a valid DNS label")
+        if not isinstance(host_if, str) or len(host_if) > MAX_IFNAME:
+            raise UsageError(f"'host_if': {host_if!r} is not an interface name")
+        return cls(ep_id, mac.lower(), tuple(ips), name.lower(), host_if)
 
 
 class EndpointRegistry:
-    def __init__(self, state: StateDir):
+    def __init__(self, state: StateDir, *, limit: int = bounds.MAX_ENDPOINTS):
         self._state = state
+        self.limit = limit
         self._eps = {k: Endpoint(**{**v, "ips": tuple(v["ips"])}) for k, v in state.get("endpoints", {}).items()}
 
     def _save(self) -> None:
         self._state.put("endpoints", {k: asdict(v) for k, v in self._eps.items()})
 
     def add(self, ep: Endpoint) -> None:
+        """Raises Unavailable when `limit` endpoints are registered already."""
+        if ep.id not in self._eps and len(self._eps) >= self.limit:
+            raise Unavailable(f"this host has {len(self._eps)} endpoints, the most it may announce (--max-peer-endpoints)")
         self._eps[ep.id] = ep
         self._save()
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from meshnet.errors import RemoteProtocolError, Unavailable
 from meshnet.ipam.allocator import Allocator
 from meshnet.ipam.outcome import Result
+from meshnet.runtime.ratelimit import RateLimitedLog
 from meshnet.state import ipam_store
 from meshnet.state.journal import Journal, Release
 
@@ -58,6 +59,8 @@ class IpamService:
         self._waiting: dict[int, asyncio.Future[Result]] = {}
         self._next_full_state = now
         self._neighbours: set[bytes] = set()
+        self.counters = {"ipam_dropped": 0}  # payloads from peers that did not decode
+        self._warn = RateLimitedLog(log)
         # Before anything is served. What the releases make the allocator say waits for
         # the first flush (the router's first peers_changed), as it always has.
         self._unsent: list[Any] = self._drain_journal(now)
@@ -88,7 +91,8 @@ class IpamService:
         try:
             self._flush(handler(src, payload, now=time.monotonic()))
         except RemoteProtocolError as exc:
-            log.warning("dropped an IPAM message from %s: %s", src.hex(), exc)
+            self.counters["ipam_dropped"] += 1
+            self._warn.warning("ipam-dropped", "dropped an IPAM message from %s: %s", src.hex(), exc)
 
     def peers_changed(self, reachable: set[bytes], neighbours: set[bytes]) -> None:
         """Reachability changed; new direct neighbours get our full state."""
@@ -167,6 +171,9 @@ class IpamService:
 
     def status(self) -> dict[str, Any]:
         return self.allocator.status()
+
+    def knows(self, peer: bytes) -> str | None:
+        return self.allocator.knows(peer)
 
     def rmpeer(self, peer: bytes) -> int:
         count, out = self.allocator.rmpeer(peer, now=time.monotonic())

@@ -141,7 +141,14 @@ def families(snap: dict[str, Any]) -> list[Metric]:
     msgs.add_metric(["out"], float(counters.get("messages_out", 0)))
     out.append(msgs)
     out.append(GaugeMetricFamily("meshnet_refusals_recent", "Handshake refusals kept for `meshnet status`", value=float(len(snap.get("refusals", [])))))
+    out.append(
+        CounterMetricFamily(
+            "meshnet_protocol_errors", "Established connections closed for a protocol error", value=float(counters.get("protocol_errors", 0))
+        )
+    )
 
+    out += _health_families(snap.get("health") or {}, snap.get("log_suppressed") or {})
+    out += _table_families(snap.get("limits"), snap.get("conflicts"))
     out += _ipam_families(snap.get("ipam"))
     return out
 
@@ -180,6 +187,57 @@ def _peer_families(snap: dict[str, Any], direct_mode: dict[Any, str]) -> list[Me
     for key, value in sorted((vxlan.get("device") or {}).items()):
         vd.add_metric([key], float(value))
     return [mode, beat, pb, pf, vd]
+
+
+def _health_families(health: dict[str, Any], suppressed: dict[str, int]) -> list[Metric]:
+    """Health, the timer watchdog, and what supervision caught (docs/concepts.md)."""
+    out: list[Metric] = [
+        GaugeMetricFamily("meshnet_healthy", "1 when the router is healthy (the readiness probe passes)", value=float(bool(health.get("healthy", True)))),
+        GaugeMetricFamily(
+            "meshnet_timer_watchdog_age_seconds", "How late the router's timer is (0 when on time)", value=float(health.get("timer_age_s", 0))
+        ),
+        GaugeMetricFamily("meshnet_pump_running", "1 while the sleeve pump's thread runs", value=float(bool(health.get("pump_alive", True)))),
+    ]
+    jobs = CounterMetricFamily("meshnet_timer_job_failures", "Timer jobs that raised (caught, logged, backed off)", labels=["job"])
+    for job, n in sorted((health.get("timer_failures") or {}).items()):
+        jobs.add_metric([job], float(n))
+    sup = health.get("supervision") or {}
+    failures = CounterMetricFamily("meshnet_supervised_failures", "Unexpected exceptions caught by supervision, by task", labels=["task"])
+    for task, n in sorted((sup.get("failures") or {}).items()):
+        failures.add_metric([task], float(n))
+    restarts = CounterMetricFamily("meshnet_supervised_restarts", "Long-lived tasks started again after a failure", labels=["task"])
+    for task, n in sorted((sup.get("restarts") or {}).items()):
+        restarts.add_metric([task], float(n))
+    quiet = CounterMetricFamily("meshnet_log_suppressed", "Log lines not written by the rate limiter, by kind of event", labels=["event"])
+    for event, n in sorted(suppressed.items()):
+        quiet.add_metric([event], float(n))
+    return out + [jobs, failures, restarts, quiet]
+
+
+def _table_families(limits: dict[str, Any] | None, conflicts: dict[str, Any] | None) -> list[Metric]:
+    """Table fill against the limits, what was not stored, and address conflicts."""
+    if not isinstance(limits, dict):
+        return []
+    fill = GaugeMetricFamily("meshnet_table_entries", "Entries in the router's bounded tables", labels=["table"])
+    cap = GaugeMetricFamily("meshnet_table_limit", "The limit of each bounded table", labels=["table"])
+    for table, have, most in (
+        ("peers", "peers", "max_peers"),
+        ("endpoints", "endpoints", "max_endpoints"),
+        ("local_endpoints", "local_endpoints", "max_peer_endpoints"),
+    ):
+        fill.add_metric([table], float(limits.get(have, 0)))
+        cap.add_metric([table], float(limits.get(most, 0)))
+    refused = CounterMetricFamily("meshnet_gossip_not_stored", "Gossiped items not stored (nor forwarded), by reason", labels=["reason"])
+    for reason, key in (("endpoint_over_quota", "endpoints_over_quota"), ("endpoint_table_full", "endpoints_table_full"), ("peer_table_full", "peers_table_full")):
+        refused.add_metric([reason], float(limits.get(key, 0)))
+    conflicts = conflicts or {}
+    return [
+        fill,
+        cap,
+        refused,
+        GaugeMetricFamily("meshnet_address_conflicts", "MAC and IP addresses two peers claim now", value=float(conflicts.get("current", 0))),
+        CounterMetricFamily("meshnet_address_conflicts_detected", "Address conflicts detected since start", value=float(conflicts.get("detected", 0))),
+    ]
 
 
 def _int(value: Any) -> Any:

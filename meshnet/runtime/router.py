@@ -9,6 +9,11 @@ builds those beside it and hands them `endpoints`, `plumbing`, `state` and `api`
 Threads: the asyncio loop owns every core; kernel calls run on one kernel thread
 (`plumbing.KernelThread`); the pump runs in its own thread without the GIL.
 
+Supervision (`supervise.py`): every task the router starts (dials, connections, fastdp
+updates, the timer) runs under `self.supervisor`, which logs and counts what escapes them
+and restarts the timer; what escapes callbacks and threads is caught by the loop's
+exception handler and `threading.excepthook` it installs.
+
 Start order: run-dir lock and pid file, state-dir lock (a second router on the same run or
 state dir stops here and touches nothing of the first one's), bridge
 and TAP, sleeve socket and pump thread, mesh core, TCP listener, API socket, endpoints,
@@ -32,6 +37,7 @@ from meshnet.dataplane import layout, sleeve_plan
 from meshnet.errors import UsageError
 from meshnet.kernel.links import Links
 from meshnet.mesh.core import Deliver, MeshCore
+from meshnet.mesh.quota import Limits
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.control import ControlPlane
 from meshnet.runtime.dial_book import DialBook
@@ -43,8 +49,10 @@ from meshnet.runtime.ipam_service import CHANNEL as IPAM_CHANNEL
 from meshnet.runtime.ipam_service import IpamService, default_init
 from meshnet.runtime.metrics import MetricsServer
 from meshnet.runtime.plumbing import KernelThread, Plumbing
+from meshnet.runtime.ratelimit import RateLimitedLog
 from meshnet.runtime.sleeve_driver import SleeveDriver
 from meshnet.runtime.status import status
+from meshnet.runtime.supervise import Supervisor
 from meshnet.runtime.timer import Job, TimerLoop
 from meshnet.state.rundir import RunDir
 from meshnet.state.statedir import StateDir
@@ -64,7 +72,8 @@ class Router:
         self._tap_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._metrics: MetricsServer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.supervisor = Supervisor()
+        self.conflict_log = RateLimitedLog(log)
         self._stopping = asyncio.Event()
         self.api = ApiServer(config.socket)
         self.timer = TimerLoop([])
@@ -82,6 +91,7 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.supervisor.install(asyncio.get_running_loop())
         self.run_dir.acquire()  # first: nothing in a run dir another router holds is touched
         try:
             self.state = StateDir(self.config.state_dir)
@@ -139,6 +149,7 @@ class Router:
             udp_port=cfg.udp_port,
             now=now,
             conn_limit=cfg.conn_limit,
+            limits=Limits(cfg.max_peers, cfg.max_endpoints, cfg.max_peer_endpoints),
         )
         targets = Targets()
         self.dial_book = DialBook(self.state, targets, wake=self.timer.wake)
@@ -147,8 +158,8 @@ class Router:
             targets=targets,
             password=cfg.secret,
             features=self._features(),
-            on_deliver=self._on_deliver,
-            on_changed=self._topology_changed,
+            on_deliver=self.supervisor.guard("deliver", self._on_deliver),
+            on_changed=self.supervisor.guard("topology-changed", self._topology_changed),
             wake=self.timer.wake,
             spawn=self.spawn,
         )
@@ -163,7 +174,8 @@ class Router:
         self.dial_book.core = self.core
         self.dial_book.load(cfg.peers)
         try:
-            self._server = await asyncio.start_server(self.control.accept, cfg.host, cfg.port, reuse_address=True)
+            accept = self.supervisor.handler("connection", self.control.accept)
+            self._server = await asyncio.start_server(accept, cfg.host, cfg.port, reuse_address=True)
         except OSError as exc:
             raise UsageError(f"cannot listen on TCP {cfg.host}:{cfg.port}: {exc.strerror}") from None
         self.api.add_routes(RouterHandlers(self).routes())
@@ -171,13 +183,14 @@ class Router:
         self._metrics = MetricsServer(cfg.metrics_addr, self._metrics_snapshot)
         self._metrics.start()
         self.endpoints = EndpointService(
-            registry=EndpointRegistry(self.state),
+            registry=EndpointRegistry(self.state, limit=cfg.max_peer_endpoints),
             ipam=self.ipam,
             plumbing=self.plumbing,
             universe=cfg.ipalloc_range,
             topology=lambda: self.core.topology,
             publish=self._publish_endpoints,
             publish_names=lambda names: self.control.handle(self.core.set_data("dns", names, now=time.monotonic())),
+            claims=lambda: self.core.claims,
         )
         await self.endpoints.restore()
         self.timer.add(Job("mesh", lambda now: self.control.tick(now=now), self.core.next_deadline))
@@ -185,7 +198,7 @@ class Router:
         self.timer.add(Job("fastdp", lambda now: self.fastdp.tick(), self.fastdp.next_deadline))
         self.timer.add(Job("ipam", lambda now: self.ipam.tick(), self.ipam.next_deadline))
         self.timer.add(Job("rekey", lambda now: self._rekey(), always=True))
-        self.spawn(self.timer.run())
+        self.supervisor.keep("timer", self.timer.run)
         log.info(
             "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
             name.hex(),
@@ -208,8 +221,7 @@ class Router:
         loop = asyncio.get_running_loop()
         if getattr(self, "control", None) is not None:
             self.control.close_all()
-        for task in list(self._tasks):
-            task.cancel()
+        self.supervisor.cancel_all()
         if self._server is not None:
             self._server.close()
         await self.api.close()
@@ -232,12 +244,11 @@ class Router:
             self.state.close()
             self.state = None
         self.run_dir.release()
+        self.supervisor.uninstall()
         log.info("router stopped")
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Any, name: str = "task") -> None:
+        self.supervisor.spawn(name, coro)
 
     # -- the mesh ----------------------------------------------------------------------
 
@@ -274,8 +285,19 @@ class Router:
     def _topology_changed(self) -> None:
         self._program_sleeve()
         self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), self._fastdp_off()))
+        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), self._fastdp_off()), "fastdp-update")
         self.dial_book.follow_topology()
+        self._log_conflicts()
+
+    def _log_conflicts(self) -> None:
+        entries = self.core.topology.entries
+        nick = lambda peer: entries[peer].nick if peer in entries else peer.hex()  # noqa: E731
+        for c in self.core.claims.take_new():
+            self.conflict_log.warning(
+                "address-conflict",
+                "address conflict: %s %s is claimed by %s and by %s; %s keeps it (the earlier claim)",
+                c.kind.upper(), c.address, nick(c.owner), nick(c.other), nick(c.owner),
+            )
 
     def _direct_ips(self) -> dict[int, str | None]:
         """Every reachable peer's id, with its underlay IP when we connect to it directly."""
@@ -287,8 +309,11 @@ class Router:
         return {layout.peer_id(c.peer) for c in self.core.conns.values() if isinstance(c.features, dict) and c.features.get("fastdp") == 0}
 
     def _remote_endpoints(self) -> dict[str, int]:
-        topo = self.core.topology
-        return {mac: layout.peer_id(peer) for peer in topo.reachable() for mac, *_ in topo.entries[peer].data.get("eps", [])}
+        """{MAC: peer id} of every reachable peer's gossiped endpoints: the one place the pump
+        and FDB planners read them from. A MAC two peers claim goes to its owner (the
+        earlier claim, `mesh/claims.py`); our own MACs never go to another peer."""
+        reachable = self.core.topology.reachable()
+        return {mac: layout.peer_id(peer) for mac, peer in self.core.claims.owners("mac") if peer in reachable}
 
     def _program_sleeve(self) -> None:
         """Mirror reachability, routes, keys and gossiped endpoints into the pump's tables."""

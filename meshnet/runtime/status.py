@@ -27,13 +27,31 @@ def path_mode(router: Router, peer: bytes) -> dict[str, str]:
     return {"mode": PathMode.of(path, encrypted=router.encrypted).value, "mode_reason": reason}
 
 
+def pump_alive(router: Router) -> bool:
+    """The pump's thread runs. (Read from the thread the sleeve driver started: a pump that
+    died takes no exception anywhere else; the excepthook has logged it.)"""
+    thread = getattr(getattr(router, "sleeve", None), "_thread", None)
+    return thread is not None and thread.is_alive()
+
+
 def health(router: Router) -> dict[str, Any]:
+    """Healthy: the timer runs on time, the pump's thread runs, no supervised thread died.
+    `reasons` names what is wrong: `timer_stalled`, `pump_stopped`, `dead:<task>`."""
     age = router.timer.age()
+    supervision = router.supervisor.status()
+    reasons = ["timer_stalled"] if age >= WATCHDOG_S else []
+    pump = pump_alive(router)
+    if not pump:
+        reasons.append("pump_stopped")
+    reasons += [f"dead:{name}" for name in supervision["dead"] if name != "meshnet-pump"]
     return {
-        "healthy": age < WATCHDOG_S,
+        "healthy": not reasons,
+        "reasons": reasons,
         "timer_age_s": round(age, 3),
         "watchdog_s": WATCHDOG_S,
         "timer_failures": dict(router.timer.failures),
+        "pump_alive": pump,
+        "supervision": supervision,
     }
 
 
@@ -51,6 +69,26 @@ def ipam_summary(router: Router) -> dict[str, Any]:
         "unreachable_owners": len(report["unreachable_owners"]),
         "conflicts": len(report["conflicts"]),
     }
+
+
+def limits(router: Router) -> dict[str, Any]:
+    """The tables' limits and fill, and what was not stored (docs/concepts.md, "Limits")."""
+    core = router.core
+    return {
+        "max_peers": core.quota.limits.max_peers,
+        "max_endpoints": core.quota.limits.max_endpoints,
+        "max_peer_endpoints": core.quota.limits.max_peer_endpoints,
+        "peers": len(core.topology.entries),
+        "endpoints": core.quota.stored_endpoints,
+        "local_endpoints": len(router.endpoints.local_endpoints()) if getattr(router, "endpoints", None) else 0,
+        **core.quota.counters,
+    }
+
+
+def conflicts(router: Router) -> dict[str, Any]:
+    """MAC and IP addresses two peers claim: who keeps each (the earlier claim)."""
+    claims = router.core.claims
+    return {"current": claims.contested, "detected": claims.detected, "list": claims.conflicts()}
 
 
 def status(router: Router) -> dict[str, Any]:
@@ -87,6 +125,7 @@ def status(router: Router) -> dict[str, Any]:
             "via": None if e.name == core.name or routes.get(e.name) in (None, e.name) else routes[e.name].hex(),
             "connections": len(e.links),
             "endpoints": len(e.data.get("eps", [])),
+            "endpoints_dropped": core.quota.dropped.get(e.name, 0),
             **(path_mode(router, e.name) if e.name in reachable else {}),
         }
         for e in sorted(topo.entries.values(), key=lambda e: e.nick)
@@ -121,5 +160,8 @@ def status(router: Router) -> dict[str, Any]:
         "targets": targets,
         "refusals": list(router.control.refusals),
         "ipam": ipam_summary(router),
-        "counters": {**core.counters, **router.control.counters},
+        "counters": {**core.counters, **router.control.counters, **router.ipam.counters},
+        "limits": limits(router),
+        "conflicts": conflicts(router),
+        "log_suppressed": {**router.control.warn.suppressed, **router.supervisor.log.suppressed, **router.conflict_log.suppressed},
     }

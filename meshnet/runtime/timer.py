@@ -5,9 +5,11 @@ and `tick(now)` (sync or async). The loop sleeps until the earliest deadline or 
 `wake()`; then it runs every job whose deadline has passed, and the jobs that asked to
 run on every wake (`deadline=None` and `always=True`).
 
-Supervision: an exception from one job is logged with its traceback (at most once per
-LOG_EVERY seconds per job, with a count of what was suppressed) and counted, and the loop
-goes on with the next job. `age()` is the watchdog: how late the timer is against the
+Supervision: an exception from one job (its `tick` or its `next_deadline`) is logged with
+its traceback (at most once per LOG_EVERY seconds per job, with a count of what was
+suppressed: `ratelimit.py`) and counted, and the loop goes on with the next job. This is
+the second line of defence: remote input is checked where it is decoded and never raises
+into a job; the loop itself runs under the router's supervisor (`supervise.py`). `age()` is the watchdog: how late the timer is against the
 time it meant to wake, or how long its current round has taken. A router whose timer is
 several seconds late reports itself unhealthy (`status`, the readiness probe).
 """
@@ -20,6 +22,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+
+from meshnet.runtime.ratelimit import RateLimitedLog
 
 log = logging.getLogger("meshnet.timer")
 
@@ -46,7 +50,7 @@ class TimerLoop:
         self._sleep_until: float | None = None  # while sleeping: when it will wake at the latest (the watchdog)
         self._round_started = self.last_run
         self.failures: dict[str, int] = {job.name: 0 for job in jobs}
-        self._logged: dict[str, tuple[float, int]] = {}  # job -> (last traceback time, suppressed since)
+        self._log = RateLimitedLog(log, every=LOG_EVERY, clock=clock)
         self._not_before: dict[str, float] = {}  # job -> earliest next run after a failure
 
     def add(self, job: Job) -> None:
@@ -95,7 +99,11 @@ class TimerLoop:
     def _deadline(self, job: Job) -> float | None:
         """When the job should run next: its own deadline, `-inf` for an always job, but
         never before its back-off after a failure."""
-        deadline = float("-inf") if job.always else job.next_deadline()
+        try:
+            deadline = float("-inf") if job.always else job.next_deadline()
+        except Exception:
+            self._failed(job, self._clock(), "next_deadline")
+            deadline = None
         not_before = self._not_before.get(job.name)
         if not_before is not None and deadline is not None:
             deadline = max(deadline, not_before)
@@ -110,12 +118,10 @@ class TimerLoop:
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.failures[job.name] += 1
-            self._not_before[job.name] = now + FAILURE_BACKOFF
-            last, suppressed = self._logged.get(job.name, (float("-inf"), 0))
-            if now - last >= LOG_EVERY:
-                more = f" ({suppressed} more failures since the last report)" if suppressed else ""
-                log.exception("timer job %s failed%s; the timer carries on", job.name, more)
-                self._logged[job.name] = (now, 0)
-            else:
-                self._logged[job.name] = (last, suppressed + 1)
+            self._failed(job, now, "tick")
+
+    def _failed(self, job: Job, now: float, part: str) -> None:
+        """Log (rate limited, with the traceback: called inside `except`) and count; back off."""
+        self.failures[job.name] = self.failures.get(job.name, 0) + 1
+        self._not_before[job.name] = now + FAILURE_BACKOFF
+        self._log.error(f"job:{job.name}", "timer job %s failed in %s; the timer carries on", job.name, part, exc_info=True)
