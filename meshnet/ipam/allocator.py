@@ -59,7 +59,7 @@ from meshnet.ipam.errors import (
 )
 from meshnet.ipam.outcome import Outgoing, Pending, Requests, Result
 from meshnet.ipam.reclaim import Reclaimer, Removed
-from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count
+from meshnet.ipam.ring import NAME_LEN, Entry, Ring, host_count, next_version
 from meshnet.ipam.space import Space
 from meshnet.ipam.status import IpamView, RangeView
 from meshnet.ipam.status import build as build_status
@@ -278,7 +278,7 @@ class Allocator(Engine):
                 raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
             changes = Changes(allocations={a: None for a, _ in self.space.items()})
             for start, end, e in mine:
-                changes.ring[start] = Entry(heir, e.version + 1, host_count(start, end, self.universe))
+                changes.ring[start] = Entry(heir, next_version(e.version), host_count(start, end, self.universe))
             self._apply_ring(changes)
             self.space.clear()
             for req in self.requests:

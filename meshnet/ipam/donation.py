@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from meshnet.ipam.addr import Block
 from meshnet.ipam.errors import RangeExhausted
 from meshnet.ipam.outcome import Request
-from meshnet.ipam.ring import Entry, Ring, host_count
+from meshnet.ipam.ring import Entry, Ring, host_count, next_version
 from meshnet.ipam.space import Space
 
 WANT_TIMEOUT = 3.0  # s to wait for a donor's answer before asking another
@@ -112,10 +112,10 @@ def give(ring: Ring, space: Space, me: bytes, to: bytes, block: tuple[int, int])
         changes[b] = Entry(me, 1, free_count(ring, space, b, end))
     block_free = host_count(a, b, ring.universe)
     if a == token:
-        changes[token] = Entry(to, ours.version + 1, block_free)
+        changes[token] = Entry(to, next_version(ours.version), block_free)
     else:
         changes[a] = Entry(to, 1, block_free)
-        changes[token] = Entry(me, ours.version + 1, free_count(ring, space, token, a))
+        changes[token] = Entry(me, next_version(ours.version), free_count(ring, space, token, a))
     return changes
 
 
@@ -154,7 +154,7 @@ def hint_changes(ring: Ring, space: Space, me: bytes) -> dict[int, Entry]:
     for start, end, e in ring.owned(me):
         free = free_count(ring, space, start, end)
         if not e.reclaim and free != e.free:
-            changes[start] = Entry(me, e.version + 1, free)
+            changes[start] = Entry(me, next_version(e.version), free)
     return changes
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
+from meshnet.ipam.ring import next_version
+
 Ballot = tuple[int, bytes]
 NO_BALLOT: Ballot = (0, b"")
 
@@ -131,7 +133,7 @@ class Consensus:
         ready = self._ready_at()
         if self._proposal is None and ready is not None and now >= ready:
             top = max(max(s.promised[0], s.accepted[0]) for s in self.states.values())
-            ballot = (top + 1, self.me)
+            ballot = (next_version(top), self.me)  # at the wire's bound it cannot outbid: it stalls, not crashes
             self.states[self.me] = replace(self.own, promised=ballot)
             self._proposal = (ballot, now)
 

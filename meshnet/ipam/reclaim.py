@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from meshnet.ipam.ring import Entry, Ring, host_count
+from meshnet.ipam.ring import Entry, Ring, host_count, next_version
 from meshnet.ipam.store import Changes
 from meshnet.ipam.wire import MAX_GONE
 
@@ -82,7 +82,7 @@ class Reclaimer:
         for peer in peers:
             for start, end, e in ring.owned(peer):
                 free = host_count(start, end, ring.universe)
-                step.changes.ring[start] = Entry(self.me, e.version + 1, free, reclaim=True)
+                step.changes.ring[start] = Entry(self.me, next_version(e.version), free, reclaim=True)
                 self.targets.add(peer)
         members = (set(reachable) | self._members | (self.round.members if self.round else set())) - self.targets
         self.round = Round(round_id, members, set(members), now + ASK_RESEND)
@@ -146,7 +146,7 @@ class Reclaimer:
         for start in self.unconfirmed(ring):
             e = ring.get(start)
             assert e is not None
-            step.changes.ring[start] = Entry(self.me, e.version + 1, e.free)
+            step.changes.ring[start] = Entry(self.me, next_version(e.version), e.free)
         self.targets.clear()
         step.changes.meta["rmpeer"] = None
         return step

@@ -54,6 +54,15 @@ class Entry:
         return (self.version, not self.reclaim, self.owner.translate(_INVERT), self.free)
 
 
+MAX_VERSION = (1 << 63) - 1  # the wire's bound on versions (wire.MAX_INT), and sqlite's INTEGER
+
+
+def next_version(version: int) -> int:
+    """The version of a change to an entry: one more, but never past the bound every peer
+    accepts (a peer that sent the top version cannot make us write one nobody decodes)."""
+    return min(version + 1, MAX_VERSION)
+
+
 def conflicting(a: Entry, b: Entry) -> bool:
     """Two normal entries of one version with different owners: two writers of one chain."""
     return a.version == b.version and not a.reclaim and not b.reclaim and a.owner != b.owner

@@ -44,11 +44,11 @@ import msgpack
 from meshnet.ipam.addr import Block, parse_universe
 from meshnet.ipam.errors import IpamError, IpamProtocolError
 from meshnet.ipam.paxos import NO_BALLOT, Acceptor, Ballot
-from meshnet.ipam.ring import NAME_LEN, Entry
+from meshnet.ipam.ring import MAX_VERSION, NAME_LEN, Entry
 
 VERSION = 1
 MAX_GONE = 1024  # names in a "gone" list
-MAX_INT = (1 << 63) - 1  # versions, ids and hints must fit a signed 64-bit integer
+MAX_INT = MAX_VERSION  # versions, ids and hints must fit a signed 64-bit integer
 MAX_CIDR = 18  # characters of the range ("255.255.255.255/32")
 MAX_KEYS = 16  # keys of a payload, a ring or a consensus map
 MAX_RING_ENTRIES = 32768  # ranges in one ring
