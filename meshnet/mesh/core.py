@@ -184,7 +184,7 @@ class MeshCore:
             remote.get("features", {}) or {},
         )
         events += self._publish_links(now)
-        events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
+        events.append(self._send(conn, Msg.DIGEST, self.quota.digest(self.topology), now=now))
         return None, events
 
     def _refused(self, refusal: Refusal, reason: str) -> tuple[Refused, list[Event]]:
@@ -233,7 +233,7 @@ class MeshCore:
             return self._on_topology(c, fields[0], now)
         if kind is Msg.SUMMARY:
             if fields[0] != self._summary():
-                return [self._send(conn, Msg.DIGEST, self.topology.digest(), now=now)]
+                return [self._send(conn, Msg.DIGEST, self.quota.digest(self.topology), now=now)]
             return []
         if kind is Msg.DIGEST:
             return self._on_digest(conn, fields[0], now)
@@ -372,7 +372,7 @@ class MeshCore:
 
     def _summary(self) -> bytes:
         h = hashlib.blake2b(digest_size=16)
-        for name, version in self.topology.digest():
+        for name, version in self.quota.digest(self.topology):
             h.update(name + version.to_bytes(8, "big", signed=True))
         return h.digest()
 

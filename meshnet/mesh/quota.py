@@ -9,8 +9,9 @@ Limits (settings `--max-peers`, `--max-endpoints`, `--max-peer-endpoints`):
 - All remote entries together keep at most `max_endpoints` endpoints; an entry that would
   pass it keeps what still fits (counted as `endpoints_table_full`).
 - The topology holds at most `max_peers` entries; an entry of a new peer beyond that is not
-  stored (`peers_table_full`), and its name is remembered (bounded) so that anti-entropy
-  does not ask for it again and again.
+  stored (`peers_table_full`). Its name and version are remembered (bounded) and listed in
+  our digest as if we held it, so that anti-entropy neither asks for it nor sends it to us
+  again every round; once an entry leaves the topology they are forgotten.
 
 Our own entry is bounded where it is made (the local endpoint registry), not here.
 """
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Any, Iterable
 
-from meshnet.mesh.topology import PeerEntry
+from meshnet.mesh.topology import PeerEntry, Topology
 
-REFUSED_NAMES = 1024  # names of refused peers remembered (not requested again)
+REFUSED_NAMES = 8192  # refused peers remembered (the protocol's bound on peers)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Quota:
         self.counters = {"endpoints_over_quota": 0, "endpoints_table_full": 0, "peers_table_full": 0}
         self._stored: dict[bytes, int] = {}  # peer -> endpoints stored from its entry
         self._total = 0
-        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._refused: OrderedDict[bytes, int] = OrderedDict()  # name -> version refused
 
     @property
     def stored_endpoints(self) -> int:
@@ -57,13 +58,20 @@ class Quota:
             if entry.name not in known:
                 if peers >= self.limits.max_peers:
                     self.counters["peers_table_full"] += 1
-                    self._refused[entry.name] = None
+                    self._refused[entry.name] = max(entry.version, self._refused.get(entry.name, 0))
                     while len(self._refused) > REFUSED_NAMES:
                         self._refused.popitem(last=False)
                     continue
                 peers += 1
             out.append(self._trim(entry))
         return out
+
+    def digest(self, topology: Topology) -> list[list[Any]]:
+        """The topology's digest, with the refused entries listed as held."""
+        pairs = topology.digest()
+        if not self._refused:
+            return pairs
+        return sorted(pairs + [[name, version] for name, version in self._refused.items() if name not in topology.entries])
 
     def _trim(self, entry: PeerEntry) -> PeerEntry:
         eps = entry.data.get("eps")
