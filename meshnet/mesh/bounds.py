@@ -14,6 +14,7 @@ from meshnet.errors import RemoteProtocolError
 
 MAX_FRAME = 256 * 1024  # bytes of one frame body
 MAX_U63 = (1 << 63) - 1  # versions, incarnations, sequence numbers: a non-negative signed 64-bit int
+MAX_JUMP = 1 << 40  # ms (35 years): how far an entry under our own name may outrank ours (an earlier life of ours)
 NAME_LEN = 16  # bytes of a peer name
 MAX_NICK = 64  # characters of a nickname (a hostname is at most 64)
 MAX_PEERS = 8192  # entries in one TOPOLOGY, pairs in one DIGEST, names in one REQUEST

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshnet.errors import Refusal
-from meshnet.mesh.bounds import MAX_ENTRY_BYTES, MAX_FRAME
+from meshnet.mesh.bounds import MAX_ENTRY_BYTES, MAX_FRAME, MAX_JUMP
 from meshnet.mesh.claims import Claims
 from meshnet.mesh.quota import Limits, Quota
 from meshnet.mesh.targets import normalize
@@ -248,20 +248,16 @@ class MeshCore:
 
     def _on_topology(self, c: Conn, entries: list[PeerEntry], now: float) -> list[Event]:
         events: list[Event] = []
-        ours = [e for e in entries if e.name == self.name]
+        ours = [e.version for e in entries if e.name == self.name]
         before = self.topology.local.version
-        if ours and max(e.version for e in ours) >= before:
+        if ours and before <= max(ours) <= before + MAX_JUMP:
             # Someone holds an entry under our name that outranks ours: a previous
-            # incarnation of us. Outrank it so our current entry wins everywhere (versions
-            # stop at their bound: at it there is nothing more to publish).
-            if self.topology.update_local(now_ms=max(e.version for e in ours) + 1).version > before:
+            # incarnation of us. Outrank it so our current entry wins everywhere. (Versions
+            # stop at their bound, and a jump beyond any earlier life's clock is forged.)
+            if self.topology.update_local(now_ms=max(ours) + 1).version > before:
                 events += self._publish_local(now)
-        newest: dict[bytes, PeerEntry] = {}
-        for e in entries:
-            known = newest.get(e.name) or self.topology.entries.get(e.name)
-            if e.name != self.name and (known is None or e.version > known.version):
-                newest[e.name] = e
-        news = self.topology.merge(self.quota.admit(newest.values(), self.topology.entries))
+        newest = self.quota.select(entries, self.topology, sender=c.peer, neighbours=self.by_peer().keys())
+        news = self.topology.merge(self.quota.admit(newest, self.topology.entries))
         self.claims.update(news)
         if not news:
             return events
@@ -278,9 +274,7 @@ class MeshCore:
         theirs: dict[bytes, int] = {name: version for name, version in pairs}
         mine = self.topology.entries
         give = [e for n, e in mine.items() if theirs.get(n, -1) < e.version]
-        want = [
-            n for n, v in theirs.items() if n != self.name and (n not in mine or mine[n].version < v) and not self.quota.refused(n)
-        ]
+        want = self.quota.wanted(theirs, self.topology, sender=self.conns[conn].peer, neighbours=self.by_peer().keys())
         events = self._send_entries(conn, give, now)
         if want:
             events.append(self._send(conn, Msg.REQUEST, want, now=now))

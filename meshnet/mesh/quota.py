@@ -50,6 +50,33 @@ class Quota:
     def refused(self, name: bytes) -> bool:
         return name in self._refused
 
+    def select(self, entries: Iterable[PeerEntry], topology: Topology, *, sender: bytes, neighbours: Iterable[bytes]) -> list[PeerEntry]:
+        """The entries of one TOPOLOGY message that are news: the newest per peer, newer than
+        ours, never our own, and never a neighbour's from anyone but that neighbour (it
+        sends us its changes itself; a copy from elsewhere at a higher version is forged)."""
+        direct = set(neighbours)
+        newest: dict[bytes, PeerEntry] = {}
+        for e in entries:
+            known = newest.get(e.name) or topology.entries.get(e.name)
+            if e.name == topology.local_name or (e.name in direct and e.name != sender):
+                continue
+            if known is None or e.version > known.version:
+                newest[e.name] = e
+        return list(newest.values())
+
+    def wanted(self, theirs: dict[bytes, int], topology: Topology, *, sender: bytes, neighbours: Iterable[bytes]) -> list[bytes]:
+        """What to REQUEST after a neighbour's digest: what it holds newer than we do and we
+        would take from it (not refused for a full table, not another neighbour's entry)."""
+        mine, direct = topology.entries, set(neighbours)
+        return [
+            n
+            for n, v in theirs.items()
+            if n != topology.local_name
+            and (n not in mine or mine[n].version < v)
+            and not self.refused(n)
+            and (n == sender or n not in direct)
+        ]
+
     def admit(self, entries: Iterable[PeerEntry], known: dict[bytes, PeerEntry]) -> list[PeerEntry]:
         """The entries (news: newer than what `known` holds) as they may be stored."""
         out = []

@@ -169,12 +169,30 @@ def test_version_2_63_never_reaches_the_core_and_the_top_version_does_no_harm():
     core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"z" * 16, v=TOP)]), now=100.0)
     assert core.topology.entries[b"z" * 16].version == TOP
     assert len(core._summary()) == 16
-    # Someone holds an entry under our own name at the top version: we go to the top too,
-    # once, and do not answer every repeat with a new publication.
-    events = core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"a" * 16, v=TOP)]), now=100.0)
-    assert core.topology.local.version == TOP and events
+    # An entry under our own name at the top version is no earlier life of ours (it is more
+    # than 2^40 ms ahead): ignored. One a little ahead is, and we outrank it once.
+    version = core.topology.local.version
     assert not core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"a" * 16, v=TOP)]), now=100.0)
+    assert core.topology.local.version == version
+    assert core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"a" * 16, v=version + 5000)]), now=100.0)
+    assert core.topology.local.version == version + 5001
+    assert not core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"a" * 16, v=version + 5000)]), now=100.0)
     core.tick(now=200.0)
+
+
+def test_a_neighbours_entry_is_taken_only_from_that_neighbour():
+    """A peer we are connected to sends us its changes itself: a copy relayed by someone
+    else (at any version, e.g. the top one, which would shadow the real entry forever) is
+    not taken, and not asked for after a digest."""
+    core = MeshCore(name=b"a" * 16, nick="a", uid=1, port=6783, udp_port=6783, now=100.0)
+    for conn, peer in ((1, b"b" * 16), (2, b"c" * 16)):
+        core.add_connection(conn, remote={"name": peer, "nick": "x", "uid": 2, "port": 6783, "udp_port": 6783}, ip="10.0.0.2", outbound=True, now=100.0)
+    core.receive(2, decode(Msg.TOPOLOGY, [entry(n=b"c" * 16, v=10)]), now=100.0)
+    core.receive(1, decode(Msg.TOPOLOGY, [entry(n=b"c" * 16, v=TOP, c=[])]), now=100.0)  # forged by b
+    assert core.topology.entries[b"c" * 16].version == 10
+    sends = core.receive(1, decode(Msg.DIGEST, [[b"c" * 16, TOP], [b"d" * 16, 3]]), now=100.0)
+    requests = [s.fields[0] for s in sends if s.kind is Msg.REQUEST]
+    assert requests == [[b"d" * 16]]
 
 
 def test_hello_on_an_established_connection_closes_it_without_raising():
