@@ -128,6 +128,8 @@ def decode_entry(obj: Any) -> PeerEntry:
         b.text(key, "entry data key", b.MAX_KEY)
         if key == "eps":
             check_endpoints(value)
+        elif key == "dns":
+            check_records(value)
         else:
             b.plain(value, f"entry data {key!r}")
     entry = PeerEntry(name, nick, uid, version, port, udp_port, links, data)
@@ -166,3 +168,13 @@ def check_endpoints(eps: Any) -> None:
             b.plain(extra, "endpoint extra field", 1)
         if len(ep) > 8:
             raise b.fail("endpoint: more than 8 fields")
+
+
+def check_records(records: Any) -> None:
+    """`dns` = [[label, [address, ...]], ...]: names added by hand (`meshnet dns-add`).
+    Shapes and sizes here; the resolver checks that the addresses are IPv4."""
+    for record in b.array(records, "dns records", b.MAX_DNS_RECORDS):
+        label, addresses = b.array(record, "dns record", 2, length=2)
+        b.text(label, "dns label", b.MAX_LABEL)
+        for address in b.array(addresses, "dns addresses", b.MAX_DNS_ADDRESSES):
+            b.text(address, "dns address", b.MAX_IP)

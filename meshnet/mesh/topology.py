@@ -6,8 +6,10 @@ version. That makes the topology a CRDT: merges commute, repeat and reorder free
 gossip may lose, duplicate and reorder messages and every peer still converges once
 the network heals (tests/unit/mesh/test_convergence.py).
 
-Versions are taken from the owner's wall clock in milliseconds (and +1 when the clock has
-not moved), so a restarted peer's first entry outranks everything it published before.
+Versions are taken from the owner's clock in milliseconds (the `now` the runtime passes:
+its monotonic clock; +1 when the clock has not moved). A restarted peer whose clock went
+back is outranked by its own earlier entry at first, and then outranks it (core.py).
+Versions stop at 2^63 - 1, the bound every peer accepts (bounds.py).
 
 Edges: A-B is usable only when A lists B *and* B lists A (symmetric), so a connection
 one side has already dropped is not used for routing.
