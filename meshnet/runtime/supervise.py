@@ -173,6 +173,8 @@ class Supervisor:
         exc = context.get("exception")
         task = context.get("task") or context.get("future")
         name = task.get_name() if isinstance(task, asyncio.Task) else "loop-callback"
+        if name.startswith("Task-"):  # asyncio's numbered default: one key for all of them
+            name = "task"
         if exc is None:
             self.log.warning(f"loop:{name}", "event loop: %s", context.get("message", "?"))
             return

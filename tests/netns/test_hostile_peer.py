@@ -85,7 +85,13 @@ def build(prefix: str, password: str | None):
         yield mesh
     finally:
         mesh.lab.down()
-        print(f"\n[{prefix}] figures: " + json.dumps({k: v for k, v in FIGURES.items()}, indent=2))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures():
+    """Print what was measured once the module is done (run with -s to see it)."""
+    yield
+    print("\nhostile-peer figures: " + json.dumps(FIGURES, indent=2))
 
 
 @pytest.fixture(scope="module")
