@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from meshnet.dns.server import DnsServer
 from meshnet.docker.cnm import CnmDriver
 from meshnet.docker.containers import ContainerManager, check_cidrs
 from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_docker_host
+from meshnet.docker.inputs import container_ref, nat_flag
 from meshnet.docker.listing import docker_endpoints, rows
 from meshnet.docker.names import DnsNames, label_of
 from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
@@ -54,24 +54,6 @@ EXPOSE_KEY = "docker.expose"
 NAT_TABLE = "meshnet-nat"
 RECORDS_TTL = 0.5  # seconds the DNS name table is cached
 GC_INTERVAL = 60.0
-CONTAINER_REF = re.compile(r"^/?[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")  # a Docker container name or id
-
-
-def container_ref(body: dict[str, Any]) -> str:
-    """The `container` field: a Docker name or id (UsageError naming it otherwise)."""
-    ref = body.get("container")
-    if not isinstance(ref, str) or not CONTAINER_REF.match(ref.strip()):
-        raise UsageError(f"'container' must be a container name or id, got {str(ref)[:80]!r}")
-    return ref.strip()
-
-
-def nat_flag(body: dict[str, Any]) -> dict[str, Any]:
-    """The `nat` field is absent, null or a boolean (UsageError naming it otherwise)."""
-    if body.get("nat") is not None and not isinstance(body["nat"], bool):
-        raise UsageError(f"'nat' must be true or false, got {str(body['nat'])[:80]!r}")
-    return body
-
-
 @dataclass(frozen=True)
 class DockerSettings:
     """The Docker part of the router's configuration (RouterConfig fields of the same names)."""
@@ -86,17 +68,8 @@ class DockerSettings:
 
 
 class DockerService:
-    def __init__(
-        self,
-        settings: DockerSettings,
-        *,
-        endpoints: Endpoints,
-        plumbing: Plumbing,
-        store: Store,
-        api: Routes,
-        host_owner: str,
-        supervisor: Supervisor | None = None,
-    ):
+    def __init__(self, settings: DockerSettings, *, endpoints: Endpoints, plumbing: Plumbing, store: Store, api: Routes, host_owner: str,
+                 supervisor: Supervisor | None = None):
         """`host_owner`: the IPAM owner of this host's own overlay addresses (`expose`);
         `supervisor`: the router's (failures show in its status)."""
         self.supervisor = supervisor or Supervisor()

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from meshnet.docker.cnm import CnmDriver
-from meshnet.docker.service import container_ref, nat_flag
+from meshnet.docker.inputs import container_ref, nat_flag
 from meshnet.docker.testing import FakeEndpoints, FakePlumbing, MemoryStore
 from meshnet.errors import UsageError
 

@@ -125,6 +125,17 @@ def test_malformed_endpoints(ep):
     rejected(Msg.TOPOLOGY, [entry(x={"eps": [ep]})], why="endpoint")
 
 
+def test_dns_records_bounds():
+    assert decode(Msg.TOPOLOGY, [entry(x={"dns": [["web", ["10.32.0.1"] * 32]]})])
+    good = [["web", ["10.32.0.1"] * 2]] * 1024
+    assert decode(Msg.TOPOLOGY, [entry(x={"dns": good})])
+    rejected(Msg.TOPOLOGY, [entry(x={"dns": good + [["x", []]]})], why="dns records")
+    rejected(Msg.TOPOLOGY, [entry(x={"dns": [["web", ["10.32.0.1"] * 33]]})], why="dns addresses")
+    rejected(Msg.TOPOLOGY, [entry(x={"dns": [["w" * 64, []]]})], why="dns label")
+    rejected(Msg.TOPOLOGY, [entry(x={"dns": [["web"]]})], why="dns record")
+    rejected(Msg.TOPOLOGY, [entry(x={"dns": [["web", [5]]]})], why="dns address")
+
+
 def test_unknown_data_is_kept_only_shallow():
     nested = "leaf"
     for _ in range(bounds.MAX_DEPTH):
