@@ -65,10 +65,12 @@ class HostilePeer:
     # -- connection ----------------------------------------------------------------------
 
     def handshake(self, timeout: float = 10.0) -> HostilePeer:
-        """Complete the real handshake; then read and heartbeat in the background."""
+        """Complete the real handshake, and wait until the router has admitted us (its
+        DIGEST arrives), so what we send next reaches an established connection; then
+        read and heartbeat in the background."""
         self._flush()
         deadline = time.monotonic() + timeout
-        while self.proto.state is not State.ESTABLISHED:
+        while not any(m.kind is Msg.DIGEST for m in self.received):
             if time.monotonic() > deadline:
                 raise TimeoutError("handshake did not complete")
             try:
