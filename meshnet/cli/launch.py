@@ -72,6 +72,7 @@ def run_foreground(config: Any, *, log_to_file: bool = False) -> int:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    logging.captureWarnings(True)  # into the (rotated) log, not the unbounded start file
     asyncio.run(Daemon(config).run())
     return 0
 

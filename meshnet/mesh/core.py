@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshnet.errors import Refusal
@@ -202,11 +202,16 @@ class MeshCore:
         return self._publish_local(now)
 
     def set_data(self, key: str, value: Any, *, now: float) -> list[Event]:
-        """Set a piece of our entry's data (e.g. our endpoints) and gossip it."""
+        """Set a piece of our entry's data (e.g. our endpoints) and gossip it. Data that would
+        make our entry too big for every peer (bounds.MAX_ENTRY_BYTES) is not taken: counted
+        (`oversize_entries`), the entry stays as it was and keeps flowing."""
         data = dict(self.topology.local.data)
         if data.get(key) == value:
             return []
         data[key] = value
+        if replace(self.topology.local, data=data).wire_size > MAX_ENTRY_BYTES:
+            self.counters["oversize_entries"] += 1
+            return []
         self.claims.update([self.topology.update_local(now_ms=int(now * 1000), data=data)])
         return self._publish_local(now)
 

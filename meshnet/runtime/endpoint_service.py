@@ -164,7 +164,14 @@ class EndpointService:
         return out
 
     def publish_names(self, names: list[list[Any]]) -> None:
-        """Extra DNS records (`meshnet dns-add`), gossiped beside the endpoints as our `dns`."""
+        """Extra DNS records (`meshnet dns-add`), gossiped beside the endpoints as our `dns`.
+
+        Raises:
+            Unavailable: our gossiped entry would grow past what one control frame carries.
+        """
+        local = self._topology().local
+        if replace(local, data={**local.data, "dns": names}).wire_size > MAX_ENTRY_BYTES:
+            raise Unavailable(f"this host's DNS records would not fit in one gossip entry ({MAX_ENTRY_BYTES} bytes)")
         self._publish_names(names)
 
     def mesh_names(self) -> list[Any]:

@@ -221,3 +221,13 @@ def test_entries_are_cut_by_their_real_size():
     assert len(sends) > 1
     for send in sends:
         assert len(wire.encode_message(send.kind, *send.fields)) <= bounds.MAX_FRAME
+
+
+def test_our_own_entry_never_grows_past_what_peers_accept():
+    """Data that would make our entry too big is not taken: the entry keeps flowing."""
+    core = MeshCore(name=b"a" * 16, nick="a", uid=1, port=6783, udp_port=6783, now=100.0)
+    assert core.set_data("dns", [["web", ["10.32.0.1"] * 2]], now=100.0)
+    version = core.topology.local.version
+    assert core.set_data("dns", [[f"n{i}", ["10.32.0.1"] * 32] for i in range(1024)], now=101.0) == []
+    assert core.topology.local.version == version and core.counters["oversize_entries"] == 1
+    assert core.topology.local.wire_size <= bounds.MAX_ENTRY_BYTES
