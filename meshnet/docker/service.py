@@ -294,14 +294,28 @@ class DockerService:
                 await self.plumbing.set_bridge_address(cidr, False)
         for cidr in exp["cidrs"]:
             await self.plumbing.set_bridge_address(cidr, True)
-        if exp.get("nat") or (old or {}).get("nat"):
-            await self.plumbing.set_nat(NAT_TABLE, self.universe(), bool(exp.get("nat") and exp["cidrs"]))
+        await self._apply_nat(exp, old or {})
         if exp["cidrs"]:
             mac = await self.plumbing.bridge_mac()
             self.endpoints.add(Endpoint("host:bridge", str(mac), tuple(exp["cidrs"]), ""))
         else:
             self.endpoints.remove("host:bridge")
         await self.dns.set_addresses([c.split("/")[0] for c in exp["cidrs"]])
+
+    async def _apply_nat(self, exp: dict[str, Any], old: dict[str, Any]) -> None:
+        """`--nat`: the guard and masquerade table first, then forwarding on; undone in the
+        reverse order, restoring the forwarding setting found before (`forward_was`)."""
+        nat_now = bool(exp.get("nat") and exp["cidrs"])
+        if nat_now:
+            await self.plumbing.set_nat(NAT_TABLE, self.universe(), True)
+            found = await self.plumbing.set_forwarding(True)
+            if "forward_was" not in exp:
+                exp["forward_was"] = old.get("forward_was", found)
+        elif old.get("nat") or exp.get("nat"):
+            if old.get("forward_was") == "0":
+                await self.plumbing.set_forwarding(False)
+            await self.plumbing.set_nat(NAT_TABLE, self.universe(), False)
+            exp.pop("forward_was", None)
 
     async def _restore_exposure(self) -> None:
         exp = self._exposure()

@@ -116,6 +116,7 @@ class FakePlumbing:
         self.netns: dict[str, str] = {}  # host_if -> netns (container attachments)
         self.bridge_addresses: set[str] = set()
         self.nat = False
+        self.forwarding = "0"  # net.ipv4.ip_forward
         self.fail: str | None = None
 
     async def add_pod_veth(self, netns: str, *, host_if: str, ifname: str, cidrs: list[str], mac: str | None) -> Attachment:
@@ -143,6 +144,10 @@ class FakePlumbing:
 
     async def set_nat(self, table: str, overlay: str, enabled: bool) -> None:
         self.nat = enabled
+
+    async def set_forwarding(self, enabled: bool) -> str | None:
+        found, self.forwarding = self.forwarding, "1" if enabled else "0"
+        return found
 
     async def bridge_mac(self) -> str | None:
         return "02:00:00:00:00:01"

@@ -380,32 +380,6 @@ class Links:
             for _ in rules:
                 self.ipr.rule("del", family=2, table=table, priority=table, **dst)
 
-    def set_nat(self, table: str, overlay: str, bridge: str, enabled: bool) -> None:
-        """Masquerade traffic from the overlay range that leaves through any interface but the
-        bridge (nftables table `ip <table>`, replaced whole; gone when disabled), and turn on
-        IPv4 forwarding in this namespace. Raises KernelError if nft fails."""
-        import subprocess
-
-        net = ipaddress.ip_network(overlay)
-        script = f"table ip {table}\ndelete table ip {table}\n"
-        if enabled:
-            script += (
-                f"table ip {table} {{\n"
-                f"  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n"
-                f'    ip saddr {net} ip daddr != {net} oifname != "{bridge}" counter masquerade\n  }}\n}}\n'
-            )
-            try:
-                with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-                    f.write("1\n")
-            except OSError as exc:
-                raise KernelError(exc.errno or 0, f"cannot enable IPv4 forwarding: {exc}") from None
-        try:
-            result = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise KernelError(errno.ENOENT, f"cannot run nft (install nftables): {exc}") from None
-        if result.returncode != 0:
-            raise KernelError(errno.EINVAL, f"nft failed: {result.stderr.strip()}")
-
     def ports(self, bridge: str) -> list[str]:
         index = self._index(bridge)
         if index is None:

@@ -16,7 +16,11 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from meshnet.dataplane.netfilter import NetfilterPlan
+from meshnet.kernel import nft
 from meshnet.kernel.links import Attachment, Links
+
+FORWARD = "net.ipv4.ip_forward"
 
 
 class KernelThread:
@@ -36,6 +40,7 @@ class Plumbing:
         self._links = links
         self.bridge = bridge
         self.mtu = mtu
+        self.forwarding_pinned = False
 
     async def attach_netns(self, netns: str, *, cidrs: list[str], ifname: str) -> Attachment:
         """A veth from the bridge into a namespace (name or path), with addresses."""
@@ -64,8 +69,28 @@ class Plumbing:
     async def set_bridge_address(self, cidr: str, present: bool) -> bool:
         return await self._kernel.call(self._links.set_bridge_address, self.bridge, cidr, present)
 
-    async def set_nat(self, table: str, overlay: str, enabled: bool) -> None:
-        await self._kernel.call(self._links.set_nat, table, overlay, self.bridge, enabled)
+    async def set_nat(self, table: str, overlay: str, enabled: bool, *, non_masquerade: tuple[str, ...] = ()) -> None:
+        """nftables table `table`: masquerade the overlay's egress and guard forwarding into
+        the bridge (`meshnet.dataplane.netfilter`); removed when not enabled."""
+        plan = NetfilterPlan(table, self.bridge, overlay, non_masquerade=non_masquerade) if enabled else None
+        await self._kernel.call(nft.apply, plan, table=table)
+
+    async def sysctl(self, key: str, value: str | None = None) -> str | None:
+        """Read (or set, returning the old value) a sysctl of this host's namespace."""
+        if value is None:
+            return await self._kernel.call(nft.sysctl_get, key)
+        return await self._kernel.call(nft.sysctl_set, key, value)
+
+    async def set_forwarding(self, enabled: bool) -> str | None:
+        """IPv4 forwarding on or off; returns the value found. Off is refused (a no-op) while
+        the pod network pins it on: a node's pods need it whatever `hide` restores."""
+        if not enabled and self.forwarding_pinned:
+            return await self.sysctl(FORWARD)
+        return await self.sysctl(FORWARD, "1" if enabled else "0")
+
+    async def pin_forwarding(self) -> str | None:
+        self.forwarding_pinned = True
+        return await self.sysctl(FORWARD, "1")
 
     async def bridge_mac(self) -> str | None:
         return await self._kernel.call(self._links.mac_of, self.bridge)
