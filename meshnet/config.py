@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
 from meshnet import __version__
+from meshnet.dataplane.netfilter import parse_cidrs
 from meshnet.dns.answer import normalize_domain, parse_upstreams
 from meshnet.errors import UsageError
 from meshnet.ipam.addr import parse_universe
@@ -147,6 +148,17 @@ def _image(value: str) -> str:
     return value
 
 
+def _cidr_list(value: str) -> str:
+    parse_cidrs(value)
+    return value
+
+
+def _kube_api(value: str) -> str:
+    if value and value.lower() != "none" and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http(s) URL of an API server, or 'none'")
+    return value
+
+
 def _peers(value: str) -> list[str]:
     peers = value.split()
     for peer in peers:
@@ -229,6 +241,24 @@ OPTIONS: tuple[Option, ...] = (
         group="docker",
     ),
     Option("router_image", f"meshnet/meshnet:{__version__}", "the router container's image (image/build.sh makes it)", _image, group="docker"),
+    Option(
+        "pod_network",
+        False,
+        "be a node's pod network: an IPAM address on the bridge as the pods' gateway, the range routed through it, forwarding on, egress masqueraded",
+        _bool,
+        switch=True,
+        group="kubernetes",
+    ),
+    Option(
+        "non_masquerade_cidrs",
+        "",
+        "destinations pods reach with their own address, beside the range itself (as ip-masq-agent's nonMasqueradeCIDRs); 0.0.0.0/0 turns masquerading off",
+        _cidr_list,
+        group="kubernetes",
+        metavar="CIDRS",
+    ),
+    Option("kube_api", "", "Kubernetes API server URL for the node agent (default: in-cluster; 'none' turns it off)", _kube_api, group="kubernetes"),
+    Option("kube_sa_dir", "/var/run/secrets/kubernetes.io/serviceaccount", "service account token and CA for the API", group="kubernetes"),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 

@@ -5,8 +5,8 @@ Docker or Kubernetes; an integration is handed narrow ports — the endpoints se
 plumbing, the state store, the API route table — and never the router itself. Adding an
 integration means adding it here (see docs/design.md).
 
-Order: the router starts first (its API answers from then on), then Docker; stop runs it
-backwards, so Docker is never left calling a plugin socket nobody serves.
+Order: the router starts first (its API answers from then on), then Docker, then
+Kubernetes (the pod network and the node agent); stop runs it backwards, so Docker is never left calling a plugin socket nobody serves.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import fields
 
 from meshnet.config import RouterConfig
 from meshnet.docker.service import DockerService, DockerSettings
+from meshnet.k8s.service import KubeService, KubeSettings
 from meshnet.runtime.router import Router
 
 log = logging.getLogger("meshnet.daemon")
@@ -27,11 +28,32 @@ def docker_settings(config: RouterConfig) -> DockerSettings:
     return DockerSettings(**{f.name: getattr(config, f.name) for f in fields(DockerSettings)})
 
 
+def kube_settings(config: RouterConfig) -> KubeSettings:
+    return KubeSettings(**{f.name: getattr(config, f.name) for f in fields(KubeSettings)})
+
+
+class MeshPeers:
+    """The Kubernetes port onto the mesh: our name and the peers we know (name, nick, reachable)."""
+
+    def __init__(self, router: Router):
+        self._router = router
+
+    @property
+    def name(self) -> bytes:
+        return self._router.core.name
+
+    def peers(self) -> list[tuple[bytes, str, bool]]:
+        topo = self._router.core.topology
+        reachable = topo.reachable()
+        return [(e.name, e.nick, e.name in reachable) for e in topo.entries.values()]
+
+
 class Daemon:
     def __init__(self, config: RouterConfig):
         self.config = config
         self.router = Router(config)
         self.docker: DockerService | None = None
+        self.kube: KubeService | None = None
 
     async def start(self) -> None:
         router = self.router
@@ -48,11 +70,24 @@ class Daemon:
                 supervisor=router.supervisor,
             )
             await self.docker.start()
+            self.kube = KubeService(
+                kube_settings(self.config),
+                endpoints=router.endpoints,
+                plumbing=router.plumbing,
+                ipam=router.ipam,
+                mesh=MeshPeers(router),
+                store=router.state,
+                api=router.api,
+            )
+            await self.kube.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.kube is not None:
+            await self.kube.stop()
+            self.kube = None
         if self.docker is not None:
             await self.docker.stop()
             self.docker = None

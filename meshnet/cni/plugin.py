@@ -109,6 +109,7 @@ class Plugin:
                 f"network config says bridge {conf.bridge!r} but the router at {conf.socket} runs bridge {router['bridge']!r}",
             )
         mtu = conf.mtu or int(router.get("mtu") or 1376)
+        gateway, routes = self._gateway(api, conf)
         body: dict[str, Any] = {"owner": req.owner, "wait": conf.wait}
         if req.static_ip:
             body["address"] = req.static_ip
@@ -129,7 +130,7 @@ class Plugin:
                     cidrs=[cidr],
                     mtu=mtu,
                     mac=req.mac or spec.mac_for(cidr),
-                    routes=conf.routes,
+                    routes=routes,
                 )
             except ValueError as exc:
                 raise CniError(spec.INVALID_CONFIG, str(exc)) from None
@@ -160,10 +161,32 @@ class Plugin:
             netns=req.netns,
             cidrs=(cidr,),
             mtu=mtu,
-            gateway=conf.gateway,
-            routes=conf.routes,
+            gateway=gateway,
+            routes=routes,
         )
         return spec.format_result(conf.version, outcome)
+
+    def _gateway(self, api: Any, conf: spec.NetConf) -> tuple[str | None, tuple[tuple[str, str | None], ...]]:
+        """The pod's gateway and routes. `"gateway": "auto"`: the router's pod gateway
+        (`GET /podnet`) when it runs the pod network; none when it does not; and "try again
+        later" while its gateway is not up yet (before anything is allocated)."""
+        if conf.gateway != spec.AUTO:
+            return conf.gateway, conf.routes
+        try:
+            gateway = api.get("/podnet").get("gateway")
+        except NotFound:
+            return None, conf.routes
+        except RouterUnavailable as exc:
+            raise CniError(spec.TRY_AGAIN_LATER, "the meshnet router is not running", str(exc)) from None
+        except MeshnetError as exc:
+            raise CniError(spec.TRY_AGAIN_LATER, f"the pod network is not ready: {exc.message}") from None
+        try:
+            if not isinstance(gateway, str):
+                raise ValueError
+            ipaddress.IPv4Address(gateway)
+        except ValueError:
+            raise CniError(spec.INTERNAL, f"the router answered /podnet with gateway {gateway!r}") from None
+        return gateway, (*conf.routes, ("0.0.0.0/0", gateway))
 
     def _allocate(self, api: Any, body: dict[str, Any]) -> dict[str, Any]:
         try:

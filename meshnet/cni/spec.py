@@ -54,6 +54,7 @@ VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 KNOWN_ARGS = {"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
 PROTOCOLS = ("tcp", "udp", "sctp")
+AUTO = "auto"  # gateway: the pod gateway the router holds on its bridge (GET /podnet), if it has one
 
 
 class CniError(Exception):
@@ -105,7 +106,7 @@ class NetConf:
     bridge: str = "meshnet"
     mtu: int | None = None  # None: the router's
     subnet: str | None = None  # allocate from this part of the range
-    gateway: str | None = None  # default route via this host address, if set
+    gateway: str | None = None  # default route via this host address, if set; "auto": the router's pod gateway
     routes: tuple[tuple[str, str | None], ...] = ()  # extra (dst, gw) routes
     wait: float = 10.0  # seconds the router may take to find space
     timeout: float = 30.0  # seconds for one API call
@@ -254,7 +255,7 @@ def _parse_conf(conf: dict[str, Any], version: str) -> NetConf:
     try:
         if subnet:
             ipaddress.ip_network(subnet)
-        if gateway:
+        if gateway and gateway != AUTO:
             ipaddress.ip_address(gateway)
     except ValueError as exc:
         raise CniError(INVALID_CONFIG, f"network config: {exc}") from None
@@ -269,7 +270,7 @@ def _parse_conf(conf: dict[str, Any], version: str) -> NetConf:
         except ValueError as exc:
             raise CniError(INVALID_CONFIG, f"route {r!r}: {exc}") from None
         routes.append((r["dst"], r.get("gw") or None))
-    if gateway:
+    if gateway and gateway != AUTO:
         routes.append(("0.0.0.0/0", gateway))
     rc = conf.get("runtimeConfig") or {}
     if not isinstance(rc, dict):

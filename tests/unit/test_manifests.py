@@ -87,12 +87,33 @@ def test_daemonset_shape():
     assert pod["serviceAccountName"] == "meshnet"
 
 
-def test_rbac_lets_the_router_list_nodes():
+def test_rbac_is_exactly_what_the_router_uses():
+    """The launcher lists nodes; the node agent lists and watches them and patches its own
+    node's status (tests/netns/test_k8s_daemonset.py runs them against these rules)."""
     role = next(doc for _, doc in documents() if doc["kind"] == "ClusterRole")
-    assert any("nodes" in r["resources"] and {"get", "list"} <= set(r["verbs"]) for r in role["rules"])
+    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"])
+    assert rules == [(("",), ("nodes",), ("list", "watch")), (("",), ("nodes/status",), ("patch",))]
     binding = next(doc for _, doc in documents() if doc["kind"] == "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == daemonset()["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_every_meshnet_value_in_the_manifest_parses():
+    """Each MESHNET_* value the DaemonSet sets (empty ones included: unset) passes the
+    router's own checks, as `meshnet launch` would make them."""
+    import argparse
+
+    from meshnet.config import OPTIONS, add_launch_flags, from_args
+
+    pod = daemonset()["spec"]["template"]["spec"]
+    router = next(c for c in pod["containers"] if c["name"] == "router")
+    env = {e["name"]: e.get("value", "") for e in router["env"] if "value" in e}
+    env = {k: v.replace("$(NODE_NAME)", "node-1").replace("$(HOST_IP)", "192.0.2.1") for k, v in env.items()}
+    parser = argparse.ArgumentParser()
+    add_launch_flags(parser)
+    config = from_args(parser.parse_args([]), env)
+    assert config.pod_network is True and config.mtu is None and config.nickname == "node-1"
+    assert {o.env_name for o in OPTIONS} >= {k for k in env if k.startswith("MESHNET_") and k not in ("MESHNET_PEERS_FILE",)}
 
 
 def test_every_meshnet_variable_is_read_by_someone():

@@ -30,6 +30,7 @@ class FakeRouter:
         self.endpoints: dict[str, dict] = {}
         self.calls: list[tuple[str, str, dict]] = []
         self.fail: dict[str, MeshnetError] = {}
+        self.podnet: dict | None = None  # GET /podnet: None = the router runs without --pod-network
 
     def client(self, path: str, timeout: float) -> FakeRouter:
         self.socket = path
@@ -50,6 +51,8 @@ class FakeRouter:
             return {"owners": {k: list(v) for k, v in self.held.items()}}
         if path == "/endpoints":
             return {"local": [dict(e) for e in self.endpoints.values()], "mesh": []}
+        if path == "/podnet" and self.podnet is not None:
+            return dict(self.podnet)
         raise NotFound(path)
 
     def post(self, path: str, body: dict) -> dict:
@@ -412,3 +415,39 @@ def test_del_twice_while_router_down(rig):
     assert rc == 0, err
     journal = parse((state / "ipam-releases.journal").read_bytes())
     assert [r.owner for r in journal] == [f"cni:meshnet:{CID}:eth0"] * 2
+
+
+def test_gateway_auto_takes_the_routers_pod_gateway(rig):
+    router, links, call, _ = rig
+    router.podnet = {"gateway": "10.32.0.1", "cidr": "10.32.0.1/12", "mtu": 1376}
+    rc, result = call("ADD", gateway="auto", routes=[{"dst": "10.96.0.0/12"}])
+    assert rc == 0, result
+    veth = links.veths[spec.host_ifname(CID, "eth0")]
+    assert veth["routes"] == (("10.96.0.0/12", None), ("0.0.0.0/0", "10.32.0.1"))
+    assert result["ips"][0]["gateway"] == "10.32.0.1"
+    assert {"dst": "0.0.0.0/0", "gw": "10.32.0.1"} in result["routes"]
+
+
+def test_gateway_auto_without_a_pod_network_gives_no_default_route(rig):
+    router, links, call, _ = rig
+    rc, result = call("ADD", gateway="auto")
+    assert rc == 0 and links.veths[spec.host_ifname(CID, "eth0")]["routes"] == ()
+    assert "gateway" not in result["ips"][0]
+
+
+@pytest.mark.parametrize("answer", [Unavailable("the pod gateway is not ready yet"), RouterUnavailable("down")])
+def test_gateway_auto_not_ready_is_try_again_later_before_anything_is_made(rig, answer):
+    router, links, call, _ = rig
+    router.podnet = {"gateway": "10.32.0.1"}
+    router.fail["/podnet"] = answer
+    rc, err = call("ADD", gateway="auto")
+    assert rc == 1 and err["code"] == spec.TRY_AGAIN_LATER
+    assert router.held == {} and links.veths == {}
+
+
+@pytest.mark.parametrize("bad", [None, 42, "not-an-ip", "fd00::1"])
+def test_gateway_auto_with_a_bad_answer_is_an_error(rig, bad):
+    router, links, call, _ = rig
+    router.podnet = {"gateway": bad}
+    rc, err = call("ADD", gateway="auto")
+    assert rc == 1 and err["code"] == spec.INTERNAL and links.veths == {} and router.held == {}

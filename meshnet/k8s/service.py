@@ -1,0 +1,92 @@
+"""Kubernetes inside the router: the pod network and the node agent, built by the daemon.
+
+`KubeService(settings, endpoints=, plumbing=, ipam=, mesh=, store=, api=)` is handed the
+ports of `ports.py`, never the router. It runs
+- `PodNetwork` (`podnet.py`) when `--pod-network` is set;
+- `NodeAgent` (`nodes.py`) when an API server is known (in-cluster service account, or
+  `--kube-api`); the node is this router's nickname;
+and adds the API routes `GET /podnet` (what the CNI plugin asks for the pods' gateway)
+and `GET /k8s/status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from meshnet.dataplane.netfilter import parse_cidrs
+from meshnet.errors import NotFound
+from meshnet.k8s.client import KubeClient, KubeConfig
+from meshnet.k8s.nodes import NodeAgent
+from meshnet.k8s.podnet import PodNetwork
+from meshnet.k8s.ports import Endpoints, Ipam, Mesh, Plumbing, Routes, Store
+
+log = logging.getLogger("meshnet.k8s")
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """The Kubernetes part of the router's configuration (RouterConfig fields of these names)."""
+
+    pod_network: bool = False
+    non_masquerade_cidrs: str = ""
+    kube_api: str = ""
+    kube_sa_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    nickname: str = ""
+    ipalloc_range: str = "10.32.0.0/12"
+
+
+class KubeService:
+    def __init__(self, settings: KubeSettings, *, endpoints: Endpoints, plumbing: Plumbing, ipam: Ipam, mesh: Mesh,
+                 store: Store, api: Routes, environ: dict[str, str] | None = None):
+        self.settings = settings
+        self.ipam = ipam
+        self.api = api
+        self.podnet: PodNetwork | None = None
+        if settings.pod_network:
+            self.podnet = PodNetwork(endpoints=endpoints, plumbing=plumbing, store=store, universe=settings.ipalloc_range,
+                                     non_masquerade=parse_cidrs(settings.non_masquerade_cidrs))
+        self.nodes: NodeAgent | None = None
+        config = KubeConfig.from_env(dict(os.environ) if environ is None else environ, api=settings.kube_api or None,
+                                     sa_dir=settings.kube_sa_dir)
+        if config is not None:
+            node = settings.nickname
+            self.nodes = NodeAgent(KubeClient(config), node_name=node, mesh=mesh, ipam=ipam, store=store, ready=self.ready)
+        self._task: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
+        """This node serves pods: IPAM has its ring and (with the pod network) the gateway is up."""
+        return self.ipam.status().get("state") == "ready" and (self.podnet is None or self.podnet.ready)
+
+    async def start(self) -> None:
+        self.api.add_routes({("GET", "/podnet"): self._podnet, ("GET", "/k8s/status"): self._status})
+        if self.podnet is not None:
+            await self.podnet.start()
+        if self.nodes is not None:
+            if not self.settings.nickname:
+                log.warning("the node agent needs this router's nickname to be its node's name (MESHNET_NICKNAME=$(NODE_NAME))")
+            log.info("following the cluster's nodes at %s as node %r", self.nodes.client.config.server, self.nodes.node_name)
+            self._task = asyncio.ensure_future(self.nodes.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.podnet is not None:
+            await self.podnet.stop()
+
+    async def _podnet(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.podnet is None:
+            raise NotFound("this router runs without --pod-network (MESHNET_POD_NETWORK)")
+        return self.podnet.info()
+
+    async def _status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ready": self.ready(),
+            "pod_network": None if self.podnet is None else {"ready": self.podnet.ready, "gateway": self.podnet.gateway,
+                                                             "error": self.podnet.last_error or None},
+            "nodes": None if self.nodes is None else self.nodes.status(),
+        }
