@@ -188,6 +188,7 @@ class FakeApi:
         self.compacted = 0  # events at or below this revision are forgotten
         self.history: list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]] = []  # rv, plural, type, obj, old
         self.audit: list[tuple[str, str, str]] = []
+        self.denied: list[tuple[str, str, str]] = []  # refused by RBAC (403)
         self.requests: list[str] = []
         self.cond = threading.Condition()
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
@@ -393,6 +394,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, _status(401, "Unauthorized", "Unauthorized"))
             return False
         if not fake.allowed(verb, group, resource):
+            with fake.cond:
+                fake.denied.append((verb, group, resource))
             self._send(403, _status(403, "Forbidden", f'{resource} is forbidden: cannot {verb} resource "{resource}"'))
             return False
         return True
