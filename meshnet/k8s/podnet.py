@@ -10,6 +10,10 @@
   the node (default route), so kube-proxy's DNAT and portmap's rules apply. Replies from a
   pod on another node come back bridged, not routed: `net.bridge.bridge-nf-call-iptables=1`
   makes the node's conntrack undo the DNAT on them (kubeadm requires the same setting).
+- **No redirects.** Pod traffic to a ClusterIP comes in on the bridge and, translated,
+  leaves on it again: the node would send the pod ICMP redirects to bypass it (and with it
+  the translation). `send_redirects` is off on the bridge and for `all` (the kernel sends
+  them if either is on).
 - **Forwarding and masquerade.** IPv4 forwarding is pinned on; the table `ip meshnet-pods`
   masquerades pod egress to anything outside the range and the non-masquerade list, and
   guards the bridge against new flows routed in from outside (`dataplane/netfilter.py`).
@@ -62,6 +66,10 @@ class PodNetwork:
         await self.plumbing.set_nat(TABLE, self.universe, True, non_masquerade=self.non_masquerade)
         await self.plumbing.pin_forwarding()
         self.bridge_nf = await self.plumbing.sysctl(BRIDGE_NF, "1") is not None
+        # a node routes pod traffic (to Services) back out of the bridge it came in on; ICMP
+        # redirects would tell pods to bypass it, and the kernel sends them unless both are off
+        for key in ("net.ipv4.conf.all.send_redirects", f"net/ipv4/conf/{self.plumbing.bridge}/send_redirects"):
+            await self.plumbing.sysctl(key, "0")
         if not self.bridge_nf:
             log.warning("no %s (br_netfilter not loaded): Service replies between pods will not be translated; modprobe br_netfilter", BRIDGE_NF)
         self._task = asyncio.ensure_future(self._gateway())

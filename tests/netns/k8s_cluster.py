@@ -224,7 +224,7 @@ class Node:
         pod, c = self._container(name)
         service_env = {"KUBERNETES_SERVICE_HOST": API_IP, "KUBERNETES_SERVICE_PORT": str(self.cluster.api.port),
                        "KUBERNETES_PORT": f"tcp://{API_IP}:{self.cluster.api.port}", "HOSTNAME": self.name, "PATH": IMAGE_PATH}
-        env = container_env(c, node=self.name, host_ip=self.ip, secrets={("meshnet-passwd", "meshnet-passwd"): PASSWORD},
+        env = container_env(c, node=self.name, host_ip=self.ip, secrets={("meshnet-passwd", "meshnet-passwd"): self.cluster.password} if self.cluster.password else {},
                             service_env=service_env)
         argv = [expand(a, env) for a in c.get("command", []) + c.get("args", [])]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -415,7 +415,8 @@ class Pod:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3):
+    def __init__(self, nodes: int = 3, password: str | None = PASSWORD):
+        self.password = password  # the optional Secret meshnet-passwd; None: not created
         self.lab = Lab(prefix=PREFIX, hosts=nodes)
         self.api = FakeApi(token=TOKEN, tls=True, rules=cluster_role_rules(), host=API_IP, bookmark_interval=10)
         self.mounts = MountPoints()

@@ -39,9 +39,12 @@ HOST_PORT = 8080
 WEB = "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -vv -p 80 -h /www"
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(3)
+@pytest.fixture(scope="module", params=["fastdp", "sleeve-encrypted"])
+def cluster(request):
+    """Without the Secret (it is optional) the mesh is plain and uses fastdp (kernel VXLAN);
+    with it, the encrypted sleeve."""
+    c = Cluster(3, password=PASSWORD if request.param == "sleeve-encrypted" else None)
+    c.mode = request.param
     try:
         c.up()
         c.init = {}
@@ -82,9 +85,12 @@ def test_the_daemonset_starts_as_written(cluster):
         assert node.router.poll() is None and node.probe("livenessProbe")
         logs = node.logs()  # what `kubectl logs` shows
         assert re.search(r"meshnet-kube: 2 peer\(s\)", logs), logs[-3000:]
-        assert "pod network ready: gateway" in logs and "encrypted" in logs
+        assert "pod network ready: gateway" in logs
         status = node.api("GET", "/status")
-        assert status["router"]["encrypted"] and status["router"]["nick"] == node.name
+        assert status["router"]["encrypted"] == (cluster.mode == "sleeve-encrypted") and status["router"]["nick"] == node.name
+        modes = {p["nick"]: p.get("mode") for p in status["peers"] if p["nick"] != node.name}
+        want = "fastdp" if cluster.mode == "fastdp" else "sleeve+encrypted"
+        assert set(modes.values()) == {want}, modes
         cond = [c for c in cluster.api.get("nodes", node.name)["status"]["conditions"] if c["type"] == "NetworkUnavailable"]
         assert cond and cond[0]["status"] == "False" and cond[0]["reason"] == "MeshnetIsUp"
     assert PASSWORD not in " ".join(open(f"/proc/{n.router.pid}/cmdline").read() for n in cluster.nodes)
@@ -142,9 +148,16 @@ def _kube_proxy(cluster, mode: str, present: bool):
             node.ns("nft", "-f", "-", input=script.encode())
 
 
+def _redirects(node) -> int:
+    with open(f"/proc/{node.router.pid}/net/snmp") as f:  # the node's own counters (its netns)
+        head, values = [line.split() for line in f if line.startswith("Icmp:")][:2]
+    return int(values[head.index("OutRedirects")])
+
+
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_services_through_kube_proxys_rules(cluster, mode):
     pods = cluster.pods
+    redirects = [_redirects(n) for n in cluster.nodes]
     assert pods["client1"].http_get(f"http://{CLUSTER_IP}/", timeout=2) is None  # no Service yet: nothing answers
     _kube_proxy(cluster, mode, True)
     try:
@@ -159,6 +172,8 @@ def test_services_through_kube_proxys_rules(cluster, mode):
         assert r.stdout.decode().strip() == "hello-from-web2", r.stderr.decode()
         r = cluster.nodes[0].ns("curl", "-sS", "-m", "5", f"http://{h3.ip}:{NODE_PORT}/", check=False)
         assert r.stdout.decode().strip() == "hello-from-web2", r.stderr.decode()
+        # the nodes told no pod to bypass them
+        assert [_redirects(n) for n in cluster.nodes] == redirects
     finally:
         _kube_proxy(cluster, mode, False)
 

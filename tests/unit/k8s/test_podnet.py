@@ -18,7 +18,8 @@ class FakePlumbing:
 
     def __init__(self, bridge_nf: bool = True):
         self.log: list[tuple] = []
-        self.sysctls = {"net.ipv4.ip_forward": "0", **({BRIDGE_NF: "0"} if bridge_nf else {})}
+        self.sysctls = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.send_redirects": "1", "net/ipv4/conf/meshnet/send_redirects": "1",
+                        **({BRIDGE_NF: "0"} if bridge_nf else {})}
 
     async def set_bridge_address(self, cidr, present):
         self.log.append(("address", cidr, present))
@@ -65,7 +66,8 @@ def test_guard_first_then_forwarding_then_the_gateway(monkeypatch):
         await net.start()
         assert plumbing.log[0] == ("nat", TABLE, "10.32.0.0/12", True, ("192.168.0.0/16",))
         assert plumbing.log[1] == ("forwarding",)
-        assert plumbing.sysctls == {"net.ipv4.ip_forward": "1", BRIDGE_NF: "1"}
+        assert plumbing.sysctls == {"net.ipv4.ip_forward": "1", BRIDGE_NF: "1", "net.ipv4.conf.all.send_redirects": "0",
+                                    "net/ipv4/conf/meshnet/send_redirects": "0"}
         with pytest.raises(Unavailable, match="consensus|waiting"):
             net.info()
         assert await net.wait_ready(5)
