@@ -11,12 +11,14 @@ Where peers come from (all are merged, duplicates and this node dropped):
 `meshnet launch --foreground PEER...`; every other setting comes from the `MESHNET_*`
 environment as usual. Without `MESHNET_IPALLOC_INIT` it sets `consensus=<number of nodes>`,
 as Weave's launcher did, so the first routers agree on the range before handing out
-addresses. Routers that start later dial the nodes that exist, and gossip does the rest,
-so there is no watch: a router that restarts reads the node list again.
+addresses. Routers that start later dial the nodes that exist, and gossip does the rest:
+discovery needs no watch, and a router that restarts reads the node list again. (The
+router's node agent, meshnet/k8s/nodes.py, watches the nodes for another reason: the
+address space of deleted nodes.)
 
 `python -m meshnet.cni.kube peers` prints the peers (for scripts and debugging).
 
-The API needs RBAC `get`/`list` on `nodes` (cni/kubernetes/meshnet.yaml).
+The API needs RBAC `list` on `nodes` (cni/kubernetes/meshnet.yaml).
 """
 
 from __future__ import annotations

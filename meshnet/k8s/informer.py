@@ -110,7 +110,7 @@ class Informer:
                 raise
             except KubeApiError as exc:
                 self._failed(exc)
-                if exc.gone:
+                if exc.gone and not need_list:  # a 410 from the list itself (an expired page) backs off
                     self.counters["relists_gone"] += 1
                     log.info("%s watch: resourceVersion %s is too old; listing again", self.resource.plural, self.resource_version)
                     need_list = True

@@ -12,12 +12,11 @@ import itertools
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
-from k8s_cluster import OUT_IP, OUT_NS, PASSWORD, Cluster, conflist_of, manifest, sh
+from k8s_cluster import OUT_IP, OUT_NS, PASSWORD, Cluster, conflist_of, sh
 from test_cni_support import missing_tools
 
 pytestmark = [
