@@ -68,6 +68,10 @@ class NodeAgent:
     def _changed(self, *args: Any) -> None:
         self._wake.set()
 
+    def wake(self) -> None:
+        """Run a round now (this router just became ready, say)."""
+        self._wake.set()
+
     async def run(self) -> None:
         watch = asyncio.ensure_future(self.informer.run())
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from meshnet.errors import MeshnetError, Unavailable
 from meshnet.k8s.ports import Endpoints, Plumbing, Store
@@ -53,6 +53,7 @@ class PodNetwork:
         self.gateway: str | None = None  # CIDR on the bridge, once ready
         self.bridge_nf: bool | None = None
         self.last_error = ""
+        self.on_ready: Callable[[], None] | None = None  # told once the gateway is up
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -99,6 +100,8 @@ class PodNetwork:
                 self.gateway = got.cidr
                 self.last_error = ""
                 self._ready.set()
+                if self.on_ready is not None:
+                    self.on_ready()
                 log.info("pod network ready: gateway %s on %s, MTU %d", got.cidr, self.plumbing.bridge, self.plumbing.mtu)
                 return
             except asyncio.CancelledError:

@@ -64,6 +64,8 @@ class KubeService:
     async def start(self) -> None:
         self.api.add_routes({("GET", "/podnet"): self._podnet, ("GET", "/k8s/status"): self._status})
         if self.podnet is not None:
+            if self.nodes is not None:
+                self.podnet.on_ready = self.nodes.wake  # NetworkUnavailable=False without waiting for a round
             await self.podnet.start()
         if self.nodes is not None:
             if not self.settings.nickname:

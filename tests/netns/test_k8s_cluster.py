@@ -90,8 +90,12 @@ def test_the_daemonset_starts_as_written(cluster):
         modes = {p["nick"]: p.get("mode") for p in status["peers"] if p["nick"] != node.name}
         want = "fastdp" if cluster.mode == "fastdp" else "sleeve+encrypted"
         assert set(modes.values()) == {want}, modes
-        cond = [c for c in cluster.api.get("nodes", node.name)["status"]["conditions"] if c["type"] == "NetworkUnavailable"]
-        assert cond and cond[0]["status"] == "False" and cond[0]["reason"] == "MeshnetIsUp"
+
+        def condition():
+            return [c for c in cluster.api.get("nodes", node.name)["status"]["conditions"] if c["type"] == "NetworkUnavailable"]
+
+        cluster.wait(f"NetworkUnavailable on {node.name}", lambda: condition(), 30)  # a round of the agent after ready
+        assert condition()[0]["status"] == "False" and condition()[0]["reason"] == "MeshnetIsUp"
     assert PASSWORD not in " ".join(open(f"/proc/{n.router.pid}/cmdline").read() for n in cluster.nodes)
     # the routers used the API only as the manifest's ClusterRole allows (the fake answers 403 otherwise)
     assert cluster.api.denied == []
