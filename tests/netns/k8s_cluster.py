@@ -175,6 +175,8 @@ class Node:
         self.run = f"{RUN}/h{i}"
         self.router: subprocess.Popen | None = None
         self.containerd: subprocess.Popen | None = None
+        self.logs_of: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}  # container name -> restarts + 1 (the CRI attempt)
 
     def host(self, path: str) -> str:
         """This node's file at the path its processes see as `path`."""
@@ -241,6 +243,10 @@ class Node:
         return argv, env, binds
 
     def run_init(self) -> tuple[int, str]:
+        if self.cluster.image:
+            rc = self.cri_wait_exit(self.cri_container("install-cni"), 180)
+            with open(self.logs_of["install-cni"], errors="replace") as f:
+                return rc, f.read()
         argv, env, binds = self.container_argv_env("install-cni")
         log = f"{self.run}/install-cni.log"
         # the image's files: cni/Dockerfile copies cni/install.sh and the conflist there
@@ -251,14 +257,88 @@ class Node:
             return rc, f.read()
 
     def start_router(self) -> None:
+        if self.cluster.image:
+            self.router_cid = self.cri_container("router")
+            return
         argv, env, binds = self.container_argv_env("router")
         self.router = self.spawn(argv, env=env, binds=binds, log=f"{self.run}/router.log")
+
+    # -- the DaemonSet's pod from the image, under containerd, as the kubelet runs it ------------
+
+    def ds_sandbox(self) -> str:
+        """The DaemonSet pod's sandbox: host network, privileged (the manifest's router is)."""
+        from cri_api.v1 import api_pb2 as pb
+
+        if getattr(self, "ds_sid", None):
+            return self.ds_sid
+        meta = pb.PodSandboxMetadata(name=f"meshnet-{self.name}", namespace="kube-system", uid=str(uuid.uuid4()), attempt=0)
+        self.ds_config = pb.PodSandboxConfig(
+            metadata=meta, log_directory=f"{self.run}/podlogs/meshnet",
+            linux=pb.LinuxPodSandboxConfig(
+                cgroup_parent=f"/{PREFIX}-pods/{self.name}-meshnet",
+                security_context=pb.LinuxSandboxSecurityContext(privileged=True, namespace_options=pb.NamespaceOption(
+                    network=pb.NODE, pid=pb.POD, ipc=pb.POD))),
+        )
+        self.ds_sid = self.cri().RunPodSandbox(pb.RunPodSandboxRequest(config=self.ds_config), timeout=120).pod_sandbox_id
+        return self.ds_sid
+
+    def cri_container(self, name: str) -> str:
+        """Create and start the manifest's container `name` from the image in the DaemonSet pod."""
+        from cri_api.v1 import api_pb2 as pb
+
+        pod, c = self._container(name)
+        argv, env, binds = self.container_argv_env(name)
+        env.pop("PATH")  # the image's own
+        sid = self.ds_sandbox()
+        self.attempts[name] = attempt = self.attempts.get(name, 0) + 1
+        mounts = []
+        for seen, real in binds:  # the node's view: containerd runs in the node's mount namespace
+            host = real[len(self.root):] if real.startswith(self.root + "/") else real
+            mounts.append(pb.Mount(container_path=seen, host_path=host, readonly=seen == SA_PATH))
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name, attempt=attempt), image=pb.ImageSpec(image=c["image"]),
+            command=argv, envs=[pb.KeyValue(key=k, value=v) for k, v in env.items()], mounts=mounts, log_path=f"{name}-{attempt}.log",
+            linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                privileged=True, namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD))),
+        )
+        rt = self.cri()
+        cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=self.ds_config),
+                                 timeout=120).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        self.logs_of[name] = f"{self.run}/podlogs/meshnet/{name}-{attempt}.log"
+        return cid
+
+    def cri_wait_exit(self, cid: str, timeout: float) -> int:
+        from cri_api.v1 import api_pb2 as pb
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = self.cri().ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=30).status
+            if st.state == pb.CONTAINER_EXITED:
+                return st.exit_code
+            time.sleep(0.3)
+        raise AssertionError(f"container {cid[:12]} on {self.name} did not exit in {timeout}s")
+
+    def router_alive(self) -> bool:
+        if not self.cluster.image:
+            return self.router is not None and self.router.poll() is None
+        from cri_api.v1 import api_pb2 as pb
+
+        cid = getattr(self, "router_cid", None)
+        return bool(cid) and self.cri().ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=30).status.state == pb.CONTAINER_RUNNING
 
     def probe(self, kind: str = "readinessProbe") -> bool:
         """The container's exec probe, run in the container (its mounts, its env)."""
         _, c = self._container("router")
-        if self.router is None or self.router.poll() is not None:
+        if not self.router_alive():
             return False
+        if self.cluster.image:
+            from cri_api.v1 import api_pb2 as pb
+
+            timeout = c[kind].get("timeoutSeconds", 5)
+            r = self.cri().ExecSync(pb.ExecSyncRequest(container_id=self.router_cid, cmd=c[kind]["exec"]["command"], timeout=timeout),
+                                    timeout=timeout + 15)
+            return r.exit_code == 0
         _, env, _ = self.container_argv_env("router")
         cmd = c[kind]["exec"]["command"]
         r = subprocess.run(["nsenter", "-t", str(self.router.pid), "-m", "-n", "--", *cmd], env=env, capture_output=True,
@@ -266,6 +346,14 @@ class Node:
         return r.returncode == 0
 
     def stop_router(self, sig: int = signal.SIGTERM) -> None:
+        if self.cluster.image:
+            from cri_api.v1 import api_pb2 as pb
+
+            if getattr(self, "router_cid", None) and self.containerd is not None:
+                timeout = 0 if sig == signal.SIGKILL else 10  # the manifest's terminationGracePeriodSeconds
+                self.cri().StopContainer(pb.StopContainerRequest(container_id=self.router_cid, timeout=timeout), timeout=60)
+            self.router_cid = None
+            return
         if self.router is not None and self.router.poll() is None:
             os.kill(self.router.pid, sig)
             try:
@@ -276,6 +364,14 @@ class Node:
         self.router = None
 
     def logs(self) -> str:
+        """What `kubectl logs` shows (every attempt's, in image mode: CRI log lines)."""
+        if self.cluster.image:
+            d = f"{self.run}/podlogs/meshnet"
+            out = ""
+            for name in sorted(n for n in os.listdir(d) if n.startswith("router-")):
+                with open(f"{d}/{name}", errors="replace") as f:
+                    out += f.read()
+            return out
         with open(f"{self.run}/router.log", errors="replace") as f:
             return f.read()
 
@@ -324,6 +420,8 @@ state = "{d}/state"
                 raise AssertionError(f"containerd on {self.name} did not start:\n{open(f'{d}/containerd.log').read()[-2000:]}")
             time.sleep(0.1)
         sh("ctr", "-a", self.cri_sock, "-n", "k8s.io", "images", "import", self.cluster.pause_image(), timeout=120)
+        if self.cluster.image:
+            sh("ctr", "-a", self.cri_sock, "-n", "k8s.io", "images", "import", self.cluster.image, timeout=300)
 
     def cri(self):
         import grpc
@@ -415,8 +513,9 @@ class Pod:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3, password: str | None = PASSWORD):
+    def __init__(self, nodes: int = 3, password: str | None = PASSWORD, image: str | None = None):
         self.password = password  # the optional Secret meshnet-passwd; None: not created
+        self.image = image  # the image archive (image/build.sh): the DaemonSet's pod runs under containerd
         self.lab = Lab(prefix=PREFIX, hosts=nodes)
         self.api = FakeApi(token=TOKEN, tls=True, rules=cluster_role_rules(), host=API_IP, bookmark_interval=10)
         self.mounts = MountPoints()
