@@ -4,7 +4,9 @@ driven like a kubelet, kube-proxy's rules (iptables and nftables mode) written a
 kube-proxy writes them, and every check made from where a cluster user stands: inside a
 pod with its own busybox tools, or on a node.
 
-The checks run in order on one cluster (module fixture); the last one takes a node away."""
+The checks run in order on one cluster (module fixture); the last one takes a node away.
+Three clusters: fastdp (no Secret), the encrypted sleeve (the Secret), and the DaemonSet's
+pod from the built image under containerd (image/build.sh; skipped where it cannot build)."""
 
 from __future__ import annotations
 
