@@ -292,8 +292,9 @@ class Node:
         sid = self.ds_sandbox()
         self.attempts[name] = attempt = self.attempts.get(name, 0) + 1
         mounts = []
-        for seen, real in binds:  # the node's view: containerd runs in the node's mount namespace
-            host = real[len(self.root):] if real.startswith(self.root + "/") else real
+        for seen, real in binds:  # as containerd sees them: the node's host paths, else the real path
+            inner = real[len(self.root):]
+            host = inner if real.startswith(self.root + "/") and any(inner == p or inner.startswith(p + "/") for p in NODE_PATHS) else real
             mounts.append(pb.Mount(container_path=seen, host_path=host, readonly=seen == SA_PATH))
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name, attempt=attempt), image=pb.ImageSpec(image=c["image"]),
