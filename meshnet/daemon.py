@@ -78,6 +78,7 @@ class Daemon:
                 mesh=MeshPeers(router),
                 store=router.state,
                 api=router.api,
+                supervisor=router.supervisor,
             )
             await self.kube.start()
         except BaseException:

@@ -39,6 +39,7 @@ from meshnet.docker.engine import DockerError, DockerUnavailable, Engine, find_d
 from meshnet.docker.inputs import container_ref, nat_flag
 from meshnet.docker.listing import docker_endpoints, rows
 from meshnet.docker.names import DnsNames, label_of
+from meshnet.docker.nat import apply_nat
 from meshnet.docker.ports import Endpoints, Plumbing, Routes, Store
 from meshnet.errors import MeshnetError, NotFound, UsageError
 from meshnet.kernel.errors import KernelError
@@ -51,7 +52,6 @@ DEFAULT_PLUGIN_DIR = "/run/docker/plugins"
 PLUGIN_NAME = "meshnet"
 DEFAULT_RANGE = "10.32.0.0/12"
 EXPOSE_KEY = "docker.expose"
-NAT_TABLE = "meshnet-nat"
 RECORDS_TTL = 0.5  # seconds the DNS name table is cached
 GC_INTERVAL = 60.0
 @dataclass(frozen=True)
@@ -294,28 +294,13 @@ class DockerService:
                 await self.plumbing.set_bridge_address(cidr, False)
         for cidr in exp["cidrs"]:
             await self.plumbing.set_bridge_address(cidr, True)
-        await self._apply_nat(exp, old or {})
+        await apply_nat(self.plumbing, self.universe(), exp, old or {})
         if exp["cidrs"]:
             mac = await self.plumbing.bridge_mac()
             self.endpoints.add(Endpoint("host:bridge", str(mac), tuple(exp["cidrs"]), ""))
         else:
             self.endpoints.remove("host:bridge")
         await self.dns.set_addresses([c.split("/")[0] for c in exp["cidrs"]])
-
-    async def _apply_nat(self, exp: dict[str, Any], old: dict[str, Any]) -> None:
-        """`--nat`: the guard and masquerade table first, then forwarding on; undone in the
-        reverse order, restoring the forwarding setting found before (`forward_was`)."""
-        nat_now = bool(exp.get("nat") and exp["cidrs"])
-        if nat_now:
-            await self.plumbing.set_nat(NAT_TABLE, self.universe(), True)
-            found = await self.plumbing.set_forwarding(True)
-            if "forward_was" not in exp:
-                exp["forward_was"] = old.get("forward_was", found)
-        elif old.get("nat") or exp.get("nat"):
-            if old.get("forward_was") == "0":
-                await self.plumbing.set_forwarding(False)
-            await self.plumbing.set_nat(NAT_TABLE, self.universe(), False)
-            exp.pop("forward_was", None)
 
     async def _restore_exposure(self) -> None:
         exp = self._exposure()

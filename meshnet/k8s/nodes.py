@@ -73,24 +73,25 @@ class NodeAgent:
         self._wake.set()
 
     async def run(self) -> None:
-        watch = asyncio.ensure_future(self.informer.run())
-        try:
-            while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()
-                try:
-                    self.reconcile()
-                    await self.assert_condition()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - one bad round must not end the agent
-                    log.exception("node agent round failed")
-        finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+        """The watch and the rounds; if either fails, both end (the supervisor restarts them)."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.informer.run())
+            group.create_task(self._rounds())
+
+    async def _rounds(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.reconcile()
+                await self.assert_condition()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad round must not end the agent
+                log.exception("node agent round failed")
 
     # -- reclaim -------------------------------------------------------------------------
 

@@ -61,9 +61,10 @@ class PodNetwork:
     def ready(self) -> bool:
         return self.gateway is not None
 
-    async def start(self) -> None:
+    async def start(self, spawn: Callable[[str, Any], asyncio.Task[Any]] | None = None) -> None:
         """The table first (guard before forwarding), then forwarding and bridge netfilter;
-        the gateway comes when IPAM can give it (a task)."""
+        the gateway comes when IPAM can give it (a task; `spawn(name, coro)`: the router's
+        supervisor, which logs and counts a failure)."""
         await self.plumbing.set_nat(TABLE, self.universe, True, non_masquerade=self.non_masquerade)
         await self.plumbing.pin_forwarding()
         self.bridge_nf = await self.plumbing.sysctl(BRIDGE_NF, "1") is not None
@@ -73,7 +74,7 @@ class PodNetwork:
             await self.plumbing.sysctl(key, "0")
         if not self.bridge_nf:
             log.warning("no %s (br_netfilter not loaded): Service replies between pods will not be translated; modprobe br_netfilter", BRIDGE_NF)
-        self._task = asyncio.ensure_future(self._gateway())
+        self._task = spawn("k8s-pod-gateway", self._gateway()) if spawn else asyncio.ensure_future(self._gateway())
 
     async def stop(self) -> None:
         """The kernel state stays: pods keep working and a restart adopts it."""

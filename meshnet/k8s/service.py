@@ -23,6 +23,7 @@ from meshnet.k8s.client import KubeClient, KubeConfig
 from meshnet.k8s.nodes import NodeAgent
 from meshnet.k8s.podnet import PodNetwork
 from meshnet.k8s.ports import Endpoints, Ipam, Mesh, Plumbing, Routes, Store
+from meshnet.runtime.supervise import Supervisor
 
 log = logging.getLogger("meshnet.k8s")
 
@@ -41,8 +42,10 @@ class KubeSettings:
 
 class KubeService:
     def __init__(self, settings: KubeSettings, *, endpoints: Endpoints, plumbing: Plumbing, ipam: Ipam, mesh: Mesh,
-                 store: Store, api: Routes, environ: dict[str, str] | None = None):
+                 store: Store, api: Routes, environ: dict[str, str] | None = None, supervisor: Supervisor | None = None):
+        """`supervisor`: the router's; the node agent runs under it (restarted if it fails)."""
         self.settings = settings
+        self.supervisor = supervisor or Supervisor()
         self.ipam = ipam
         self.api = api
         self.podnet: PodNetwork | None = None
@@ -66,12 +69,12 @@ class KubeService:
         if self.podnet is not None:
             if self.nodes is not None:
                 self.podnet.on_ready = self.nodes.wake  # NetworkUnavailable=False without waiting for a round
-            await self.podnet.start()
+            await self.podnet.start(self.supervisor.spawn)
         if self.nodes is not None:
             if not self.settings.nickname:
                 log.warning("the node agent needs this router's nickname to be its node's name (MESHNET_NICKNAME=$(NODE_NAME))")
             log.info("following the cluster's nodes at %s as node %r", self.nodes.client.config.server, self.nodes.node_name)
-            self._task = asyncio.ensure_future(self.nodes.run())
+            self._task = self.supervisor.keep("k8s-nodes", self.nodes.run)
 
     async def stop(self) -> None:
         if self._task is not None:
