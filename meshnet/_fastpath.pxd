@@ -43,6 +43,9 @@ cdef enum:
     COPY_ARENA = 1 << 18  # sealed flood copies being sent
     GRO_MAX_SEGS = 64  # TCP segments merged into one TAP write
     GRO_HEAD = VNET_HDR_LEN + ETH_HEADER_LEN + 60 + 60
+    SWEEP_SLOTS = 64  # MAC table slots the ageing sweep looks at per batch
+    IDLE_SWEEP_SLOTS = 8192  # ... per idle wake-up of run()
+    IDLE_AGEING_MS = 1000  # run() wakes this often while learned MACs exist
     SCRATCH = 2048  # ICMP errors written back into the TAP
 
 
@@ -56,6 +59,19 @@ cdef struct table_t:
     uint32_t mask
     uint32_t shift
     uint32_t count
+
+
+# -- macs.pxi: the MAC table and its policy ----------------------------------------
+
+cdef struct mac_table_t:  # [lock]; the limits [init]
+    # The rules are the twin's (meshnet/dataplane/_pump_py/macs.py).
+    table_t t  # MAC -> peer id | STATIC, or peer id | stamp << STAMP_SHIFT when learned
+    uint32_t capacity  # [init] entries, static and learned
+    uint32_t quota  # [init] learned entries per peer
+    int64_t age  # [init] seconds a learned entry lives unconfirmed
+    uint32_t learned  # learned entries in t
+    uint32_t cursor  # the slot the ageing sweep looks at next
+    int64_t reclaimed_at  # the clock second of the last complete reclaim, -1 if none
 
 
 # -- peers.pxi ----------------------------------------------------------------------
@@ -73,6 +89,7 @@ cdef struct peer_t:
     uint64_t tx_bytes
     uint64_t rx_frames  # frames from it written to our TAP
     uint64_t rx_bytes
+    uint32_t learned  # learned MACs behind it (its quota is mac_table_t.quota)
     # link keys (hop by hop): one send key, a receive key per KEY_ID
     EVP_CIPHER_CTX *tx_ctx
     uint64_t tx_counter
@@ -163,7 +180,10 @@ cdef struct pump_t:
     int error  # [pump] errno that ended the last iteration with -1, read after it
     pthread_mutex_t lock  # [init]
     uint64_t counters[N_COUNTERS]  # [lock]
-    table_t mac_table  # [lock] MAC -> peer id | STATIC
+    int64_t now  # [lock] the clock (whole seconds of CLOCK_MONOTONIC), read per batch and control call
+    int64_t frozen_clock  # [lock] tests: the clock's value; -1: CLOCK_MONOTONIC
+    bint has_learned  # [pump] learned MACs existed after the last batch: run() wakes to age them
+    mac_table_t macs  # [lock]
     table_t peer_index  # [lock] peer id -> index into peers
     table_t addr_refs  # [lock] addr_key -> number of peers with that address
     table_t addr_owner  # [lock] addr_key -> id of the peer whose receive keys open its datagrams
@@ -182,8 +202,17 @@ cdef int table_init(table_t *t, unsigned int bits) noexcept nogil
 cdef void table_free(table_t *t) noexcept nogil
 cdef void table_put(table_t *t, uint64_t key, uint64_t val) noexcept nogil
 cdef void table_delete(table_t *t, uint32_t hole) noexcept nogil
-cdef void mac_learn(pump_t *pump, uint64_t mac, uint32_t pid) noexcept nogil
+
+# macs.pxi
+cdef int mac_init(mac_table_t *m, uint32_t capacity, uint32_t quota, int64_t age) noexcept nogil
+cdef int64_t mac_lookup(pump_t *pump, uint64_t mac) noexcept nogil
+cdef void mac_remove(pump_t *pump, uint32_t slot) noexcept nogil
+cdef void mac_learn(pump_t *pump, uint64_t mac, peer_t *peer) noexcept nogil
+cdef bint mac_set_static(pump_t *pump, uint64_t mac, uint32_t pid) noexcept nogil
+cdef void mac_forget(pump_t *pump, uint64_t mac) noexcept nogil
 cdef void mac_forget_peer(pump_t *pump, uint32_t pid) noexcept nogil
+cdef void mac_reclaim(pump_t *pump) noexcept nogil
+cdef void mac_sweep(pump_t *pump, uint32_t budget) noexcept nogil
 
 # checksums.pxi
 cdef uint64_t csum_add(const uint8_t *p, size_t n, uint64_t total) noexcept nogil
@@ -236,6 +265,7 @@ cdef bint same_flow(const uint8_t *h, const uint8_t *f, uint32_t l4, uint32_t th
                     bint v6) noexcept nogil
 
 # loop.pxi
+cdef void pump_clock(pump_t *pump) noexcept nogil
 cdef int pump_poll_once(pump_t *pump, int timeout) noexcept nogil
 cdef int pump_run(pump_t *pump) noexcept nogil
 

@@ -113,6 +113,7 @@ if _pxi.digest() != CONSTANTS_DIGEST:
 
 include "_fastpath/wire.pxi"
 include "_fastpath/tables.pxi"
+include "_fastpath/macs.pxi"
 include "_fastpath/checksums.pxi"
 include "_fastpath/aead.pxi"
 include "_fastpath/peers.pxi"
@@ -149,6 +150,16 @@ def _check_addr(addr):
     return packed, port
 
 
+def _check_limits(mac_table_max, learn_quota, mac_age):
+    """The MAC table's limits (the same checks as the twin's)."""
+    if not isinstance(mac_table_max, int) or not MAC_TABLE_MIN <= mac_table_max <= MAC_TABLE_LIMIT:
+        raise ValueError(f"mac_table_max must be {MAC_TABLE_MIN}..{MAC_TABLE_LIMIT}, got {mac_table_max!r}")
+    if not isinstance(learn_quota, int) or not 0 <= learn_quota <= MAC_TABLE_LIMIT:
+        raise ValueError(f"learn_quota must be 0..{MAC_TABLE_LIMIT}, got {learn_quota!r}")
+    if not isinstance(mac_age, int) or not 1 <= mac_age <= MAC_AGE_LIMIT:
+        raise ValueError(f"mac_age must be 1..{MAC_AGE_LIMIT} seconds, got {mac_age!r}")
+
+
 def _check_key(key, what):
     key = bytes(key)
     if len(key) != KEY_LEN:
@@ -169,13 +180,17 @@ cdef class Pump:
     """Moves frames between a TAP fd and a UDP socket; see the module docstring."""
 
     def __cinit__(self, int tap_fd, int udp_fd, local_id, *, int batch=32, crypto=False,
-                  offloads=None, int underlay_mtu=0, int spin_us=0):
+                  offloads=None, int underlay_mtu=0, int spin_us=0,
+                  mac_table_max=MAC_TABLE_DEFAULT, learn_quota=LEARN_QUOTA_DEFAULT,
+                  mac_age=MAC_AGE_DEFAULT):
         cdef pump_t *pump = &self.pump
         cdef int value = 0
         cdef socklen_t size = sizeof(int)
         cdef unsigned int i
         pump.wake_fd = -1
+        pump.frozen_clock = -1
         pump.local_id = _check_id(local_id, "local_id")
+        _check_limits(mac_table_max, learn_quota, mac_age)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
         if underlay_mtu and not 576 <= underlay_mtu <= 65535:
@@ -206,7 +221,7 @@ cdef class Pump:
         pump.gro.tcp_ok = True
         pump.gro.udp_ok = True
 
-        if (table_init(&pump.mac_table, MAC_TABLE_BITS) < 0
+        if (mac_init(&pump.macs, mac_table_max, learn_quota, mac_age) < 0
                 or table_init(&pump.peer_index, PEER_INDEX_BITS) < 0
                 or table_init(&pump.addr_refs, PEER_INDEX_BITS) < 0
                 or table_init(&pump.addr_owner, PEER_INDEX_BITS) < 0):
@@ -261,7 +276,7 @@ cdef class Pump:
         if pump.peers != NULL:
             for i in range(pump.n_peers):
                 peer_free_keys(&pump.peers[i])
-        table_free(&pump.mac_table)
+        table_free(&pump.macs.t)
         table_free(&pump.peer_index)
         table_free(&pump.addr_refs)
         table_free(&pump.addr_owner)
@@ -314,6 +329,7 @@ cdef class Pump:
         cdef uint32_t pid = _check_id(peer_id, "peer_id")
         with nogil:
             pthread_mutex_lock(&self.pump.lock)
+            pump_clock(&self.pump)
             peer_drop(&self.pump, pid)
             pthread_mutex_unlock(&self.pump.lock)
 
@@ -371,39 +387,38 @@ cdef class Pump:
         self.pump.peers[self.pump.peer_index.vals[slot]].tx_counter = counter
 
     def set_mac(self, mac, peer_id):
+        """A gossiped (static) entry; it may evict a learned one (rules: the twin's macs.py)."""
         cdef uint64_t key = _check_mac(mac)
         cdef uint32_t pid = _check_id(peer_id, "peer_id")
-        cdef bint full
+        cdef bint done
         if pid == self.pump.local_id:
             raise ValueError("local MACs are not in the pump's table")
         with nogil:
             pthread_mutex_lock(&self.pump.lock)
-            full = (table_find(&self.pump.mac_table, key) < 0
-                    and self.pump.mac_table.count >= MAC_TABLE_MAX)
-            if not full:
-                table_put(&self.pump.mac_table, key, pid | STATIC)
+            pump_clock(&self.pump)
+            done = mac_set_static(&self.pump, key, pid)
             pthread_mutex_unlock(&self.pump.lock)
-        if full:
-            raise OverflowError(f"MAC table full ({MAC_TABLE_MAX} entries)")
+        if not done:
+            raise OverflowError(f"MAC table full ({self.pump.macs.capacity} gossiped entries)")
 
     def forget_mac(self, mac):
         cdef uint64_t key = _check_mac(mac)
-        cdef int64_t slot
         with nogil:
             pthread_mutex_lock(&self.pump.lock)
-            slot = table_find(&self.pump.mac_table, key)
-            if slot >= 0:
-                table_delete(&self.pump.mac_table, <uint32_t>slot)
+            pump_clock(&self.pump)
+            mac_forget(&self.pump, key)
             pthread_mutex_unlock(&self.pump.lock)
 
     def macs(self):
         cdef uint32_t i
-        cdef table_t *t = &self.pump.mac_table
+        cdef table_t *t = &self.pump.macs.t
         result = {}
         # The pump thread never takes the GIL, so holding the mutex while building
         # Python objects cannot deadlock.
         with nogil:
             pthread_mutex_lock(&self.pump.lock)
+            pump_clock(&self.pump)
+            mac_reclaim(&self.pump)
         try:
             for i in range(t.mask + 1):
                 if t.keys[i] != 0:
@@ -413,11 +428,38 @@ cdef class Pump:
             pthread_mutex_unlock(&self.pump.lock)
         return result
 
+    def table_sizes(self):
+        """Entries the tables hold now: MACs (static and learned, expired ones the loop
+        has not removed yet included), learned MACs, peers."""
+        cdef uint32_t n_macs, learned, n_peers
+        with nogil:
+            pthread_mutex_lock(&self.pump.lock)
+            n_macs = self.pump.macs.t.count
+            learned = self.pump.macs.learned
+            n_peers = self.pump.n_peers
+            pthread_mutex_unlock(&self.pump.lock)
+        return {"macs": n_macs, "learned": learned, "peers": n_peers}
+
+    def _set_clock(self, seconds):
+        """Tests only: freeze the pump's clock at `seconds` (None: CLOCK_MONOTONIC again)."""
+        cdef int64_t value = -1
+        if seconds is not None:
+            if not isinstance(seconds, int) or not 0 <= seconds < (1 << 31):
+                raise ValueError("the clock is 0..2**31-1 seconds")
+            value = seconds
+        with nogil:
+            pthread_mutex_lock(&self.pump.lock)
+            self.pump.frozen_clock = value
+            pthread_mutex_unlock(&self.pump.lock)
+
     def stats(self):
+        """The counters; learned MACs that have expired by now are counted as aged."""
         cdef uint64_t snap[N_COUNTERS]
         cdef int i
         with nogil:
             pthread_mutex_lock(&self.pump.lock)
+            pump_clock(&self.pump)
+            mac_reclaim(&self.pump)
             memcpy(snap, self.pump.counters, sizeof(snap))
             pthread_mutex_unlock(&self.pump.lock)
         result = {}
@@ -458,6 +500,9 @@ cdef class Pump:
             "threads": 1,
             "spin_us": self.pump.spin_ns // 1000,
             "underlay_mtu": self.pump.underlay_mtu,
+            "mac_table_max": self.pump.macs.capacity,
+            "learn_quota": self.pump.macs.quota,
+            "mac_age": self.pump.macs.age,
         }
 
     # -- loop ----------------------------------------------------------------------

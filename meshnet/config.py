@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
 from meshnet import __version__
+from meshnet.dataplane import layout
 from meshnet.dataplane.netfilter import parse_cidrs
 from meshnet.dns.answer import normalize_domain, parse_upstreams
 from meshnet.errors import UsageError
@@ -215,6 +216,12 @@ OPTIONS: tuple[Option, ...] = (
         _int_in(1, bounds.MAX_ENDPOINTS),
         group="limits",
     ),
+    Option("mac_table_max", layout.MAC_TABLE_DEFAULT, "entries of the sleeve's MAC table, gossiped and learned together (gossiped ones first)",
+           _int_in(layout.MAC_TABLE_MIN, layout.MAC_TABLE_LIMIT), group="limits"),
+    Option("mac_learn_quota", layout.LEARN_QUOTA_DEFAULT, "MACs the sleeve learns behind one peer (0: learn none)",
+           _int_in(0, layout.MAC_TABLE_LIMIT), group="limits"),
+    Option("mac_age", layout.MAC_AGE_DEFAULT, "seconds a learned MAC lives without traffic from it",
+           _int_in(1, layout.MAC_AGE_LIMIT), group="limits"),
     Option("ipalloc_range", "10.32.0.0/12", "the address range IPAM hands out, cluster-wide", _range, group="ipam"),
     Option("ipalloc_init", "", "how the range is first split: consensus=N, seed=PEER,... or observer (default consensus=1+number of PEERs)", _init, group="ipam"),
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),

@@ -1,10 +1,8 @@
 # Tables: fixed-size linear-probing hash tables of uint64 keys (backward-shift deletion,
-# so no tombstones), and the MAC table built on one: MAC -> peer id, learned or static.
-# The twin's counterpart: meshnet/dataplane/_pump_py/tables.py.
+# so no tombstones). The MAC table (macs.pxi) and the peer indexes (peers.pxi) are built
+# on them; the twin uses dicts.
 
 cdef uint64_t OCCUPIED = (<uint64_t>1) << 63  # set in every stored key; 0 = empty slot
-cdef uint64_t STATIC = (<uint64_t>1) << 32  # MAC table value flag: set_mac, not learned
-cdef uint64_t MAC_MASK = ((<uint64_t>1) << 48) - 1
 
 # The peer indexes have 2**PEER_INDEX_BITS slots and must stay at most half full.
 if (1 << PEER_INDEX_BITS) < 2 * PEER_TABLE_MAX:
@@ -75,36 +73,5 @@ cdef void table_delete(table_t *t, uint32_t hole) noexcept nogil:
     t.count -= 1
 
 
-cdef inline uint64_t mac_key(const uint8_t *p) noexcept nogil:
-    return ((<uint64_t>p[0] << 40) | (<uint64_t>p[1] << 32) | (<uint64_t>p[2] << 24)
-            | (<uint64_t>p[3] << 16) | (<uint64_t>p[4] << 8) | p[5])
-
-
 cdef inline uint64_t addr_key(const sockaddr_in *a) noexcept nogil:
     return (<uint64_t>a.sin_addr.s_addr << 16) | a.sin_port  # both in network order
-
-
-cdef void mac_learn(pump_t *pump, uint64_t mac, uint32_t pid) noexcept nogil:
-    """A datagram from peer pid says the inner source MAC is behind it (static wins)."""
-    cdef int64_t slot = table_find(&pump.mac_table, mac)
-    if slot >= 0:
-        if (pump.mac_table.vals[slot] & STATIC) or <uint32_t>pump.mac_table.vals[slot] == pid:
-            return
-        pump.mac_table.vals[slot] = pid
-    elif pump.mac_table.count >= MAC_TABLE_MAX:
-        pump.counters[LEARN_TABLE_FULL] += 1
-        return
-    else:
-        table_put(&pump.mac_table, mac, pid)
-    pump.counters[LEARNED] += 1
-
-
-cdef void mac_forget_peer(pump_t *pump, uint32_t pid) noexcept nogil:
-    """Forget every MAC behind peer pid, learned or static."""
-    cdef uint32_t i = 0
-    while i <= pump.mac_table.mask:
-        if pump.mac_table.keys[i] != 0 and <uint32_t>pump.mac_table.vals[i] == pid:
-            # The backward shift may pull an unvisited entry into i: look again.
-            table_delete(&pump.mac_table, i)
-        else:
-            i += 1

@@ -44,9 +44,9 @@ cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) n
     if n < ETH_HEADER_LEN:
         pump.counters[DROP_SHORT_FRAME] += 1
         return
-    slot = table_find(&pump.mac_table, mac_key(frame + 6))
-    if slot >= 0 and not (pump.mac_table.vals[slot] & STATIC):  # the host moved here
-        table_delete(&pump.mac_table, <uint32_t>slot)
+    slot = mac_lookup(pump, mac_key(frame + 6))
+    if slot >= 0 and not (pump.macs.t.vals[slot] & STATIC):  # the host moved here
+        mac_remove(pump, <uint32_t>slot)
         pump.counters[UNLEARNED] += 1
     if vh != NULL and vh[1] != VNET_GSO_NONE:
         tap_segment(pump, frame, n, vh[1], load_le16(vh + 4))
@@ -164,12 +164,12 @@ cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, bint csum) noexcep
     if frame[0] & 1:
         tap_flood(pump, frame, n, flags)
         return
-    slot = table_find(&pump.mac_table, mac_key(frame))
+    slot = mac_lookup(pump, mac_key(frame))
     if slot < 0:
         pump.counters[UNKNOWN_UNICAST] += 1
         tap_flood(pump, frame, n, flags)
         return
-    pid = <uint32_t>pump.mac_table.vals[slot]
+    pid = <uint32_t>pump.macs.t.vals[slot]
     slot = table_find(&pump.peer_index, pid)
     p = NULL if slot < 0 else &pump.peers[pump.peer_index.vals[slot]]
     hop = NULL if p == NULL else peer_hop(pump, p)

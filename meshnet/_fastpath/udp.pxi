@@ -124,7 +124,7 @@ cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *se
             pump.counters[DROP_BAD_CSUM] += 1
             return
         if not (frame[6] & 1):
-            mac_learn(pump, mac_key(frame + 6), src)
+            mac_learn(pump, mac_key(frame + 6), &pump.peers[pump.peer_index.vals[slot]])
         gro_deliver(pump, frame, flen, (flags & FLAG_CSUM) != 0,
                     <uint32_t>pump.peer_index.vals[slot])
         return

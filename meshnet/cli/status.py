@@ -23,6 +23,17 @@ def describe_pump(pump: dict[str, Any]) -> str:
     return "compiled: " + ", ".join(used)
 
 
+def describe_macs(dataplane: dict[str, Any]) -> list[str]:
+    """The sleeve's MAC table: its fill against its limits, and what the policy refused."""
+    tables, f, stats = dataplane.get("tables"), (dataplane.get("pump") or {}).get("features") or {}, dataplane.get("stats") or {}
+    if not tables or "mac_table_max" not in f:
+        return []
+    line = (f"MACs     {tables['macs']} of {f['mac_table_max']} ({tables['learned']} learned; "
+            f"{f['learn_quota']} learned per peer, aged after {f['mac_age']}s)")
+    refused = [f"{stats[k]} {what}" for k, what in (("learn_table_full", "not learned: table full"), ("learn_over_quota", "not learned: peer over quota"), ("learned_evicted", "evicted for gossiped ones")) if stats.get(k)]
+    return [line + (": " + ", ".join(refused) if refused else "")]
+
+
 def describe_fastdp(fastdp: dict[str, Any]) -> str:
     if fastdp.get("enabled"):
         return "enabled (kernel VXLAN, UDP 6784, per-peer health probes)"
@@ -159,6 +170,7 @@ def format_status(s: dict[str, Any], *, docker: dict[str, Any] | None = None, ru
         f"Health   {describe_health(health)}",
         f"Crypto   {describe_encryption(r['encrypted'])}",
         f"Pump     {describe_pump(s['dataplane']['pump'])}",
+        *describe_macs(s["dataplane"]),
         f"fastdp   {describe_fastdp(s['dataplane']['fastdp'])}",
         f"IPAM     {describe_ipam(s.get('ipam'))}",
         f"Docker   {describe_docker(docker)}",

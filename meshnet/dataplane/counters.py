@@ -20,7 +20,7 @@ COUNTERS = (
     "relayed",
     "learned",
     "unlearned",
-    "learn_table_full",
+    "learn_table_full",  # a new learned MAC found the table full (after reclaiming aged ones)
     "drop_short_frame",
     "drop_oversize",
     "drop_no_route",
@@ -44,6 +44,10 @@ COUNTERS = (
     "drop_bad_gso",  # a GSO frame from the TAP that cannot be segmented
     "gso_segments",  # segments cut from TSO frames read from the TAP
     "frag_needed",  # ICMP "fragmentation needed"/"packet too big" written to the TAP
+    # issue 12: bounded MAC table with a policy (docs/sleeve.md, "The MAC table")
+    "learn_over_quota",  # a new learned MAC from a peer that has its quota of learned MACs
+    "learned_aged",  # learned MACs removed after mac_age seconds without a datagram from them
+    "learned_evicted",  # learned MACs removed to make room for a gossiped (static) one
     "gro_frames",  # compiled pump only: TAP writes that merged >= 2 TCP segments
     "gro_segments",  # compiled pump only: segments inside those writes
 )

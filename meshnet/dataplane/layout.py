@@ -94,12 +94,18 @@ def wire_overhead(crypto: bool) -> int:
     """Bytes of IPv4 + UDP + sleeve header (+ AEAD) around an inner frame."""
     return IPV4_HEADER_LEN + UDP_HEADER_LEN + HEADER_LEN + (AEAD_OVERHEAD if crypto else 0)
 
-# Pump table capacities, the same in the compiled pump and its Python twin so that both
-# refuse or skip the same entries. The compiled MAC table is open addressing with
-# MAC_TABLE_SLOTS slots kept at most half full; the peer table is dense.
-MAC_TABLE_BITS = 14
-MAC_TABLE_SLOTS = 1 << MAC_TABLE_BITS
-MAC_TABLE_MAX = MAC_TABLE_SLOTS // 2
+# Pump table capacities. The MAC table's are construction parameters of both pumps (the
+# router's --mac-table-max, --mac-learn-quota and --mac-age; docs/sleeve.md "The MAC
+# table"), these are their defaults and bounds: room for 100,000 gossiped endpoints
+# mesh-wide and some learned ones. The compiled MAC table is open addressing with the
+# next power of two >= 2 x its capacity of slots (at most half full). The peer table is
+# dense and fixed, the same in both pumps so that both refuse the same entries.
+MAC_TABLE_DEFAULT = 131072  # entries, gossiped (static) and learned together
+MAC_TABLE_LIMIT = 1 << 22  # largest capacity a pump accepts (2**23 slots, 128 MiB)
+MAC_TABLE_MIN = 1
+LEARN_QUOTA_DEFAULT = 4096  # learned entries per peer: one peer's containers cannot fill the table
+MAC_AGE_DEFAULT = 300  # seconds a learned entry lives without traffic (the bridge's own default)
+MAC_AGE_LIMIT = 1 << 20
 PEER_TABLE_MAX = 4096
 MAX_BATCH = 1024  # frames per read batch; the kernel's UIO_MAXIOV caps one sendmmsg/recvmmsg
 

@@ -114,9 +114,19 @@ def families(snap: dict[str, Any]) -> list[Metric]:
     for key in sorted(stats):
         if key.startswith("drop_"):
             drops.add_metric([key[5:]], float(stats[key]))
-    if "learn_table_full" in stats:
-        drops.add_metric(["learn_table_full"], float(stats["learn_table_full"]))
-    out += [fb, ff, drops]
+    for key in ("learn_table_full", "learn_over_quota"):  # source MACs not learned (the frame goes on)
+        if key in stats:
+            drops.add_metric([key], float(stats[key]))
+    removed = CounterMetricFamily("meshnet_dataplane_learned_removed", "Learned MACs the sleeve removed, by reason", labels=["reason"])
+    for key, reason in (("learned_aged", "aged"), ("learned_evicted", "evicted"), ("unlearned", "moved_here")):
+        if key in stats:
+            removed.add_metric([reason], float(stats[key]))
+    tables = snap.get("dataplane", {}).get("tables") or {}
+    macs = GaugeMetricFamily("meshnet_dataplane_macs", "Entries of the sleeve's MAC table, by kind", labels=["kind"])
+    if tables:
+        macs.add_metric(["gossiped"], float(tables.get("macs", 0) - tables.get("learned", 0)))
+        macs.add_metric(["learned"], float(tables.get("learned", 0)))
+    out += [fb, ff, drops, removed, macs]
     for key, help_text in (
         ("flood_tx", "Frames flooded to every peer (unknown destination or broadcast)"),
         ("unknown_unicast", "Unicast frames to a MAC no peer announced"),

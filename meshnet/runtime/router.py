@@ -137,6 +137,7 @@ class Router:
             underlay_mtu=underlay,
             encrypted=self.encrypted,
             pure_python=cfg.pure_python_pump,
+            mac_limits={"mac_table_max": cfg.mac_table_max, "learn_quota": cfg.mac_learn_quota, "mac_age": cfg.mac_age},
         )
         self.sleeve.start()
 

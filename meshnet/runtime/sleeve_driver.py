@@ -4,7 +4,9 @@ The mirror of `fastdp_driver.py`: the router hands `apply()` the tables
 `dataplane.sleeve_plan.plan` computed; the driver diffs them against what the pump holds
 (`have`, kept here and updated per operation) and applies only the difference. A table the
 pump refuses (full) is logged and counted, never raised into the router: one busy container
-must not take control connections down.
+must not take control connections down. The pump's MAC table has its own policy (learned
+entries age, have a quota per peer and give way to gossiped ones: docs/sleeve.md), so
+gossiped MACs are refused only when the table is full of gossiped MACs.
 
 Threads: the pump runs in its own thread without the GIL; every call here comes from the
 asyncio loop, and the pump's setters take its own lock.
@@ -29,8 +31,22 @@ SOCKET_BUFFER_BYTES = 4 << 20
 
 
 class SleeveDriver:
-    def __init__(self, *, local_id: int, host: str, udp_port: int, tap_fd: int, underlay_mtu: int, encrypted: bool, pure_python: bool):
+    def __init__(
+        self,
+        *,
+        local_id: int,
+        host: str,
+        udp_port: int,
+        tap_fd: int,
+        underlay_mtu: int,
+        encrypted: bool,
+        pure_python: bool,
+        mac_limits: dict[str, int] | None = None,
+    ):
         """Bind the sleeve's UDP socket and build the pump (not started yet).
+
+        mac_limits: the pump's MAC table limits (mac_table_max, learn_quota, mac_age);
+        the pump's defaults when None.
 
         Raises:
             UsageError: the UDP port cannot be bound.
@@ -63,6 +79,7 @@ class SleeveDriver:
                 self.udp.fileno(),
                 enable=self.compiled and os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",
             ),
+            **(mac_limits or {}),  # bounded MAC table: capacity, learned per peer, ageing
         )
         self._thread: threading.Thread | None = None
         self._peers: dict[int, sp.PeerRow] = {}
@@ -139,6 +156,9 @@ class SleeveDriver:
 
     def stats(self) -> dict[str, int]:
         return dict(self.pump.stats())
+
+    def table_sizes(self) -> dict[str, int]:
+        return dict(self.pump.table_sizes())
 
     def peer_stats(self) -> dict[int, dict[str, int]]:
         return self.pump.peer_stats()

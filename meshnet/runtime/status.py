@@ -153,6 +153,7 @@ def status(router: Router) -> dict[str, Any]:
             "pump": {"compiled": sleeve.compiled, "features": sleeve.features()},
             "rekey_due": [f"{pid:08x}" for pid in sorted(sleeve.rekey_due())],
             "refused": dict(sleeve.refused),
+            "tables": sleeve.table_sizes(),
             "stats": sleeve.stats(),
         },
         "peers": peers,

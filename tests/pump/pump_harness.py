@@ -78,6 +78,8 @@ class Rig:
         self._unhandled = 0  # frames and datagrams injected that the pump has not read yet
         self._inbox: defaultdict[int, list[bytes]] = defaultdict(list)
         self._delivered = 0  # datagrams the remotes have received from the pump
+        self.clock = 0  # the pump's clock when a test froze it (pump._set_clock)
+        self.refused = 0  # set_mac calls the pump refused (OverflowError: full of static entries)
 
     def remote(self, peer_id: int) -> socket.socket:
         """The socket playing remote peer `peer_id` (made on first use, not registered)."""

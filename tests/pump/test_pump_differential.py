@@ -13,7 +13,6 @@ import random
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from meshnet.dataplane.layout import MAC_TABLE_MAX
 from pump_harness import BROADCAST, Rig, header, mac
 
 LOCAL = 100
@@ -60,7 +59,15 @@ SETUP = [("set_peer", 1, True, 1, True), ("set_peer", 2, True, 2, True), ("set_p
 
 def _apply(rig: Rig, event: tuple) -> None:
     kind, *args = event
-    if kind == "tap":
+    if kind == "tick":  # the frozen clock moves on
+        rig.clock += args[0]
+        rig.pump._set_clock(rig.clock)
+    elif kind == "set_mac":  # a full table of static entries refuses: both must
+        try:
+            rig.pump.set_mac(*args)
+        except OverflowError:
+            rig.refused += 1
+    elif kind == "tap":
         rig.to_tap(args[0])
     elif kind == "udp":
         rig.send_from(*args)
@@ -101,9 +108,59 @@ def test_both_pumps_send_the_same_bytes_and_count_the_same(both, steps, batch):
             rig.close()
 
 
+# The MAC table's policy under pressure: a table of 4 entries, 2 learned per peer, MACs
+# that age after 3 seconds, and a clock that moves (docs/sleeve.md, "The MAC table").
+LIMITS = dict(mac_table_max=4, learn_quota=2, mac_age=3)
+learns = st.builds(  # a well-formed datagram for us from a peer: its source MAC is learned
+    lambda peer, dst, src: ("udp", peer, header(peer, LOCAL) + dst + src + b"\x08\x00" + bytes(46)),
+    st.sampled_from([1, 2, 3]), macs, st.sampled_from(MACS[:6]),
+)
+policy_events = weighted(
+    (learns, 10),
+    (st.tuples(st.just("tap"), frames), 5),
+    (st.tuples(st.just("udp"), senders, datagrams), 4),
+    (st.tuples(st.just("tick"), st.sampled_from([1, 1, 2, 3, 5])), 2),
+    (st.tuples(st.just("set_mac"), macs, peer_ids), 5),
+    (st.tuples(st.just("forget_mac"), macs), 1),
+    (st.tuples(st.just("remove_peer"), peer_ids), 1),
+    (st.tuples(st.just("set_peer"), peer_ids, st.sampled_from([True, True, False]), peer_ids,
+               st.sampled_from([True, True, False])), 2),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(policy_events, min_size=8, max_size=50), batch=st.sampled_from([1, 32]))
+def test_both_pumps_keep_the_same_mac_policy(both, steps, batch):
+    rigs = [Rig(cls, LOCAL, batch=batch, **LIMITS) for cls in both]
+    try:
+        for rig in rigs:
+            rig.clock, rig.refused = 1000, 0
+            rig.pump._set_clock(rig.clock)
+            for p in PEERS + [STRANGER]:
+                rig.remote(p)
+        for step in SETUP + steps:
+            for rig in rigs:
+                _apply(rig, step)
+            compiled, python = (_outputs(rig) for rig in rigs)
+            assert compiled == python, step
+            assert rigs[0].pump.macs() == rigs[1].pump.macs(), step
+            assert rigs[0].refused == rigs[1].refused, step
+        stats = rigs[0].stats()
+        assert stats == rigs[1].stats()
+        for name, value in stats.items():
+            if value:
+                event(name)
+        if rigs[0].refused:
+            event("set_mac refused")
+    finally:
+        for rig in rigs:
+            rig.close()
+
+
 def test_big_mac_tables_agree_under_churn(both):
     """A full MAC table under heavy deletion: the compiled hash table's worst case."""
-    compiled, python = (Rig(cls, LOCAL) for cls in both)
+    cap = 8192
+    compiled, python = (Rig(cls, LOCAL, mac_table_max=cap) for cls in both)
     try:
         rnd = random.Random(5)
         overflowed = 0
@@ -123,7 +180,7 @@ def test_big_mac_tables_agree_under_churn(both):
         for pump in (compiled.pump, python.pump):
             pump.remove_peer(3)
         assert compiled.pump.macs() == python.pump.macs()
-        assert len(python.pump.macs()) > MAC_TABLE_MAX // 2
+        assert len(python.pump.macs()) > cap // 2
     finally:
         compiled.close()
         python.close()

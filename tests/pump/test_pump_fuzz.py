@@ -109,3 +109,47 @@ def test_random_tap_frames_only_count(rig, frames):
     short = sum(len(f) < 14 for f in frames)
     assert delta["drop_short_frame"] == short
     assert delta["udp_tx"] + delta["drop_send_error"] >= len(frames) - short
+
+
+# A peer's containers flooding source MACs: whatever they send and however the clock
+# moves, the MAC table never holds more than its capacity, nor a peer more than its
+# quota, and every new MAC is learned or counted as refused.
+CAP, QUOTA = 32, 20  # two peers at their quota would overfill it
+flood = st.lists(
+    st.tuples(st.sampled_from([1, 1, 1, 2]), st.integers(0, 300), st.sampled_from([0] * 20 + [1, 5, 40])),
+    max_size=120,
+)
+
+
+@pytest.fixture(scope="module")
+def bounded(impl):
+    rig = Rig(impl, LOCAL, mac_table_max=CAP, learn_quota=QUOTA, mac_age=30)
+    rig.connect(1)
+    rig.connect(2)
+    rig.clock = 5000
+    rig.pump._set_clock(rig.clock)
+    yield rig
+    rig.close()
+
+
+@FUZZ
+@given(sends=flood)
+def test_mac_floods_stay_within_capacity_and_quota(bounded, sends):
+    rig = bounded
+    before = rig.stats()
+    for peer, n, tick in sends:
+        if tick:
+            rig.clock += tick
+            rig.pump._set_clock(rig.clock)
+        src = b"\x02" + n.to_bytes(5, "big")
+        rig.send_from(peer, header(peer, LOCAL) + b"\xff" * 6 + src + b"\x08\x00" + bytes(46))
+    rig.run_until_idle(timeout_ms=1)
+    rig.from_tap()
+    table = rig.pump.macs()
+    assert len(table) <= CAP
+    assert all(list(table.values()).count(p) <= QUOTA for p in (1, 2))
+    after = rig.stats()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["tap_tx"] == len(sends)  # learning or not, every frame is delivered
+    new = delta["learned"] + delta["learn_over_quota"] + delta["learn_table_full"]
+    assert new <= len(sends)

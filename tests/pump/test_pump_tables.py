@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from meshnet.dataplane.counters import COUNTERS
-from meshnet.dataplane.layout import MAC_TABLE_MAX, PEER_TABLE_MAX
+from meshnet.dataplane.layout import MAC_TABLE_DEFAULT, PEER_TABLE_MAX
 from pump_harness import BROADCAST, frame, header, mac
 
 LOCAL = 100
@@ -123,18 +123,28 @@ def test_the_pump_makes_its_fds_nonblocking(make_rig):
 
 
 def test_the_mac_table_is_bounded(make_rig):
-    rig = make_rig(LOCAL)
+    """Full of gossiped entries: set_mac refuses, learning counts learn_table_full."""
+    cap = 64
+    rig = make_rig(LOCAL, mac_table_max=cap)
     rig.connect(1)
-    for i in range(MAC_TABLE_MAX):
+    for i in range(cap):
         rig.pump.set_mac(mac(i), 1)
     with pytest.raises(OverflowError):
-        rig.pump.set_mac(mac(MAC_TABLE_MAX), 1)
+        rig.pump.set_mac(mac(cap), 1)
     rig.pump.set_mac(mac(0), 2)  # an existing entry may still change
-    rig.send_from(1, header(1, LOCAL) + frame(BROADCAST, mac(MAC_TABLE_MAX + 1)))
+    rig.send_from(1, header(1, LOCAL) + frame(BROADCAST, mac(cap + 1)))
     rig.run_until_idle()
     assert rig.stats()["learn_table_full"] == 1
     assert len(rig.from_tap()) == 1  # the frame itself is still delivered
-    assert len(rig.pump.macs()) == MAC_TABLE_MAX
+    assert len(rig.pump.macs()) == cap
+
+
+def test_the_default_capacity_holds_100k_gossiped_endpoints(make_rig):
+    pump = make_rig(LOCAL).pump
+    assert MAC_TABLE_DEFAULT >= 100_000 and pump.features()["mac_table_max"] == MAC_TABLE_DEFAULT
+    for i in range(100_000):
+        pump.set_mac(mac(i), 1 + i % 50)
+    assert pump.table_sizes() == {"macs": 100_000, "learned": 0, "peers": 0}
 
 
 def test_the_peer_table_is_bounded(make_rig):

@@ -4,9 +4,14 @@ Replaces the old test that built a Router by hand to reach its private key progr
 
 from __future__ import annotations
 
-from meshnet.cli.status import describe_pump
+import pytest
+
+from meshnet.cli import build_parser
+from meshnet.cli.status import describe_macs, describe_pump
+from meshnet.config import from_args
 from meshnet.dataplane import layout
 from meshnet.dataplane import sleeve_plan as sp
+from meshnet.errors import UsageError
 from meshnet.mesh.session import Ephemeral, Session
 
 A, B, C, D = (bytes(15) + bytes([i]) for i in (0x0A, 0x0B, 0x0C, 0x0D))
@@ -84,3 +89,19 @@ def test_status_line_names_what_the_pump_uses():
     assert line == "compiled: batch 64, TAP csum/tso4, UDP GSO, TCP merging, sleeve AES-256-GCM"
     assert describe_pump({"compiled": False}).startswith("PURE-PYTHON TWIN")
     assert "no IFF_VNET_HDR" in describe_pump({"compiled": True, "features": {"batch": 32, "vnet_hdr": False}})
+
+
+def test_status_line_of_the_mac_table():
+    dp = {"pump": {"features": {"mac_table_max": 131072, "learn_quota": 4096, "mac_age": 300}},
+          "tables": {"macs": 120, "learned": 20, "peers": 3}, "stats": {"learn_over_quota": 7, "learned_evicted": 0}}
+    assert describe_macs(dp) == ["MACs     120 of 131072 (20 learned; 4096 learned per peer, aged after 300s): "
+                                 "7 not learned: peer over quota"]
+    assert describe_macs({"pump": {"compiled": True}}) == []  # an older router: nothing to say
+
+
+def test_mac_table_limits_come_from_flags_or_their_environment_twins():
+    cfg = from_args(build_parser().parse_args(["launch", "--mac-age", "60"]), environ={"MESHNET_MAC_LEARN_QUOTA": "10"})
+    assert (cfg.mac_table_max, cfg.mac_learn_quota, cfg.mac_age) == (layout.MAC_TABLE_DEFAULT, 10, 60)
+    for flag, value in (("--mac-table-max", "0"), ("--mac-learn-quota", "-1"), ("--mac-age", "0"), ("--mac-table-max", "lots")):
+        with pytest.raises(UsageError, match=flag):
+            from_args(build_parser().parse_args(["launch", flag, value]), environ={})

@@ -19,7 +19,8 @@ compiled pump (`meshnet/_fastpath/*.pxi`):
   (`udp.pxi`; the compiled pump also merges deliveries, `gro.pxi`);
 - `peers`: routes, addresses, link keys, sealing for a next hop (`peers.pxi`; the AEAD
   itself is `meshnet.dataplane.sleeve_crypto`, `aead.pxi`);
-- `tables`: the MAC table (`tables.pxi`);
+- `macs`: the MAC table and its policy: learning, ageing, quotas, eviction (`macs.pxi`;
+  the hash tables under it are `tables.pxi`);
 - `sendq`: the send queue (`sendq.pxi`);
 - `checksums`: inner-packet checksums and the CSUM rule (`checksums.pxi`).
 """

@@ -103,6 +103,9 @@ class PeerTable:
             for pid, p in self._peers.items()
         }
 
+    def size(self) -> int:
+        return len(self._peers)
+
     def get(self, peer_id: int) -> Peer | None:
         return self._peers.get(peer_id)
 

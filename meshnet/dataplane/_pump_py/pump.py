@@ -3,9 +3,10 @@
 Flow of one `poll()`:
 
 1. wait until the TAP fd, the UDP fd or the wake eventfd is readable;
-2. TAP: read up to `batch` frames, one per read, each handled by `TapSide.frame`;
-3. UDP: receive up to `batch` datagrams, each handled by `UdpSide.datagram`;
-4. after each read batch, flush the send queue (it also flushes when full).
+2. read the clock (whole seconds; the MAC table's `now`) and reclaim aged MACs;
+3. TAP: read up to `batch` frames, one per read, each handled by `TapSide.frame`;
+4. UDP: receive up to `batch` datagrams, each handled by `UdpSide.datagram`;
+5. after each read batch, flush the send queue (it also flushes when full).
 
 The lock is held for one whole batch, so table updates from another thread land between
 batches. The parts (tables, peers, send queue, the two sides) take no lock themselves.
@@ -18,16 +19,30 @@ import os
 import select
 import socket
 import threading
+import time
 
 from meshnet.dataplane import sleeve_crypto
 from meshnet.dataplane._pump_py.peers import PeerTable
 from meshnet.dataplane._pump_py.sendq import SendQueue
-from meshnet.dataplane._pump_py.tables import MacTable
+from meshnet.dataplane._pump_py.macs import MacTable
 from meshnet.dataplane._pump_py.tap_side import TapSide
 from meshnet.dataplane._pump_py.udp_side import UdpSide
 from meshnet.dataplane.counters import COUNTERS
-from meshnet.dataplane.layout import AEAD, MAX_BATCH, MAX_FRAME, VNET_HDR_LEN
+from meshnet.dataplane.layout import (
+    AEAD,
+    LEARN_QUOTA_DEFAULT,
+    MAC_AGE_DEFAULT,
+    MAC_AGE_LIMIT,
+    MAC_TABLE_DEFAULT,
+    MAC_TABLE_LIMIT,
+    MAC_TABLE_MIN,
+    MAX_BATCH,
+    MAX_FRAME,
+    VNET_HDR_LEN,
+)
 from meshnet.dataplane.offloads import Offloads
+
+IDLE_AGEING_MS = 1000  # run() wakes this often while learned MACs exist, to age them
 
 
 def _check_id(value: int, what: str) -> int:
@@ -41,6 +56,16 @@ def _check_mac(mac: bytes) -> bytes:
     if len(mac) != 6:
         raise ValueError(f"a MAC is 6 bytes, got {len(mac)}")
     return mac
+
+
+def _check_limits(mac_table_max: int, learn_quota: int, mac_age: int) -> None:
+    """The MAC table's limits (the same checks in the compiled pump)."""
+    if not isinstance(mac_table_max, int) or not MAC_TABLE_MIN <= mac_table_max <= MAC_TABLE_LIMIT:
+        raise ValueError(f"mac_table_max must be {MAC_TABLE_MIN}..{MAC_TABLE_LIMIT}, got {mac_table_max!r}")
+    if not isinstance(learn_quota, int) or not 0 <= learn_quota <= MAC_TABLE_LIMIT:
+        raise ValueError(f"learn_quota must be 0..{MAC_TABLE_LIMIT}, got {learn_quota!r}")
+    if not isinstance(mac_age, int) or not 1 <= mac_age <= MAC_AGE_LIMIT:
+        raise ValueError(f"mac_age must be 1..{MAC_AGE_LIMIT} seconds, got {mac_age!r}")
 
 
 def _check_addr(addr: tuple[str, int]) -> tuple[str, int]:
@@ -69,8 +94,12 @@ class Pump:
         offloads: Offloads | None = None,
         underlay_mtu: int = 0,
         spin_us: int = 0,
+        mac_table_max: int = MAC_TABLE_DEFAULT,
+        learn_quota: int = LEARN_QUOTA_DEFAULT,
+        mac_age: int = MAC_AGE_DEFAULT,
     ) -> None:
         local_id = _check_id(local_id, "local_id")
+        _check_limits(mac_table_max, learn_quota, mac_age)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
         if underlay_mtu and not 576 <= underlay_mtu <= 65535:
@@ -112,7 +141,8 @@ class Pump:
         self._lock = threading.Lock()
         self._count = dict.fromkeys(COUNTERS, 0)
         self._peers = PeerTable()
-        self._macs = MacTable(self._count)
+        self._frozen_clock: int | None = None
+        self._macs = MacTable(self._count, capacity=mac_table_max, quota=learn_quota, age=mac_age)
         self._sendq = SendQueue(udp, batch, self._count)
         # both sides share the tables, the send queue and the counters
         sides = dict(tap_fd=tap_fd, local_id=local_id, crypto=self._crypto, vnet=bool(offloads.vnet_hdr),
@@ -136,6 +166,7 @@ class Pump:
         _check_id(peer_id, "peer_id")
         with self._lock:
             self._peers.remove(peer_id)
+            self._macs.now = self._clock()
             self._macs.forget_peer(peer_id)
 
     def set_peer_keys(self, peer_id: int, tx_key: bytes, rx_key: bytes, *, epoch: int) -> None:
@@ -168,20 +199,43 @@ class Pump:
         if peer_id == self._local:
             raise ValueError("local MACs are not in the pump's table")
         with self._lock:
+            self._macs.now = self._clock()
             self._macs.set_static(mac, peer_id)
 
     def forget_mac(self, mac: bytes) -> None:
         mac = _check_mac(mac)
         with self._lock:
+            self._macs.now = self._clock()
             self._macs.forget(mac)
 
     def macs(self) -> dict[bytes, int]:
         with self._lock:
+            self._macs.now = self._clock()
             return self._macs.snapshot()
 
     def stats(self) -> dict[str, int]:
+        """The counters; learned MACs that have expired by now are counted as aged."""
         with self._lock:
+            self._macs.now = self._clock()
+            self._macs.reclaim()
             return dict(self._count)
+
+    def table_sizes(self) -> dict[str, int]:
+        """Entries the tables hold now: MACs (static and learned, expired ones the loop
+        has not removed yet included), learned MACs, peers."""
+        with self._lock:
+            return {**self._macs.sizes(), "peers": self._peers.size()}
+
+    def _set_clock(self, seconds: int | None) -> None:
+        """Tests only: freeze the pump's clock at `seconds` (None: CLOCK_MONOTONIC again)."""
+        if seconds is not None and not (isinstance(seconds, int) and 0 <= seconds < 1 << 31):
+            raise ValueError("the clock is 0..2**31-1 seconds")
+        with self._lock:
+            self._frozen_clock = seconds
+
+    def _clock(self) -> int:
+        """The pump's clock: whole seconds of CLOCK_MONOTONIC, unless a test froze it."""
+        return int(time.monotonic()) if self._frozen_clock is None else self._frozen_clock
 
     def peer_stats(self) -> dict[int, dict[str, int]]:
         """Per peer: frames/bytes sent to it from our TAP, and received from it to our TAP."""
@@ -204,6 +258,9 @@ class Pump:
             "threads": 1,
             "spin_us": 0,
             "underlay_mtu": self._underlay_mtu,
+            "mac_table_max": self._macs.capacity,
+            "learn_quota": self._macs.quota,
+            "mac_age": self._macs.age,
         }
 
     # -- loop ----------------------------------------------------------------
@@ -221,6 +278,8 @@ class Pump:
                 pass  # another poll() drained it first
         handled = 0
         with self._lock:
+            self._macs.now = self._clock()
+            self._macs.reclaim()  # ageing: at most once per clock second
             if self._tap in ready:
                 handled += self._tap_batch()
             if self._udp_fd in ready:
@@ -230,7 +289,8 @@ class Pump:
     def run(self) -> None:
         try:
             while not self._stopping:
-                self.poll(-1)
+                # learned MACs must age even when no traffic comes
+                self.poll(IDLE_AGEING_MS if self._macs.has_learned() else -1)
         finally:
             self._stopping = False
 

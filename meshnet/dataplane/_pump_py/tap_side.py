@@ -32,7 +32,7 @@ from meshnet.dataplane._pump_py.checksums import (
 )
 from meshnet.dataplane._pump_py.peers import HEADER, Peer, PeerTable, seal
 from meshnet.dataplane._pump_py.sendq import SendQueue
-from meshnet.dataplane._pump_py.tables import MacTable
+from meshnet.dataplane._pump_py.macs import MacTable
 from meshnet.dataplane.layout import (
     DEFAULT_TTL,
     ETH_HEADER_LEN,

@@ -20,7 +20,7 @@ import os
 from meshnet.dataplane._pump_py.checksums import complete_checksum, l4_checksum_at
 from meshnet.dataplane._pump_py.peers import HEADER, Addr, PeerTable, seal
 from meshnet.dataplane._pump_py.sendq import SendQueue
-from meshnet.dataplane._pump_py.tables import MacTable
+from meshnet.dataplane._pump_py.macs import MacTable
 from meshnet.dataplane._pump_py.tap_side import VNET, ZERO_VNET
 from meshnet.dataplane.layout import (
     FLAG_CSUM,

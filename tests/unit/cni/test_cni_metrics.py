@@ -18,7 +18,9 @@ SNAP = {
     "router": {"name": ME, "nick": "h1", "id": 1, "uptime": 12.5, "bridge": "meshnet", "mtu": 1376, "encrypted": True},
     "dataplane": {
         "pump": {"compiled": True, "features": {}},
-        "stats": {"tap_rx": 10, "tap_rx_bytes": 1000, "udp_tx": 9, "udp_tx_bytes": 1100, "drop_no_route": 3, "drop_ttl": 1, "learn_table_full": 0, "flood_tx": 4},
+        "stats": {"tap_rx": 10, "tap_rx_bytes": 1000, "udp_tx": 9, "udp_tx_bytes": 1100, "drop_no_route": 3, "drop_ttl": 1, "learn_table_full": 0,
+                  "flood_tx": 4, "learn_over_quota": 6, "learned_aged": 2, "learned_evicted": 1, "unlearned": 5},
+        "tables": {"macs": 120, "learned": 20, "peers": 3},
     },
     "peers": [
         {"name": ME, "nick": "h1", "id": 1, "reachable": True},
@@ -81,6 +83,12 @@ def test_families_cover_the_issue_list():
     # drops by reason
     assert s[("meshnet_dataplane_drops_total", (("reason", "no_route"),))] == 3
     assert s[("meshnet_dataplane_drops_total", (("reason", "learn_table_full"),))] == 0
+    assert s[("meshnet_dataplane_drops_total", (("reason", "learn_over_quota"),))] == 6
+    assert s[("meshnet_dataplane_learned_removed_total", (("reason", "aged"),))] == 2
+    assert s[("meshnet_dataplane_learned_removed_total", (("reason", "evicted"),))] == 1
+    assert s[("meshnet_dataplane_learned_removed_total", (("reason", "moved_here"),))] == 5
+    assert s[("meshnet_dataplane_macs", (("kind", "gossiped"),))] == 100
+    assert s[("meshnet_dataplane_macs", (("kind", "learned"),))] == 20
     assert s[("meshnet_dataplane_frames_total", (("direction", "rx"), ("side", "tap")))] == 10
     assert s[("meshnet_dataplane_flood_tx_total", ())] == 4
     # handshake failures
