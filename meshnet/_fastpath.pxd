@@ -246,8 +246,8 @@ cdef void txq_flush(pump_t *pump) noexcept nogil
 cdef int tap_batch(pump_t *pump) noexcept nogil
 cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil
 cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_type,
-                      uint32_t mss) noexcept nogil
-cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, bint csum) noexcept nogil
+                      uint32_t mss, uint8_t seg_flags) noexcept nogil
+cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
 cdef void tap_flood(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
 cdef size_t frag_needed(const uint8_t *frame, size_t n, uint32_t mtu, uint8_t *out) noexcept nogil
 

@@ -37,7 +37,7 @@ cdef int tap_batch(pump_t *pump) noexcept nogil:
 cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil:
     """frame has HEADROOM bytes in front and room for a tag behind; vh its vnet hdr."""
     cdef int64_t slot
-    cdef bint csum = False
+    cdef uint8_t flags
     cdef uint32_t start, offset, cs, co
     pump.counters[TAP_RX] += 1
     pump.counters[TAP_RX_BYTES] += n
@@ -48,27 +48,29 @@ cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) n
     if slot >= 0 and not (pump.macs.t.vals[slot] & STATIC):  # the host moved here
         mac_remove(pump, <uint32_t>slot)
         pump.counters[UNLEARNED] += 1
+    flags = flow_hint(frame, n) << HINT_SHIFT
     if vh != NULL and vh[1] != VNET_GSO_NONE:
-        tap_segment(pump, frame, n, vh[1], load_le16(vh + 4))
+        tap_segment(pump, frame, n, vh[1], load_le16(vh + 4), flags | FLAG_CSUM)
         return
     if vh != NULL and vh[0] & VNET_F_NEEDS_CSUM:
         cs = load_le16(vh + 6)
         co = load_le16(vh + 8)
         if l4_checksum_at(frame, n, &start, &offset) and start == cs and offset == co:
-            csum = True
+            flags |= FLAG_CSUM
         elif ETH_HEADER_LEN <= cs and cs + co + 2 <= n:
             complete_checksum(frame, n, cs, co)
         else:
             pump.counters[DROP_BAD_CSUM] += 1
             return
-    tap_forward(pump, frame, n, csum)
+    tap_forward(pump, frame, n, flags)
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_type,
-                      uint32_t mss) noexcept nogil:
-    """Cut a TSO frame into MSS segments (rules: the twin's segment_tso)."""
+                      uint32_t mss, uint8_t seg_flags) noexcept nogil:
+    """Cut a TSO frame into MSS segments (rules: the twin's segment_tso); each goes with
+    seg_flags (CSUM and the frame's flow hint)."""
     cdef uint8_t kind = gso_type & ~VNET_GSO_ECN
     cdef uint32_t iphl, l4, thl, hl, seq0, ip_id, k = 0, chunk, nsegs
     cdef size_t off, need
@@ -130,7 +132,7 @@ cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_
         seg[l4 + 13] = flags
         store_be16(seg + l4 + 16, pseudo_sum(seg, thl + chunk, 6))
         pump.tap.in_segment = True
-        tap_forward(pump, seg, hl + chunk, True)
+        tap_forward(pump, seg, hl + chunk, seg_flags)
         pump.tap.in_segment = False
         off += chunk
         k += 1
@@ -138,15 +140,15 @@ cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, bint csum) noexcept nogil:
-    """Send one frame (20 bytes of headroom, 16 of tailroom) to its peer(s)."""
+cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil:
+    """Send one frame (20 bytes of headroom, 16 of tailroom) to its peer(s); flags: its
+    CSUM and flow hint."""
     cdef int64_t slot
     cdef uint32_t pid
     cdef peer_t *p
     cdef peer_t *hop
     cdef size_t icmp
     cdef ssize_t written
-    cdef uint8_t flags = FLAG_CSUM if csum else 0
     if n > pump.max_frame:
         pump.counters[DROP_OVERSIZE] += 1
         return

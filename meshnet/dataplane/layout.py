@@ -7,8 +7,8 @@ carries one inner Ethernet frame::
      0        1        2        3
     +--------+--------+--------+--------+
     | ver=2  |  type  | flags  |  ttl   |      flags: 0x01 SEALED, 0x02 KEY_ID,
-    +--------+--------+--------+--------+             0x04 CSUM; others reserved (0,
-    |        src peer id (u32, BE)      |             ignored, kept by relays)
+    +--------+--------+--------+--------+             0x04 CSUM; bits 3-7 the flow hint
+    |        src peer id (u32, BE)      |             (for steering; kept by relays)
     +-----------------------------------+
     |        dst peer id (u32, BE)      |   0xFFFFFFFF never appears: floods are
     +-----------------------------------+   sent as one copy per destination
@@ -53,6 +53,8 @@ DEFAULT_TTL = 8  # hops a relayed frame may take before it is dropped
 FLAG_SEALED = 0x01  # counter after the header, frame encrypted, tag at the end
 FLAG_KEY_ID = 0x02  # epoch & 1 of the key that sealed the datagram
 FLAG_CSUM = 0x04  # the inner L4 checksum is partial (pseudo-header sum only)
+HINT_SHIFT = 3  # bits 3-7: the flow hint (`flow_hint`), for receivers that steer by it
+HINT_MASK = 0x1F
 COUNTER_LEN = 8
 TAG_LEN = 16
 SEALED_HEADER_LEN = HEADER_LEN + COUNTER_LEN  # the associated data
@@ -118,3 +120,31 @@ def overlay_mtu(underlay_mtu: int) -> int:
 def peer_id(peer_name: bytes) -> int:
     """Return the 32-bit data-path id of a 16-byte peer name."""
     return int.from_bytes(peer_name[-4:], "big")
+
+
+def flow_hint(frame: bytes) -> int:
+    """The flow hint of an inner frame (0..31), sent in flags bits 3-7.
+
+    Frames of one flow get one hint, so a receiver with several pump threads can steer
+    each datagram to one of them by looking at the (unencrypted, authenticated) header
+    alone, and keep every flow in order (docs/sleeve.md, "Threads"). The key is IPv4
+    source, destination, protocol (+ TCP/UDP ports unless a fragment), or IPv6 source,
+    destination, next header (+ TCP/UDP ports); FNV-1a over it, then the top 5 bits of
+    a multiplicative hash. Other frames (ARP, ...) hint 0."""
+    n = len(frame)
+    if n >= 34 and frame[12:14] == b"\x08\x00" and frame[14] >> 4 == 4 and frame[14] & 0x0F >= 5:
+        l4 = ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
+        key = frame[26:34] + frame[23:24]
+        whole = frame[20] & 0x3F == 0 and frame[21] == 0  # not a fragment (MF clear, offset 0)
+        if frame[23] in (6, 17) and whole and n >= l4 + 4:
+            key += frame[l4 : l4 + 4]
+    elif n >= 54 and frame[12:14] == b"\x86\xdd" and frame[14] >> 4 == 6:
+        key = frame[22:54] + frame[20:21]
+        if frame[20] in (6, 17) and n >= 58:
+            key += frame[54:58]
+    else:
+        return 0
+    h = 0x811C9DC5
+    for byte in key:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> 27

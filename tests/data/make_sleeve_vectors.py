@@ -12,7 +12,7 @@ import pathlib
 import struct
 
 from meshnet.dataplane import sleeve_crypto
-from meshnet.dataplane.layout import DEFAULT_TTL, FLAG_CSUM, TYPE_FRAME, VERSION
+from meshnet.dataplane.layout import DEFAULT_TTL, FLAG_CSUM, HINT_SHIFT, TYPE_FRAME, VERSION, flow_hint
 
 HERE = pathlib.Path(__file__).parent
 KEY = bytes(range(0x40, 0x60))  # 32 bytes
@@ -51,11 +51,12 @@ def vector(name, frame, *, src=0x0A0B0C0D, dst=0x01020304, ttl=DEFAULT_TTL, flag
 
 def main() -> None:
     tcp = _fix_tcp(TCP)
+    tcp_flags = FLAG_CSUM | flow_hint(tcp) << HINT_SHIFT  # a TCP frame's datagrams carry its flow hint
     vectors = [
         vector("plain broadcast ARP", ARP),
-        vector("plain TCP segment, partial checksum (CSUM)", tcp, flags=FLAG_CSUM),
+        vector("plain TCP segment, partial checksum (CSUM), flow hint", tcp, flags=tcp_flags),
         vector("sealed ARP, epoch 0, counter 0", ARP, key=KEY),
-        vector("sealed TCP segment, CSUM, epoch 1, counter 2^30 + 5", tcp, flags=FLAG_CSUM, key=KEY, epoch=1,
+        vector("sealed TCP segment, CSUM, flow hint, epoch 1, counter 2^30 + 5", tcp, flags=tcp_flags, key=KEY, epoch=1,
                counter=(1 << 30) + 5),
         vector("sealed, relayed once (ttl 7), epoch 2", ARP, ttl=7, key=KEY, epoch=2, counter=9),
     ]

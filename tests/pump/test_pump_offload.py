@@ -16,10 +16,12 @@ from meshnet.dataplane._pump_py.tap_side import segment_tso
 from meshnet.dataplane.counters import COMPILED_ONLY
 from meshnet.dataplane.layout import (
     FLAG_CSUM,
+    HINT_SHIFT,
     VNET_F_NEEDS_CSUM,
     VNET_GSO_TCPV4,
     VNET_GSO_TCPV6,
     VNET_GSO_UDP,
+    flow_hint,
 )
 from meshnet.dataplane.offloads import Offloads
 from meshnet.dataplane.pump import load_pump
@@ -123,8 +125,10 @@ def test_a_tso_frame_leaves_as_mss_segments_with_partial_checksums(impl, rigs, v
     assert len(got) == 4 and rig.stats()["gso_segments"] == 4
     l4 = 54 if v6 else 34
     data = b""
+    hint = flow_hint(got[0][12:]) << HINT_SHIFT  # every segment carries the frame's flow hint
+    assert hint  # a TCP flow: not the hint of non-IP frames
     for k, d in enumerate(got):
-        assert d[:12] == header(LOCAL, 1, flags=FLAG_CSUM)
+        assert d[:12] == header(LOCAL, 1, flags=FLAG_CSUM | hint)
         seg = d[12:]
         data += seg[l4 + 20 :]
         assert int.from_bytes(seg[l4 + 4 : l4 + 8], "big") == (0xFFFFF000 + 1400 * k) & 0xFFFFFFFF
@@ -251,8 +255,8 @@ def test_needs_csum_frames_keep_a_partial_checksum_only_where_the_receiver_finds
     rig.to_tap(vnet(VNET_F_NEEDS_CSUM, 0, 0, 0, 34, 4000) + tcp)
     rig.run_until_idle()
     got = rig.received(1)
-    assert got[0] == header(LOCAL, 1, flags=FLAG_CSUM) + udp
-    assert got[1] == header(LOCAL, 1) + checksums.complete_checksum(tcp, 36, 16)
+    assert got[0] == header(LOCAL, 1, flags=FLAG_CSUM | flow_hint(udp) << HINT_SHIFT) + udp
+    assert got[1] == header(LOCAL, 1, flags=flow_hint(tcp) << HINT_SHIFT) + checksums.complete_checksum(tcp, 36, 16)
     assert len(got) == 2 and rig.stats()["drop_bad_csum"] == 2
     rx = receiver(impl, vnet_hdr=False)
     rigs.append(rx)

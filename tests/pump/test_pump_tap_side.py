@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshnet.dataplane.layout import MAX_SLEEVE_FRAME
-from pump_harness import BROADCAST, frame, header, mac
+from meshnet.dataplane.layout import HINT_SHIFT, MAX_SLEEVE_FRAME, flow_hint
+from pump_harness import BROADCAST, frame, header, ipv4_tcp, mac
 
 LOCAL = 100
 
@@ -206,3 +206,45 @@ def test_peer_stats_count_frames_each_way(make_rig):
     assert rig.pump.peer_stats()[1]["tx_frames"] == 2
     rig.pump.remove_peer(1)
     assert set(rig.pump.peer_stats()) == {2, 3}
+
+
+# -- the flow hint (flags bits 3-7): one per inner flow, for receivers that steer by it --
+
+
+def _hint(datagram: bytes) -> int:
+    return datagram[2] >> HINT_SHIFT
+
+
+def _tcp(sport: int, dport: int, *, src: bytes = b"\x0a\x20\x01\x01", frag: int = 0x4000) -> bytes:
+    f = bytearray(ipv4_tcp(b"x" * 40, src=src, dst_mac=mac(1)))
+    f[34:36], f[36:38] = sport.to_bytes(2, "big"), dport.to_bytes(2, "big")
+    f[20:22] = frag.to_bytes(2, "big")
+    return bytes(f)
+
+
+def test_every_datagram_of_a_flow_carries_its_flow_hint(make_rig):
+    rig = make_rig(LOCAL)
+    rig.connect(1)
+    rig.pump.set_mac(mac(1), 1)
+    flows = [(40000 + i, 5201) for i in range(64)]
+    for sport, dport in flows * 2:
+        rig.to_tap(_tcp(sport, dport))
+    rig.to_tap(frame(mac(1), mac(2), ethertype=0x0806))  # ARP: no flow, hint 0
+    rig.run_until_idle()
+    got = rig.received(1)
+    hints = [_hint(d) for d in got[:-1]]
+    assert hints[:64] == hints[64:]  # the same flow, the same hint
+    assert hints == [flow_hint(d[12:]) for d in got[:-1]]  # the rule of layout.flow_hint
+    assert len(set(hints)) >= 16  # 64 flows spread over the 32 values
+    assert _hint(got[-1]) == 0
+    assert all(d[2] & 0x07 == 0 for d in got)  # no CSUM here, nor seal: only the hint is set
+
+
+def test_the_flow_hint_keys_on_addresses_protocol_and_ports():
+    a = _tcp(40000, 5201)
+    assert flow_hint(a) == flow_hint(_tcp(40000, 5201))
+    assert {flow_hint(_tcp(p, 5201)) for p in range(40000, 40064)} != {flow_hint(a)}
+    # fragments of one datagram share a hint whatever their ports say (a later one has none)
+    assert flow_hint(_tcp(1, 2, frag=0x2000)) == flow_hint(_tcp(3, 4, frag=0x0010))
+    assert flow_hint(b"\x00" * 13) == 0 and flow_hint(frame(mac(1), mac(2), ethertype=0x0806)) == 0
+    assert all(0 <= flow_hint(_tcp(p, 80)) < 32 for p in range(1000))

@@ -4,7 +4,9 @@ Per frame (with IFF_VNET_HDR each starts with a virtio_net_hdr): forget its sour
 if it was learned as remote (the host is here now). A TSO frame (GSO_TCPV4/TCPV6) is cut
 into MSS segments, each with a partial checksum (CSUM); a frame marked NEEDS_CSUM keeps
 its partial checksum when the receiver can locate it from the IP header (CSUM), else it
-is completed here. Then pick destinations per frame (or segment): a known unicast MAC
+is completed here. Every datagram of the frame carries its flow hint (`layout.flow_hint`,
+flags bits 3-7), taken from the frame before it is cut. Then pick destinations per frame
+(or segment): a known unicast MAC
 goes to its peer, multicast/broadcast and unknown unicast go to every peer that has a
 route and `flood=True` (one copy each, header dst = that peer, in peer-array order).
 Each copy is queued with the sleeve header in front, sealed on an encrypted pump with
@@ -37,6 +39,7 @@ from meshnet.dataplane.layout import (
     DEFAULT_TTL,
     ETH_HEADER_LEN,
     FLAG_CSUM,
+    HINT_SHIFT,
     MAX_SEALED_FRAME,
     MAX_SLEEVE_FRAME,
     TYPE_FRAME,
@@ -47,6 +50,7 @@ from meshnet.dataplane.layout import (
     VNET_GSO_TCPV4,
     VNET_GSO_TCPV6,
     VNET_HDR_LEN,
+    flow_hint,
     wire_overhead,
 )
 
@@ -180,6 +184,7 @@ class TapSide:
             c["drop_short_frame"] += 1
             return
         self._macs.unlearn(frame[6:12])
+        hint = flow_hint(frame) << HINT_SHIFT
         if gso_type != VNET_GSO_NONE:
             segments = segment_tso(frame, gso_type, gso_size)
             if segments is None:
@@ -187,20 +192,21 @@ class TapSide:
                 return
             c["gso_segments"] += len(segments)
             for seg in segments:
-                self._forward(seg, True)
+                self._forward(seg, FLAG_CSUM | hint)
             return
-        csum = False
+        flags = hint
         if vflags & VNET_F_NEEDS_CSUM:
             if l4_checksum_at(frame) == (csum_start, csum_offset):
-                csum = True
+                flags |= FLAG_CSUM
             elif ETH_HEADER_LEN <= csum_start and csum_start + csum_offset + 2 <= len(frame):
                 frame = complete_checksum(frame, csum_start, csum_offset)
             else:
                 c["drop_bad_csum"] += 1
                 return
-        self._forward(frame, csum)
+        self._forward(frame, flags)
 
-    def _forward(self, frame: bytes, csum: bool) -> None:
+    def _forward(self, frame: bytes, flags: int) -> None:
+        """Send one frame (or segment); flags: its CSUM and flow hint."""
         c = self._count
         if len(frame) > self._max_frame:
             c["drop_oversize"] += 1
@@ -219,32 +225,32 @@ class TapSide:
                     pass
                 return
         if frame[0] & 1:
-            self._flood(frame, csum)
+            self._flood(frame, flags)
             return
         dst = self._macs.peer_of(frame[0:6])
         if dst is None:
             c["unknown_unicast"] += 1
-            self._flood(frame, csum)
+            self._flood(frame, flags)
             return
         peer = self._peers.get(dst)
         hop = None if peer is None else self._peers.hop(dst, peer)
         if hop is None:
             c["drop_no_route"] += 1
             return
-        datagram = self._encap(dst, hop, frame, csum)
+        datagram = self._encap(dst, hop, frame, flags)
         if datagram is not None:
             peer.tx_frames += 1
             peer.tx_bytes += len(frame)
             self._sendq.queue(hop.addr, datagram)
 
-    def _flood(self, frame: bytes, csum: bool) -> None:
+    def _flood(self, frame: bytes, flags: int) -> None:
         for peer_id, peer in self._peers.in_order():
             if not peer.flood:
                 continue
             hop = self._peers.hop(peer_id, peer)
             if hop is None:
                 continue
-            datagram = self._encap(peer_id, hop, frame, csum)
+            datagram = self._encap(peer_id, hop, frame, flags)
             if datagram is None:
                 continue
             self._count["flood_tx"] += 1
@@ -252,9 +258,8 @@ class TapSide:
             peer.tx_bytes += len(frame)
             self._sendq.queue(hop.addr, datagram)
 
-    def _encap(self, dst: int, hop: Peer, frame: bytes, csum: bool) -> bytes | None:
+    def _encap(self, dst: int, hop: Peer, frame: bytes, flags: int) -> bytes | None:
         """The datagram carrying frame to dst through hop, or None (counted) if it cannot go."""
-        flags = FLAG_CSUM if csum else 0
         if not self._crypto:
             return HEADER.pack(VERSION, TYPE_FRAME, flags, DEFAULT_TTL, self._local, dst) + frame
         return seal(self._count, hop, VERSION, TYPE_FRAME, flags, DEFAULT_TTL, self._local, dst, frame)
