@@ -24,6 +24,7 @@ from meshnet.dataplane import sleeve_plan as sp
 from meshnet.dataplane.pump import load_pump
 from meshnet.errors import UsageError
 from meshnet.kernel import offload
+from meshnet.kernel.threads import name_current_thread
 
 log = logging.getLogger("meshnet.sleeve")
 
@@ -88,8 +89,12 @@ class SleeveDriver:
         self.refused: dict[str, int] = {"peers": 0, "macs": 0}  # table entries the pump had no room for
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.pump.run, name="meshnet-pump", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="meshnet-pump", daemon=True)
         self._thread.start()
+
+    def _run(self) -> None:
+        name_current_thread("meshnet-pump")  # its own line in top -H
+        self.pump.run()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Blocking: stop the pump thread and close the socket (run it off the loop)."""
