@@ -2,23 +2,28 @@
 
 One extension module: `_fastpath.pyx` holds the Python face (`cdef class Pump`) and
 includes the parts in `_fastpath/*.pxi`, one concept each (docs/sleeve.md, "The pump's
-files"). This file declares what the parts share: `pump_t` and the structs it is made
-of, and every per-frame function, all `noexcept nogil` and taking C data only.
+files"). This file declares what the parts share: `pump_t` (the tables, shared by all
+pump threads), `worker_t` (one pump thread's fds, buffers and counts) and the structs
+they are made of, and every per-frame function, all `noexcept nogil` and taking C data
+only.
 
 Who may touch a field, from which thread (the tag after each declaration):
   [init]  written by `Pump.__cinit__` before the pump is shared, read-only afterwards
           (any thread);
-  [lock]  only with `pump.lock` held: the pump thread during a batch, or a control
-          method (`set_peer`, `set_mac`, `stats`, ...) from any thread;
-  [pump]  only the pump thread (the one inside `poll()` or `run()`; one at a time),
-          during a batch, so also with `lock` held;
-  [flag]  atomics (`mn_load_flag`/`mn_store_flag`), any thread.
+  [read]  read with `pump.lock` held to read (a worker during its batch) or to write;
+          written only with it held to write (a control method such as `set_peer`,
+          `set_mac`, `stats`, or a worker applying its batch's MAC changes);
+  [write] only with `pump.lock` held to write;
+  [worker] only the thread running that worker (`poll(timeout, k)` / `run(k)`), one at a
+          time per worker; `stats()` and `peer_stats()` read the counts with the lock
+          held to write, so no worker is in a batch then;
+  [atomic] atomics (`mn_*` in meshnet/includes/linux.pxd), any thread.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from posix.uio cimport iovec
 
-from meshnet.includes.linux cimport mmsghdr, pthread_mutex_t, sockaddr_in
+from meshnet.includes.linux cimport mmsghdr, pthread_rwlock_t, sockaddr_in
 from meshnet.includes.openssl cimport EVP_CIPHER_CTX
 
 # VERSION, HEADER_LEN, ... (layout.py) and the counter indexes TAP_RX ... N_COUNTERS
@@ -43,10 +48,13 @@ cdef enum:
     COPY_ARENA = 1 << 18  # sealed flood copies being sent
     GRO_MAX_SEGS = 64  # TCP segments merged into one TAP write
     GRO_HEAD = VNET_HDR_LEN + ETH_HEADER_LEN + 60 + 60
-    SWEEP_SLOTS = 64  # MAC table slots the ageing sweep looks at per batch
-    IDLE_SWEEP_SLOTS = 8192  # ... per idle wake-up of run()
-    IDLE_AGEING_MS = 1000  # run() wakes this often while learned MACs exist
     SCRATCH = 2048  # ICMP errors written back into the TAP
+    SWEEP_SLOTS = 2048  # MAC table slots the ageing sweep looks at per go
+    SWEEP_EVERY_NS = 10000000  # ... at most this often (worker 0, at the end of a batch)
+    IDLE_SWEEP_SLOTS = 8192  # ... per idle wake-up of run()
+    IDLE_AGEING_MS = 1000  # worker 0's run() wakes this often while learned MACs exist
+    PENDING_MAX = 256  # MAC table changes a worker collects before it applies them
+    MAX_WORKERS = 8  # pump threads, each with its TAP queue and UDP socket
 
 
 # -- tables.pxi ---------------------------------------------------------------------
@@ -63,47 +71,66 @@ cdef struct table_t:
 
 # -- macs.pxi: the MAC table and its policy ----------------------------------------
 
-cdef struct mac_table_t:  # [lock]; the limits [init]
+cdef struct mac_table_t:  # [read]; the limits [init]
     # The rules are the twin's (meshnet/dataplane/_pump_py/macs.py).
-    table_t t  # MAC -> peer id | STATIC, or peer id | stamp << STAMP_SHIFT when learned
+    table_t t  # MAC -> peer id | STATIC, or peer id | stamp << STAMP_SHIFT when learned;
+               # a learned entry's stamp is refreshed [atomic] by workers reading
     uint32_t capacity  # [init] entries, static and learned
     uint32_t quota  # [init] learned entries per peer
     int64_t age  # [init] seconds a learned entry lives unconfirmed
     uint32_t learned  # learned entries in t
-    uint32_t cursor  # the slot the ageing sweep looks at next
-    int64_t reclaimed_at  # the clock second of the last complete reclaim, -1 if none
+    uint32_t cursor  # [write] the slot the ageing sweep looks at next
+    int64_t reclaimed_at  # [write] the clock second of the last complete reclaim, -1 if none
+
+
+cdef struct mac_op_t:
+    # A change of the MAC table a worker saw the need for during its batch (it reads the
+    # table only); applied in order, with the lock held to write, at the end of the batch.
+    uint64_t mac
+    uint32_t peer  # LEARN: the peer the datagram came from
+    uint8_t kind  # MAC_OP_LEARN or MAC_OP_UNLEARN
 
 
 # -- peers.pxi ----------------------------------------------------------------------
 
+cdef struct peer_count_t:
+    # One worker's traffic with one peer, on its own cache line. [worker]
+    uint64_t tx_frames  # frames from our TAP sent towards it
+    uint64_t tx_bytes
+    uint64_t rx_frames  # frames from it written to our TAP
+    uint64_t rx_bytes
+    uint64_t pad[4]
+
+
 cdef struct peer_t:
-    # An element of pump_t.peers, [lock] like the array: the control methods set routes
-    # and keys; the pump thread updates the frame counters, tx_counter and the replay
-    # window during a batch.
+    # An element of pump_t.peers, [read] like the array: the control methods set routes
+    # and keys; the workers count traffic (each its own line of `counts`), take send
+    # counters and update the replay windows as marked.
     uint32_t id
     uint32_t via  # next hop for frames to this peer (== id when direct)
     bint has_addr
     bint flood  # floods from the TAP go to this peer (False: kernel VXLAN carries them)
     sockaddr_in addr  # its sleeve address when directly connected
-    uint64_t tx_frames  # frames from our TAP sent towards it
-    uint64_t tx_bytes
-    uint64_t rx_frames  # frames from it written to our TAP
-    uint64_t rx_bytes
     uint32_t learned  # learned MACs behind it (its quota is mac_table_t.quota)
-    # link keys (hop by hop): one send key, a receive key per KEY_ID
-    EVP_CIPHER_CTX *tx_ctx
-    uint64_t tx_counter
+    peer_count_t counts[MAX_WORKERS]
+    # link keys (hop by hop): one send key, a receive key per KEY_ID. An AEAD context
+    # holds state during an operation, so each worker has its own.
+    bint has_tx
+    uint64_t tx_counter  # [atomic] every datagram sealed with the send key takes the next
     uint32_t tx_epoch
     uint8_t tx_key[KEY_LEN]
-    EVP_CIPHER_CTX *rx_ctx[2]
+    EVP_CIPHER_CTX *tx_ctx[MAX_WORKERS]
+    bint has_rx[2]
     uint8_t rx_key[2 * KEY_LEN]
+    EVP_CIPHER_CTX *rx_ctx[2 * MAX_WORKERS]  # [2 * worker + KEY_ID]
+    int replay_lock  # [atomic] spin lock around rx_top and rx_seen
     uint64_t rx_top[2]  # highest counter opened + 1
     uint64_t rx_seen[2 * REPLAY_WORDS]  # ring of REPLAY_WINDOW bits per KEY_ID
 
 
 # -- tap.pxi: reading the TAP -------------------------------------------------------
 
-cdef struct tap_t:  # all [pump]; the buffers are allocated by __cinit__ [init]
+cdef struct tap_t:  # all [worker]; the buffers are allocated by __cinit__ [init]
     uint8_t *slots  # batch x TAP_SLOT, one frame each at HEADROOM
     uint8_t *seg_arena  # TSO segments cut from one batch's frames
     size_t seg_used  # reset by txq_flush() once the segments have left
@@ -113,7 +140,7 @@ cdef struct tap_t:  # all [pump]; the buffers are allocated by __cinit__ [init]
 
 # -- udp.pxi: reading the UDP socket ------------------------------------------------
 
-cdef struct udp_t:  # all [pump]; the arrays are allocated and linked by __cinit__ [init]
+cdef struct udp_t:  # all [worker]; the arrays are allocated and linked by __cinit__ [init]
     uint8_t *slots  # batch x UDP_SLOT, one message (maybe UDP_GRO coalesced) each
     mmsghdr *msgs
     iovec *iov
@@ -123,7 +150,7 @@ cdef struct udp_t:  # all [pump]; the arrays are allocated and linked by __cinit
 
 # -- sendq.pxi: the send queue ------------------------------------------------------
 
-cdef struct txq_t:  # all [pump]; the arrays are allocated by __cinit__ [init]
+cdef struct txq_t:  # all [worker]; the arrays are allocated by __cinit__ [init]
     # up to `batch` datagrams of two iovecs each (the second may be empty)
     iovec *iov
     sockaddr_in *addr
@@ -142,7 +169,7 @@ cdef struct txq_t:  # all [pump]; the arrays are allocated by __cinit__ [init]
 
 # -- gro.pxi: writing the TAP, merging segments ---------------------------------------
 
-cdef struct gro_t:  # all [pump]: one flow's segments waiting to leave as one GSO frame
+cdef struct gro_t:  # all [worker]: one flow's segments waiting to leave as one GSO frame
     bint active
     bint closed
     bint v6
@@ -161,12 +188,30 @@ cdef struct gro_t:  # all [pump]: one flow's segments waiting to leave as one GS
     iovec *iov  # [init] array: [head, payload 1, payload 2, ...]
 
 
+# -- one pump thread -----------------------------------------------------------------
+
+cdef struct worker_t:
+    unsigned int index  # [init] 0 .. n_workers - 1
+    int tap_fd  # [init] its TAP queue (IFF_MULTI_QUEUE) or the TAP
+    int udp_fd  # [init] its UDP socket (SO_REUSEPORT group) or the socket
+    int wake_fd  # [init]; stop() writes it from any thread, close() closes it
+    int stopping  # [atomic] stop() sets it, run() clears it on its way out
+    int error  # [worker] errno that ended the last iteration with -1, read after it
+    int64_t now  # [worker] the clock second of its current batch
+    bint has_learned  # [worker] learned MACs existed after its last batch (worker 0 ages)
+    int64_t swept_at  # [worker] monotonic ns of worker 0's last sweep
+    uint64_t counters[N_COUNTERS]  # [worker]
+    mac_op_t *pending  # [worker] (array [init]) MAC table changes to apply
+    unsigned int n_pending  # [worker]
+    tap_t tap
+    udp_t udp
+    txq_t txq
+    gro_t gro
+
+
 # -- the pump ----------------------------------------------------------------------
 
 cdef struct pump_t:
-    int tap_fd  # [init]
-    int udp_fd  # [init]
-    int wake_fd  # [init]; stop() writes it from any thread, close() closes it
     uint32_t local_id  # [init]
     unsigned int batch  # [init]
     bint crypto  # [init]
@@ -176,23 +221,18 @@ cdef struct pump_t:
     uint32_t overhead  # [init] IPv4 + UDP + sleeve header (+ AEAD)
     uint32_t max_frame  # [init]
     int64_t spin_ns  # [init] run(): keep polling this long after traffic before sleeping
-    int stopping  # [flag] stop() sets it, run() clears it on its way out
-    int error  # [pump] errno that ended the last iteration with -1, read after it
-    pthread_mutex_t lock  # [init]
-    uint64_t counters[N_COUNTERS]  # [lock]
-    int64_t now  # [lock] the clock (whole seconds of CLOCK_MONOTONIC), read per batch and control call
-    int64_t frozen_clock  # [lock] tests: the clock's value; -1: CLOCK_MONOTONIC
-    bint has_learned  # [pump] learned MACs existed after the last batch: run() wakes to age them
-    mac_table_t macs  # [lock]
-    table_t peer_index  # [lock] peer id -> index into peers
-    table_t addr_refs  # [lock] addr_key -> number of peers with that address
-    table_t addr_owner  # [lock] addr_key -> id of the peer whose receive keys open its datagrams
-    peer_t *peers  # [lock] dense: n_peers live entries (the buffer itself [init])
-    uint32_t n_peers  # [lock]
-    tap_t tap
-    udp_t udp
-    txq_t txq
-    gro_t gro
+    pthread_rwlock_t lock  # [init]
+    worker_t *workers  # [init] the array; each element as its fields say
+    unsigned int n_workers  # [init]
+    uint64_t counters[N_COUNTERS]  # [write] what the control methods and MAC changes count
+    int64_t now  # [write] the clock (whole seconds of CLOCK_MONOTONIC) of the MAC changes
+    int64_t frozen_clock  # [write] tests: the clock's value; -1: CLOCK_MONOTONIC
+    mac_table_t macs  # [read]
+    table_t peer_index  # [read] peer id -> index into peers
+    table_t addr_refs  # [read] addr_key -> number of peers with that address
+    table_t addr_owner  # [read] addr_key -> id of the peer whose receive keys open its datagrams
+    peer_t *peers  # [read] dense: n_peers live entries (the buffer itself [init])
+    uint32_t n_peers  # [read]
 
 
 # Per-frame functions, by part. The `inline` helpers of each part are in its .pxi.
@@ -203,11 +243,17 @@ cdef void table_free(table_t *t) noexcept nogil
 cdef void table_put(table_t *t, uint64_t key, uint64_t val) noexcept nogil
 cdef void table_delete(table_t *t, uint32_t hole) noexcept nogil
 
-# macs.pxi
+# macs.pxi: mac_find and mac_note_* read (a worker's batch), the rest write
 cdef int mac_init(mac_table_t *m, uint32_t capacity, uint32_t quota, int64_t age) noexcept nogil
+cdef int64_t mac_find(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil
+cdef void mac_note_source(pump_t *pump, worker_t *w, uint64_t mac, peer_t *peer) noexcept nogil
+cdef void mac_note_local(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil
+cdef bint mac_pending_unlearn(worker_t *w, uint64_t mac) noexcept nogil
+cdef void mac_apply(pump_t *pump, worker_t *w) noexcept nogil
 cdef int64_t mac_lookup(pump_t *pump, uint64_t mac) noexcept nogil
 cdef void mac_remove(pump_t *pump, uint32_t slot) noexcept nogil
 cdef void mac_learn(pump_t *pump, uint64_t mac, peer_t *peer) noexcept nogil
+cdef void mac_unlearn(pump_t *pump, uint64_t mac) noexcept nogil
 cdef bint mac_set_static(pump_t *pump, uint64_t mac, uint32_t pid) noexcept nogil
 cdef void mac_forget(pump_t *pump, uint64_t mac) noexcept nogil
 cdef void mac_forget_peer(pump_t *pump, uint32_t pid) noexcept nogil
@@ -236,38 +282,50 @@ cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uin
 cdef void peer_release_addr(pump_t *pump, const sockaddr_in *sa) noexcept nogil
 cdef void peer_recompute_owner(pump_t *pump, const sockaddr_in *sa) noexcept nogil
 cdef peer_t *peer_hop(pump_t *pump, peer_t *peer) noexcept nogil
-cdef bint peer_seal(pump_t *pump, peer_t *hop, uint8_t *out, const uint8_t *frame, size_t n,
-                    uint8_t flags, uint8_t ttl, uint32_t src, uint32_t dst) noexcept nogil
+cdef bint peer_seal(pump_t *pump, worker_t *w, peer_t *hop, uint8_t *out, const uint8_t *frame,
+                    size_t n, uint8_t flags, uint8_t ttl, uint32_t src, uint32_t dst) noexcept nogil
+cdef int peer_open(pump_t *pump, worker_t *w, peer_t *p, int k, uint8_t *d, size_t n) noexcept nogil
 
 # sendq.pxi
-cdef void txq_flush(pump_t *pump) noexcept nogil
+cdef void txq_flush(pump_t *pump, worker_t *w) noexcept nogil
 
 # tap.pxi
-cdef int tap_batch(pump_t *pump) noexcept nogil
-cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil
-cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_type,
+cdef int tap_batch(pump_t *pump, worker_t *w) noexcept nogil
+cdef void tap_frame(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil
+cdef void tap_segment(pump_t *pump, worker_t *w, const uint8_t *frame, size_t n, uint8_t gso_type,
                       uint32_t mss, uint8_t seg_flags) noexcept nogil
-cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
-cdef void tap_flood(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
+cdef void tap_forward(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
+cdef void tap_flood(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil
 cdef size_t frag_needed(const uint8_t *frame, size_t n, uint32_t mtu, uint8_t *out) noexcept nogil
 
 # udp.pxi
-cdef int udp_batch(pump_t *pump) noexcept nogil
-cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *sender) noexcept nogil
+cdef int udp_batch(pump_t *pump, worker_t *w) noexcept nogil
+cdef void udp_datagram(pump_t *pump, worker_t *w, uint8_t *d, size_t n,
+                       const sockaddr_in *sender) noexcept nogil
 
 # gro.pxi
-cdef void gro_deliver(pump_t *pump, uint8_t *frame, size_t n, bint csum, uint32_t peer) noexcept nogil
-cdef bint gro_add(pump_t *pump, uint8_t *frame, size_t n, uint32_t peer,
+cdef void gro_deliver(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, bint csum,
+                      uint32_t peer) noexcept nogil
+cdef bint gro_add(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint32_t peer,
                   uint32_t offset) noexcept nogil
-cdef void gro_flush(pump_t *pump) noexcept nogil
+cdef void gro_flush(pump_t *pump, worker_t *w) noexcept nogil
 cdef bint same_udp_flow(const uint8_t *h, const uint8_t *f, uint32_t l4, bint v6) noexcept nogil
 cdef bint same_flow(const uint8_t *h, const uint8_t *f, uint32_t l4, uint32_t thl,
                     bint v6) noexcept nogil
 
+# workers.pxi
+cdef int worker_init(pump_t *pump, worker_t *w, unsigned int index, int tap_fd, int udp_fd,
+                     bint gso) noexcept nogil
+cdef void worker_close(worker_t *w) noexcept nogil
+cdef void worker_free(worker_t *w) noexcept nogil
+cdef void worker_wake(worker_t *w) noexcept nogil
+
 # loop.pxi
+cdef int64_t clock_now(pump_t *pump) noexcept nogil
 cdef void pump_clock(pump_t *pump) noexcept nogil
-cdef int pump_poll_once(pump_t *pump, int timeout) noexcept nogil
-cdef int pump_run(pump_t *pump) noexcept nogil
+cdef void worker_sync(pump_t *pump, worker_t *w) noexcept nogil
+cdef int pump_poll_once(pump_t *pump, worker_t *w, int timeout) noexcept nogil
+cdef int pump_run(pump_t *pump, worker_t *w) noexcept nogil
 
 
 cdef class Pump:
@@ -275,4 +333,4 @@ cdef class Pump:
     cdef bint lock_ready  # [init] pump.lock was initialised: __dealloc__ destroys it
     cdef object offloads  # [init] the Offloads it was given, for features()
 
-    cdef check_open(self)
+    cdef worker_t *worker(self, int k) except NULL

@@ -67,14 +67,20 @@ from meshnet.includes.linux cimport (
     getsockopt,
     htons,
     mmsghdr,
+    mn_fetch_add_u64,
     mn_load_flag,
+    mn_load_u64,
+    mn_rwlock_init,
+    mn_spin_lock,
+    mn_spin_unlock,
     mn_store_flag,
+    mn_store_u64,
     poll,
     pollfd,
-    pthread_mutex_destroy,
-    pthread_mutex_init,
-    pthread_mutex_lock,
-    pthread_mutex_unlock,
+    pthread_rwlock_destroy,
+    pthread_rwlock_rdlock,
+    pthread_rwlock_unlock,
+    pthread_rwlock_wrlock,
     recvmmsg,
     sendmmsg,
     sockaddr_in,
@@ -121,6 +127,7 @@ include "_fastpath/sendq.pxi"
 include "_fastpath/tap.pxi"
 include "_fastpath/udp.pxi"
 include "_fastpath/gro.pxi"
+include "_fastpath/workers.pxi"
 include "_fastpath/loop.pxi"
 
 
@@ -160,6 +167,14 @@ def _check_limits(mac_table_max, learn_quota, mac_age):
         raise ValueError(f"mac_age must be 1..{MAC_AGE_LIMIT} seconds, got {mac_age!r}")
 
 
+def _fds(given, what):
+    """An fd, or a sequence of them (one per worker): a list of ints."""
+    fds = [given] if isinstance(given, int) else list(given)
+    if not fds or not all(isinstance(fd, int) and fd >= 0 for fd in fds):
+        raise ValueError(f"{what} must be an fd or a sequence of fds, got {given!r}")
+    return fds
+
+
 def _check_key(key, what):
     key = bytes(key)
     if len(key) != KEY_LEN:
@@ -177,49 +192,47 @@ cdef int set_nonblocking(int fd) except -1:
 # -- the pump -------------------------------------------------------------------------
 
 cdef class Pump:
-    """Moves frames between a TAP fd and a UDP socket; see the module docstring."""
+    """Moves frames between a TAP and a UDP socket (one of each per worker); see the
+    module docstring."""
 
-    def __cinit__(self, int tap_fd, int udp_fd, local_id, *, int batch=32, crypto=False,
+    def __cinit__(self, tap_fd, udp_fd, local_id, *, int batch=32, crypto=False,
                   offloads=None, int underlay_mtu=0, int spin_us=0,
                   mac_table_max=MAC_TABLE_DEFAULT, learn_quota=LEARN_QUOTA_DEFAULT,
                   mac_age=MAC_AGE_DEFAULT):
         cdef pump_t *pump = &self.pump
         cdef int value = 0
         cdef socklen_t size = sizeof(int)
-        cdef unsigned int i
-        pump.wake_fd = -1
+        cdef unsigned int k
         pump.frozen_clock = -1
         pump.local_id = _check_id(local_id, "local_id")
+        taps, udps = _fds(tap_fd, "tap_fd"), _fds(udp_fd, "udp_fd")
+        if len(taps) != len(udps) or not 1 <= len(taps) <= MAX_WORKERS:
+            raise ValueError(f"one UDP socket per TAP queue, 1..{MAX_WORKERS} of each")
         _check_limits(mac_table_max, learn_quota, mac_age)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
         if underlay_mtu and not 576 <= underlay_mtu <= 65535:
             raise ValueError(f"underlay_mtu must be 0 or 576..65535, got {underlay_mtu}")
-        if (getsockopt(udp_fd, SOL_SOCKET, SO_DOMAIN, &value, &size) < 0 or value != AF_INET
-                or getsockopt(udp_fd, SOL_SOCKET, SO_TYPE, &value, &size) < 0
-                or value != SOCK_DGRAM):
-            raise ValueError("udp_fd must be an IPv4 UDP socket")
-        set_nonblocking(udp_fd)
-        set_nonblocking(tap_fd)
-        pump.tap_fd = tap_fd
-        pump.udp_fd = udp_fd
+        for fd in udps:
+            if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &size) < 0 or value != AF_INET
+                    or getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &size) < 0
+                    or value != SOCK_DGRAM):
+                raise ValueError("udp_fd must be an IPv4 UDP socket")
+        if not 0 <= spin_us <= 100000:
+            raise ValueError(f"spin_us must be 0..100000, got {spin_us}")
+        for fd in udps + taps:
+            set_nonblocking(fd)
         pump.batch = batch
         pump.crypto = bool(crypto)
         pump.underlay_mtu = underlay_mtu
-        if not 0 <= spin_us <= 100000:
-            raise ValueError(f"spin_us must be 0..100000, got {spin_us}")
         pump.spin_ns = <int64_t>spin_us * 1000
         pump.overhead = IP_UDP_HEADERS + HEADER_LEN + (AEAD_OVERHEAD if pump.crypto else 0)
         pump.max_frame = MAX_SEALED_FRAME if pump.crypto else MAX_SLEEVE_FRAME
-        pump.txq.gso_max = (underlay_mtu if underlay_mtu else 1500) - IP_UDP_HEADERS
 
         # The offloads the fds were set up with; each one missing just means more syscalls.
         self.offloads = Offloads() if offloads is None else offloads
         pump.vnet = self.offloads.vnet_hdr
         pump.udp_gro = self.offloads.udp_gro
-        pump.txq.gso = self.offloads.udp_gso
-        pump.gro.tcp_ok = True
-        pump.gro.udp_ok = True
 
         if (mac_init(&pump.macs, mac_table_max, learn_quota, mac_age) < 0
                 or table_init(&pump.peer_index, PEER_INDEX_BITS) < 0
@@ -227,78 +240,36 @@ cdef class Pump:
                 or table_init(&pump.addr_owner, PEER_INDEX_BITS) < 0):
             raise MemoryError()
         pump.peers = <peer_t *>calloc(PEER_TABLE_MAX, sizeof(peer_t))
-        pump.tap.slots = <uint8_t *>malloc(<size_t>batch * TAP_SLOT)
-        pump.udp.slots = <uint8_t *>malloc(<size_t>batch * UDP_SLOT)
-        pump.udp.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
-        pump.udp.iov = <iovec *>calloc(batch, sizeof(iovec))
-        pump.udp.addr = <sockaddr_in *>calloc(batch, sizeof(sockaddr_in))
-        pump.udp.cmsg = <uint8_t *>calloc(batch, RX_CMSG)
-        pump.txq.iov = <iovec *>calloc(2 * batch, sizeof(iovec))
-        pump.txq.addr = <sockaddr_in *>calloc(batch, sizeof(sockaddr_in))
-        pump.txq.size = <uint32_t *>calloc(batch, sizeof(uint32_t))
-        pump.txq.hdr = <uint8_t *>calloc(batch, HEADER_LEN)
-        pump.txq.msgs = <mmsghdr *>calloc(batch, sizeof(mmsghdr))
-        pump.txq.first = <uint32_t *>calloc(batch + 1, sizeof(uint32_t))
-        pump.txq.cmsg = <uint8_t *>calloc(batch, TX_CMSG)
-        pump.tap.seg_arena = <uint8_t *>malloc(SEG_ARENA)
-        pump.txq.copy_arena = <uint8_t *>malloc(COPY_ARENA)
-        pump.gro.head = <uint8_t *>calloc(1, GRO_HEAD)
-        pump.gro.iov = <iovec *>calloc(GRO_MAX_SEGS + 1, sizeof(iovec))
-        pump.tap.scratch = <uint8_t *>calloc(1, SCRATCH)
-        if (pump.peers == NULL or pump.tap.slots == NULL or pump.udp.slots == NULL
-                or pump.udp.msgs == NULL or pump.udp.iov == NULL or pump.udp.addr == NULL
-                or pump.udp.cmsg == NULL or pump.txq.iov == NULL or pump.txq.addr == NULL
-                or pump.txq.size == NULL or pump.txq.hdr == NULL or pump.txq.msgs == NULL
-                or pump.txq.first == NULL or pump.txq.cmsg == NULL
-                or pump.tap.seg_arena == NULL or pump.txq.copy_arena == NULL
-                or pump.gro.head == NULL or pump.gro.iov == NULL or pump.tap.scratch == NULL):
+        pump.workers = <worker_t *>calloc(len(taps), sizeof(worker_t))
+        if pump.peers == NULL or pump.workers == NULL:
             raise MemoryError()
-        for i in range(pump.batch):
-            pump.udp.iov[i].iov_base = pump.udp.slots + <size_t>i * UDP_SLOT
-            pump.udp.iov[i].iov_len = UDP_SLOT
-            pump.udp.msgs[i].msg_hdr.msg_iov = &pump.udp.iov[i]
-            pump.udp.msgs[i].msg_hdr.msg_iovlen = 1
-            pump.udp.msgs[i].msg_hdr.msg_name = &pump.udp.addr[i]
-        if pthread_mutex_init(&pump.lock, NULL) != 0:
+        for k in range(len(taps)):
+            pump.workers[k].wake_fd = -1
+        pump.n_workers = len(taps)
+        for k in range(pump.n_workers):
+            if worker_init(pump, &pump.workers[k], k, taps[k], udps[k], self.offloads.udp_gso) < 0:
+                raise MemoryError()
+        if mn_rwlock_init(&pump.lock) != 0:
             raise MemoryError()
         self.lock_ready = True
-        pump.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if pump.wake_fd < 0:
-            raise OSError(errno, os.strerror(errno))
 
     def __dealloc__(self):
         cdef pump_t *pump = &self.pump
         cdef uint32_t i
-        if pump.wake_fd >= 0:
-            close(pump.wake_fd)
         if self.lock_ready:
-            pthread_mutex_destroy(&pump.lock)
+            pthread_rwlock_destroy(&pump.lock)
         if pump.peers != NULL:
             for i in range(pump.n_peers):
                 peer_free_keys(&pump.peers[i])
+        if pump.workers != NULL:
+            for i in range(pump.n_workers):
+                worker_free(&pump.workers[i])
         table_free(&pump.macs.t)
         table_free(&pump.peer_index)
         table_free(&pump.addr_refs)
         table_free(&pump.addr_owner)
         free(pump.peers)
-        free(pump.tap.slots)
-        free(pump.udp.slots)
-        free(pump.udp.msgs)
-        free(pump.udp.iov)
-        free(pump.udp.addr)
-        free(pump.udp.cmsg)
-        free(pump.txq.iov)
-        free(pump.txq.addr)
-        free(pump.txq.size)
-        free(pump.txq.hdr)
-        free(pump.txq.msgs)
-        free(pump.txq.first)
-        free(pump.txq.cmsg)
-        free(pump.tap.seg_arena)
-        free(pump.txq.copy_arena)
-        free(pump.gro.head)
-        free(pump.gro.iov)
-        free(pump.tap.scratch)
+        free(pump.workers)
 
     # -- tables (any thread) -------------------------------------------------------
 
@@ -319,19 +290,19 @@ cdef class Pump:
             sa.sin_port = htons(port)
             memcpy(&sa.sin_addr.s_addr, <const char *>packed, 4)
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             full = peer_put(&self.pump, pid, hop, has_addr, fl, &sa)
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         if full:
             raise OverflowError(f"peer table full ({PEER_TABLE_MAX} peers)")
 
     def remove_peer(self, peer_id):
         cdef uint32_t pid = _check_id(peer_id, "peer_id")
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             pump_clock(&self.pump)
             peer_drop(&self.pump, pid)
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
 
     def set_peer_keys(self, peer_id, tx_key, rx_key, *, epoch):
         """Install the sleeve keys shared with a directly connected peer (see the twin)."""
@@ -342,24 +313,28 @@ cdef class Pump:
         cdef const uint8_t *rxp = rx
         cdef uint32_t ep
         cdef bint known
-        cdef EVP_CIPHER_CTX *tx_ctx = NULL
-        cdef EVP_CIPHER_CTX *rx_ctx = NULL
+        cdef bint failed = False
+        cdef unsigned int i, n = self.pump.n_workers
+        cdef EVP_CIPHER_CTX *tx_ctx[MAX_WORKERS]
+        cdef EVP_CIPHER_CTX *rx_ctx[MAX_WORKERS]
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         ep = epoch & 0xFFFFFFFF
-        # Contexts are made outside the lock; unused ones are freed.
-        tx_ctx = aead_new(txp, True)
-        rx_ctx = aead_new(rxp, False)
-        if tx_ctx == NULL or rx_ctx == NULL:
-            EVP_CIPHER_CTX_free(tx_ctx)
-            EVP_CIPHER_CTX_free(rx_ctx)
+        # A context per worker, made outside the lock; unused ones are freed.
+        for i in range(n):
+            tx_ctx[i] = aead_new(txp, True)
+            rx_ctx[i] = aead_new(rxp, False)
+            failed = failed or tx_ctx[i] == NULL or rx_ctx[i] == NULL
+        if not failed:
+            with nogil:
+                pthread_rwlock_wrlock(&self.pump.lock)
+                known = peer_set_keys(&self.pump, pid, txp, rxp, ep, tx_ctx, rx_ctx)
+                pthread_rwlock_unlock(&self.pump.lock)
+        for i in range(n):
+            EVP_CIPHER_CTX_free(tx_ctx[i])
+            EVP_CIPHER_CTX_free(rx_ctx[i])
+        if failed:
             raise MemoryError("libcrypto could not set up AES-256-GCM")
-        with nogil:
-            pthread_mutex_lock(&self.pump.lock)
-            known = peer_set_keys(&self.pump, pid, txp, rxp, ep, &tx_ctx, &rx_ctx)
-            pthread_mutex_unlock(&self.pump.lock)
-        EVP_CIPHER_CTX_free(tx_ctx)
-        EVP_CIPHER_CTX_free(rx_ctx)
         if not known:
             raise ValueError(f"unknown peer {pid}: set_peer first")
 
@@ -368,23 +343,23 @@ cdef class Pump:
         cdef uint32_t i
         due = []
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
         try:
             for i in range(self.pump.n_peers):
-                if (self.pump.peers[i].tx_ctx != NULL
-                        and self.pump.peers[i].tx_counter >= REKEY_AFTER_MESSAGES):
+                if (self.pump.peers[i].has_tx
+                        and mn_load_u64(&self.pump.peers[i].tx_counter) >= REKEY_AFTER_MESSAGES):
                     due.append(self.pump.peers[i].id)
         finally:
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         return sorted(due)
 
     def _set_tx_counter(self, peer_id, counter):
         """Tests only: jump a send key's counter (to reach the rekey and reject limits).
         Takes no lock: call it while no thread is in poll()/run()."""
         cdef int64_t slot = table_find(&self.pump.peer_index, _check_id(peer_id, "peer_id"))
-        if slot < 0 or self.pump.peers[self.pump.peer_index.vals[slot]].tx_ctx == NULL:
+        if slot < 0 or not self.pump.peers[self.pump.peer_index.vals[slot]].has_tx:
             raise ValueError("no send key for that peer")
-        self.pump.peers[self.pump.peer_index.vals[slot]].tx_counter = counter
+        mn_store_u64(&self.pump.peers[self.pump.peer_index.vals[slot]].tx_counter, counter)
 
     def set_mac(self, mac, peer_id):
         """A gossiped (static) entry; it may evict a learned one (rules: the twin's macs.py)."""
@@ -394,20 +369,20 @@ cdef class Pump:
         if pid == self.pump.local_id:
             raise ValueError("local MACs are not in the pump's table")
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             pump_clock(&self.pump)
             done = mac_set_static(&self.pump, key, pid)
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         if not done:
             raise OverflowError(f"MAC table full ({self.pump.macs.capacity} gossiped entries)")
 
     def forget_mac(self, mac):
         cdef uint64_t key = _check_mac(mac)
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             pump_clock(&self.pump)
             mac_forget(&self.pump, key)
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
 
     def macs(self):
         cdef uint32_t i
@@ -416,7 +391,7 @@ cdef class Pump:
         # The pump thread never takes the GIL, so holding the mutex while building
         # Python objects cannot deadlock.
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             pump_clock(&self.pump)
             mac_reclaim(&self.pump)
         try:
@@ -425,7 +400,7 @@ cdef class Pump:
                     mac = int(t.keys[i] & MAC_MASK).to_bytes(6, "big")
                     result[mac] = <uint32_t>t.vals[i]
         finally:
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         return result
 
     def table_sizes(self):
@@ -433,11 +408,11 @@ cdef class Pump:
         has not removed yet included), learned MACs, peers."""
         cdef uint32_t n_macs, learned, n_peers
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             n_macs = self.pump.macs.t.count
             learned = self.pump.macs.learned
             n_peers = self.pump.n_peers
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         return {"macs": n_macs, "learned": learned, "peers": n_peers}
 
     def _set_clock(self, seconds):
@@ -448,20 +423,23 @@ cdef class Pump:
                 raise ValueError("the clock is 0..2**31-1 seconds")
             value = seconds
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
             self.pump.frozen_clock = value
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
 
     def stats(self):
         """The counters; learned MACs that have expired by now are counted as aged."""
         cdef uint64_t snap[N_COUNTERS]
-        cdef int i
+        cdef unsigned int i, k
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)  # no worker in a batch: counts are still
             pump_clock(&self.pump)
             mac_reclaim(&self.pump)
             memcpy(snap, self.pump.counters, sizeof(snap))
-            pthread_mutex_unlock(&self.pump.lock)
+            for k in range(self.pump.n_workers):
+                for i in range(N_COUNTERS):
+                    snap[i] += self.pump.workers[k].counters[i]
+            pthread_rwlock_unlock(&self.pump.lock)
         result = {}
         for i in range(N_COUNTERS):
             result[COUNTERS[i]] = snap[i]
@@ -470,17 +448,23 @@ cdef class Pump:
     def peer_stats(self):
         """Per peer: frames/bytes sent to it from our TAP, and received from it to our TAP."""
         cdef uint32_t i
+        cdef unsigned int k
         cdef peer_t *p
         result = {}
         with nogil:
-            pthread_mutex_lock(&self.pump.lock)
+            pthread_rwlock_wrlock(&self.pump.lock)
         try:
             for i in range(self.pump.n_peers):
                 p = &self.pump.peers[i]
-                result[p.id] = {"tx_frames": p.tx_frames, "tx_bytes": p.tx_bytes,
-                                "rx_frames": p.rx_frames, "rx_bytes": p.rx_bytes}
+                row = {"tx_frames": 0, "tx_bytes": 0, "rx_frames": 0, "rx_bytes": 0}
+                for k in range(self.pump.n_workers):
+                    row["tx_frames"] += p.counts[k].tx_frames
+                    row["tx_bytes"] += p.counts[k].tx_bytes
+                    row["rx_frames"] += p.counts[k].rx_frames
+                    row["rx_bytes"] += p.counts[k].rx_bytes
+                result[p.id] = row
         finally:
-            pthread_mutex_unlock(&self.pump.lock)
+            pthread_rwlock_unlock(&self.pump.lock)
         return result
 
     def features(self):
@@ -490,14 +474,15 @@ cdef class Pump:
             "crypto": _layout.AEAD if self.pump.crypto else None,
             "vnet_hdr": bool(self.pump.vnet),
             "tap_offload": list(self.offloads.tap),
-            "udp_gso": bool(self.pump.txq.gso),
-            "udp_gso_error": os.strerror(self.pump.txq.gso_failed) if self.pump.txq.gso_failed else None,
+            "udp_gso": all(self.pump.workers[k].txq.gso for k in range(self.pump.n_workers)),
+            "udp_gso_error": next((os.strerror(self.pump.workers[k].txq.gso_failed)
+                                   for k in range(self.pump.n_workers) if self.pump.workers[k].txq.gso_failed), None),
             "udp_gro": bool(self.pump.udp_gro),
-            "gro_merge": bool(self.pump.vnet and self.pump.gro.tcp_ok),
-            "gro_merge_udp": bool(self.pump.vnet and self.pump.gro.udp_ok),
+            "gro_merge": bool(self.pump.vnet) and all(self.pump.workers[k].gro.tcp_ok for k in range(self.pump.n_workers)),
+            "gro_merge_udp": bool(self.pump.vnet) and all(self.pump.workers[k].gro.udp_ok for k in range(self.pump.n_workers)),
             "batch": self.pump.batch,
             "syscall_batching": True,
-            "threads": 1,
+            "threads": self.pump.n_workers,
             "spin_us": self.pump.spin_ns // 1000,
             "underlay_mtu": self.pump.underlay_mtu,
             "mac_table_max": self.pump.macs.capacity,
@@ -507,36 +492,40 @@ cdef class Pump:
 
     # -- loop ----------------------------------------------------------------------
 
-    def poll(self, int timeout_ms):
+    def poll(self, int timeout_ms, int worker=0):
+        """One iteration of worker `worker` (one thread at a time per worker)."""
         cdef int handled
-        self.check_open()
+        cdef worker_t *w = self.worker(worker)
         with nogil:
-            handled = pump_poll_once(&self.pump, timeout_ms)
+            handled = pump_poll_once(&self.pump, w, timeout_ms)
         if handled < 0:
-            raise OSError(self.pump.error, os.strerror(self.pump.error))
+            raise OSError(w.error, os.strerror(w.error))
         return handled
 
-    def run(self):
+    def run(self, int worker=0):
+        """Run worker `worker` until stop(); each worker wants a thread of its own."""
         cdef int result
-        self.check_open()
+        cdef worker_t *w = self.worker(worker)
         with nogil:
-            result = pump_run(&self.pump)
+            result = pump_run(&self.pump, w)
         if result < 0:
-            raise OSError(self.pump.error, os.strerror(self.pump.error))
+            raise OSError(w.error, os.strerror(w.error))
 
     def stop(self):
-        cdef uint64_t one = 1
-        cdef ssize_t written
-        mn_store_flag(&self.pump.stopping, 1)
-        if self.pump.wake_fd >= 0:
-            written = write(self.pump.wake_fd, &one, sizeof(one))
+        """Make every worker's run() return (any thread)."""
+        cdef unsigned int k
+        for k in range(self.pump.n_workers):
+            worker_wake(&self.pump.workers[k])
 
     def close(self):
-        """Release the pump's own fd (not tap_fd/udp_fd); call after run() returned."""
-        if self.pump.wake_fd >= 0:
-            close(self.pump.wake_fd)
-            self.pump.wake_fd = -1
+        """Release the pump's own fds (not the TAP's nor the sockets); after run() returned."""
+        cdef unsigned int k
+        for k in range(self.pump.n_workers):
+            worker_close(&self.pump.workers[k])
 
-    cdef check_open(self):
-        if self.pump.wake_fd < 0:
+    cdef worker_t *worker(self, int k) except NULL:
+        if not 0 <= k < <int>self.pump.n_workers:
+            raise ValueError(f"worker must be 0..{self.pump.n_workers - 1}, got {k}")
+        if self.pump.workers[k].wake_fd < 0:
             raise ValueError("pump is closed")
+        return &self.pump.workers[k]

@@ -4,20 +4,21 @@
 # buffers; the receiving host's kernel cuts it back (docs/sleeve.md has the merge rules).
 # The twin writes one frame per write(): this part is the compiled pump's alone.
 
-cdef inline void gro_count_delivered(pump_t *pump, uint32_t peer, uint64_t frames,
+cdef inline void gro_count_delivered(pump_t *pump, worker_t *w, uint32_t peer, uint64_t frames,
                                      uint64_t nbytes, bint ok) noexcept nogil:
     if ok:
-        pump.counters[TAP_TX] += frames
-        pump.counters[TAP_TX_BYTES] += nbytes
-        pump.peers[peer].rx_frames += frames
-        pump.peers[peer].rx_bytes += nbytes
+        w.counters[TAP_TX] += frames
+        w.counters[TAP_TX_BYTES] += nbytes
+        pump.peers[peer].counts[w.index].rx_frames += frames
+        pump.peers[peer].counts[w.index].rx_bytes += nbytes
     else:
-        pump.counters[DROP_TAP_WRITE] += frames
+        w.counters[DROP_TAP_WRITE] += frames
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void gro_deliver(pump_t *pump, uint8_t *frame, size_t n, bint csum, uint32_t peer) noexcept nogil:
+cdef void gro_deliver(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, bint csum,
+                      uint32_t peer) noexcept nogil:
     """Write a frame for us to the TAP (it has >= 12 bytes of headroom in front)."""
     cdef ssize_t written
     cdef uint32_t start = 0, offset = 0
@@ -28,14 +29,14 @@ cdef void gro_deliver(pump_t *pump, uint8_t *frame, size_t n, bint csum, uint32_
         if csum:
             complete_checksum(frame, n, start, offset)
         while True:
-            written = write(pump.tap_fd, frame, n)
+            written = write(w.tap_fd, frame, n)
             if written >= 0 or errno != EINTR:
                 break
-        gro_count_delivered(pump, peer, 1, n, written >= 0)
+        gro_count_delivered(pump, w, peer, 1, n, written >= 0)
         return
-    if csum and gro_add(pump, frame, n, peer, offset):
+    if csum and gro_add(pump, w, frame, n, peer, offset):
         return
-    gro_flush(pump)
+    gro_flush(pump, w)
     vh = frame - VNET_HDR_LEN
     memset(vh, 0, VNET_HDR_LEN)
     if csum:
@@ -43,20 +44,20 @@ cdef void gro_deliver(pump_t *pump, uint8_t *frame, size_t n, bint csum, uint32_
         store_le16(vh + 6, start)
         store_le16(vh + 8, offset)
     while True:
-        written = write(pump.tap_fd, vh, n + VNET_HDR_LEN)
+        written = write(w.tap_fd, vh, n + VNET_HDR_LEN)
         if written >= 0 or errno != EINTR:
             break
-    gro_count_delivered(pump, peer, 1, n, written >= 0)
+    gro_count_delivered(pump, w, peer, 1, n, written >= 0)
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef bint gro_add(pump_t *pump, uint8_t *frame, size_t n, uint32_t peer,
+cdef bint gro_add(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint32_t peer,
                   uint32_t offset) noexcept nogil:
     """Take a TCP segment or UDP datagram (partial checksum at `offset`) into the
     pending GSO frame, flushing the pending one first when it does not continue it;
     False if it cannot be merged at all."""
-    cdef gro_t *g = &pump.gro
+    cdef gro_t *g = &w.gro
     cdef bint v6 = frame[12] == 0x86
     cdef bint udp = offset == 6
     cdef uint32_t l4 = ETH_HEADER_LEN + (40 if v6 else (frame[14] & 0x0F) * 4)
@@ -103,7 +104,7 @@ cdef bint gro_add(pump_t *pump, uint8_t *frame, size_t n, uint32_t peer,
             if plen < g.mss or tflags & 0x09:
                 g.closed = True
             return True
-        gro_flush(pump)
+        gro_flush(pump, w)
     memcpy(g.head + VNET_HDR_LEN, frame, hl)
     g.active = True
     g.udp = udp
@@ -124,8 +125,8 @@ cdef bint gro_add(pump_t *pump, uint8_t *frame, size_t n, uint32_t peer,
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void gro_flush(pump_t *pump) noexcept nogil:
-    cdef gro_t *g = &pump.gro
+cdef void gro_flush(pump_t *pump, worker_t *w) noexcept nogil:
+    cdef gro_t *g = &w.gro
     cdef uint8_t *vh = g.head
     cdef uint8_t *h = g.head + VNET_HDR_LEN
     cdef uint32_t l4 = g.l4
@@ -158,7 +159,7 @@ cdef void gro_flush(pump_t *pump) noexcept nogil:
     g.iov[0].iov_base = vh
     g.iov[0].iov_len = VNET_HDR_LEN + g.hlen
     while True:
-        written = writev(pump.tap_fd, g.iov, <int>(1 + g.segs))
+        written = writev(w.tap_fd, g.iov, <int>(1 + g.segs))
         if written >= 0 or errno != EINTR:
             break
     if written < 0 and errno == EINVAL and g.segs > 1:
@@ -167,11 +168,11 @@ cdef void gro_flush(pump_t *pump) noexcept nogil:
             g.udp_ok = False
         else:
             g.tcp_ok = False
-    gro_count_delivered(pump, g.peer, g.segs, <uint64_t>g.segs * g.hlen + g.payload,
+    gro_count_delivered(pump, w, g.peer, g.segs, <uint64_t>g.segs * g.hlen + g.payload,
                         written >= 0)
     if written >= 0 and g.segs > 1:
-        pump.counters[GRO_FRAMES] += 1
-        pump.counters[GRO_SEGMENTS] += g.segs
+        w.counters[GRO_FRAMES] += 1
+        w.counters[GRO_SEGMENTS] += g.segs
 
 
 cdef bint same_udp_flow(const uint8_t *h, const uint8_t *f, uint32_t l4, bint v6) noexcept nogil:

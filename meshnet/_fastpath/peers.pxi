@@ -1,17 +1,22 @@
 # Peers: the dense peer array with its indexes (by id, by address), routes (next hops),
-# link keys and their replay windows, and sealing a datagram for a next hop.
-# Floods walk the array in order; a removed peer is replaced by the last one.
+# link keys and their replay windows, and sealing and opening a datagram for a next hop.
+# Floods walk the array in order; a removed peer is replaced by the last one. Several
+# workers may seal for one peer at once (each with its own AEAD context; the send
+# counter is taken atomically) and open its datagrams at once (the replay window is
+# checked and updated under the peer's spin lock).
 # The twin's counterpart: meshnet/dataplane/_pump_py/peers.py.
 
 cdef void peer_free_keys(peer_t *peer) noexcept nogil:
-    cdef int k
-    if peer.tx_ctx != NULL:
-        EVP_CIPHER_CTX_free(peer.tx_ctx)
-        peer.tx_ctx = NULL
-    for k in range(2):
-        if peer.rx_ctx[k] != NULL:
-            EVP_CIPHER_CTX_free(peer.rx_ctx[k])
-            peer.rx_ctx[k] = NULL
+    cdef int i
+    for i in range(MAX_WORKERS):
+        EVP_CIPHER_CTX_free(peer.tx_ctx[i])  # NULL is fine
+        peer.tx_ctx[i] = NULL
+    for i in range(2 * MAX_WORKERS):
+        EVP_CIPHER_CTX_free(peer.rx_ctx[i])
+        peer.rx_ctx[i] = NULL
+    peer.has_tx = False
+    peer.has_rx[0] = False
+    peer.has_rx[1] = False
 
 
 cdef inline bint replay_ok(const peer_t *p, int k, uint64_t c) noexcept nogil:
@@ -95,8 +100,7 @@ cdef void peer_recompute_owner(pump_t *pump, const sockaddr_in *sa) noexcept nog
     cdef peer_t *p
     for i in range(pump.n_peers):
         p = &pump.peers[i]
-        if (p.has_addr and addr_key(&p.addr) == key
-                and (p.rx_ctx[0] != NULL or p.rx_ctx[1] != NULL)
+        if (p.has_addr and addr_key(&p.addr) == key and (p.has_rx[0] or p.has_rx[1])
                 and (not found or p.id < best)):
             found = True
             best = p.id
@@ -136,27 +140,31 @@ cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uin
                         uint32_t epoch, EVP_CIPHER_CTX **tx_ctx,
                         EVP_CIPHER_CTX **rx_ctx) noexcept nogil:
     """Install a peer's link keys (rules: the twin's set_peer_keys); False if the peer is
-    unknown. Takes the contexts it uses (sets them to NULL); the caller frees the rest."""
+    unknown. tx_ctx and rx_ctx hold a context per worker; it takes the ones it uses (sets
+    them to NULL), the caller frees the rest."""
     cdef int64_t slot = table_find(&pump.peer_index, pid)
     cdef int k = epoch & 1
+    cdef unsigned int i
     cdef peer_t *p
     if slot < 0:
         return False
     p = &pump.peers[pump.peer_index.vals[slot]]
-    if not (p.tx_ctx != NULL and memcmp(p.tx_key, tx, KEY_LEN) == 0):
-        if p.tx_ctx != NULL:
-            EVP_CIPHER_CTX_free(p.tx_ctx)
-        p.tx_ctx = tx_ctx[0]
-        tx_ctx[0] = NULL
+    if not (p.has_tx and memcmp(p.tx_key, tx, KEY_LEN) == 0):
+        for i in range(pump.n_workers):
+            EVP_CIPHER_CTX_free(p.tx_ctx[i])
+            p.tx_ctx[i] = tx_ctx[i]
+            tx_ctx[i] = NULL
         memcpy(p.tx_key, tx, KEY_LEN)
-        p.tx_counter = 0
+        p.has_tx = True
+        mn_store_u64(&p.tx_counter, 0)
     p.tx_epoch = epoch
-    if not (p.rx_ctx[k] != NULL and memcmp(p.rx_key + k * KEY_LEN, rx, KEY_LEN) == 0):
-        if p.rx_ctx[k] != NULL:
-            EVP_CIPHER_CTX_free(p.rx_ctx[k])
-        p.rx_ctx[k] = rx_ctx[0]
-        rx_ctx[0] = NULL
+    if not (p.has_rx[k] and memcmp(p.rx_key + k * KEY_LEN, rx, KEY_LEN) == 0):
+        for i in range(pump.n_workers):
+            EVP_CIPHER_CTX_free(p.rx_ctx[2 * i + k])
+            p.rx_ctx[2 * i + k] = rx_ctx[i]
+            rx_ctx[i] = NULL
         memcpy(p.rx_key + k * KEY_LEN, rx, KEY_LEN)
+        p.has_rx[k] = True
         p.rx_top[k] = 0
         memset(&p.rx_seen[k * REPLAY_WORDS], 0, REPLAY_WORDS * sizeof(uint64_t))
     if p.has_addr:
@@ -177,23 +185,51 @@ cdef peer_t *peer_hop(pump_t *pump, peer_t *peer) noexcept nogil:
     return peer if peer.has_addr else NULL
 
 
-cdef bint peer_seal(pump_t *pump, peer_t *hop, uint8_t *out, const uint8_t *frame, size_t n,
-                    uint8_t flags, uint8_t ttl, uint32_t src, uint32_t dst) noexcept nogil:
+cdef bint peer_seal(pump_t *pump, worker_t *w, peer_t *hop, uint8_t *out, const uint8_t *frame,
+                    size_t n, uint8_t flags, uint8_t ttl, uint32_t src, uint32_t dst) noexcept nogil:
     """Write the datagram sealed for hop (n + 36 bytes) at out; frame may sit at out + 20.
     False (counted) if hop has no usable send key."""
-    if hop.tx_ctx == NULL:
-        pump.counters[DROP_TX_NO_KEY] += 1
+    cdef uint64_t counter
+    if not hop.has_tx:
+        w.counters[DROP_TX_NO_KEY] += 1
         return False
-    if hop.tx_counter >= REJECT_AFTER_MESSAGES:
-        pump.counters[DROP_KEY_EXHAUSTED] += 1
+    if mn_load_u64(&hop.tx_counter) >= REJECT_AFTER_MESSAGES:
+        w.counters[DROP_KEY_EXHAUSTED] += 1
+        return False
+    counter = mn_fetch_add_u64(&hop.tx_counter, 1)  # unique even with workers racing
+    if counter >= REJECT_AFTER_MESSAGES:
+        w.counters[DROP_KEY_EXHAUSTED] += 1
         return False
     flags = (flags & ~(FLAG_KEY_ID | FLAG_SEALED)) | FLAG_SEALED
     if hop.tx_epoch & 1:
         flags |= FLAG_KEY_ID
     put_header(out, flags, ttl, src, dst)
-    store_be64(out + HEADER_LEN, hop.tx_counter)
-    hop.tx_counter += 1
-    if not aead_seal(hop.tx_ctx, out, frame, n, out + SEALED_HEADER_LEN):
-        pump.counters[DROP_SEND_ERROR] += 1  # libcrypto failed (it does not, in practice)
+    store_be64(out + HEADER_LEN, counter)
+    if not aead_seal(hop.tx_ctx[w.index], out, frame, n, out + SEALED_HEADER_LEN):
+        w.counters[DROP_SEND_ERROR] += 1  # libcrypto failed (it does not, in practice)
         return False
     return True
+
+
+cdef int peer_open(pump_t *pump, worker_t *w, peer_t *p, int k, uint8_t *d, size_t n) noexcept nogil:
+    """Open a sealed datagram from p with its KEY_ID k receive key (the caller checked
+    it exists): -1, or the counter of the reason it is dropped. The replay window is
+    checked before opening (a replayed datagram costs no AEAD) and updated only once the
+    tag verified, both under the peer's lock: of two copies opened at once, one passes."""
+    cdef uint64_t counter = load_be64(d + HEADER_LEN)
+    cdef bint fresh
+    if counter >= REJECT_AFTER_MESSAGES:
+        return DROP_REPLAY
+    mn_spin_lock(&p.replay_lock)
+    fresh = replay_ok(p, k, counter)
+    mn_spin_unlock(&p.replay_lock)
+    if not fresh:
+        return DROP_REPLAY
+    if not aead_open(p.rx_ctx[2 * w.index + k], d, n):
+        return DROP_AUTH
+    mn_spin_lock(&p.replay_lock)
+    fresh = replay_ok(p, k, counter)
+    if fresh:
+        replay_accept(p, k, counter)
+    mn_spin_unlock(&p.replay_lock)
+    return -1 if fresh else DROP_REPLAY

@@ -3,16 +3,16 @@
 # UDP_SEGMENT (GSO) message. A full socket (EAGAIN/ENOBUFS) drops the rest of a flush;
 # any other error drops just that message. The twin's counterpart: _pump_py/sendq.py.
 
-cdef inline void txq_make_room(pump_t *pump, size_t copy_bytes) noexcept nogil:
+cdef inline void txq_make_room(pump_t *pump, worker_t *w, size_t copy_bytes) noexcept nogil:
     """Flush first if one more datagram (and copy_bytes of copy arena) would not fit."""
-    if pump.txq.len == pump.batch or pump.txq.copy_used + copy_bytes > COPY_ARENA:
-        txq_flush(pump)
+    if w.txq.len == pump.batch or w.txq.copy_used + copy_bytes > COPY_ARENA:
+        txq_flush(pump, w)
 
 
-cdef inline void txq_push(pump_t *pump, const sockaddr_in *to, uint8_t *data,
+cdef inline void txq_push(worker_t *w, const sockaddr_in *to, uint8_t *data,
                           size_t n) noexcept nogil:
     """Queue one datagram (room made before)."""
-    cdef txq_t *q = &pump.txq
+    cdef txq_t *q = &w.txq
     cdef unsigned int slot = q.len
     q.len += 1
     q.addr[slot] = to[0]
@@ -23,8 +23,8 @@ cdef inline void txq_push(pump_t *pump, const sockaddr_in *to, uint8_t *data,
     q.size[slot] = <uint32_t>n
 
 
-cdef void txq_flush(pump_t *pump) noexcept nogil:
-    cdef txq_t *q = &pump.txq
+cdef void txq_flush(pump_t *pump, worker_t *w) noexcept nogil:
+    cdef txq_t *q = &w.txq
     cdef unsigned int i = 0, j, g, n_msgs = 0, first, k
     cdef uint32_t size, total
     cdef int sent
@@ -67,26 +67,26 @@ cdef void txq_flush(pump_t *pump) noexcept nogil:
     q.first[n_msgs] = q.len
     g = 0
     while g < n_msgs:
-        sent = sendmmsg(pump.udp_fd, q.msgs + g, n_msgs - g, MSG_DONTWAIT)
+        sent = sendmmsg(w.udp_fd, q.msgs + g, n_msgs - g, MSG_DONTWAIT)
         if sent < 0:
             if errno == EINTR:
                 continue
             if errno == EAGAIN or errno == ENOBUFS:  # the rest would fail too
-                pump.counters[DROP_SEND_ERROR] += q.len - q.first[g]
+                w.counters[DROP_SEND_ERROR] += q.len - q.first[g]
                 break
             first = q.first[g]
             if q.first[g + 1] - first > 1 and (errno == EINVAL or errno == EIO):
                 q.gso = False  # the path refuses GSO: stop using it
                 q.gso_failed = errno
             # this message only: skip it
-            pump.counters[DROP_SEND_ERROR] += q.first[g + 1] - first
+            w.counters[DROP_SEND_ERROR] += q.first[g + 1] - first
             g += 1
             continue
         for k in range(q.first[g], q.first[g + <unsigned int>sent]):
-            pump.counters[UDP_TX] += 1
-            pump.counters[UDP_TX_BYTES] += q.size[k]
+            w.counters[UDP_TX] += 1
+            w.counters[UDP_TX_BYTES] += q.size[k]
         g += <unsigned int>sent
     q.len = 0
     q.copy_used = 0
-    if not pump.tap.in_segment:
-        pump.tap.seg_used = 0
+    if not w.tap.in_segment:
+        w.tap.seg_used = 0

@@ -3,54 +3,52 @@
 # datagram per destination (a unicast peer, or each flood peer). The twin's
 # counterpart: meshnet/dataplane/_pump_py/tap_side.py.
 
-cdef int tap_batch(pump_t *pump) noexcept nogil:
+cdef int tap_batch(pump_t *pump, worker_t *w) noexcept nogil:
     cdef unsigned int n = 0
     cdef ssize_t got
     cdef uint8_t *frame
     cdef bint failed = False
     cdef size_t extra = VNET_HDR_LEN if pump.vnet else 0
-    pump.tap.seg_used = 0
+    w.tap.seg_used = 0
     while n < pump.batch:
-        frame = pump.tap.slots + <size_t>n * TAP_SLOT + HEADROOM
-        got = read(pump.tap_fd, frame - extra, MAX_FRAME + 1 + extra)
+        frame = w.tap.slots + <size_t>n * TAP_SLOT + HEADROOM
+        got = read(w.tap_fd, frame - extra, MAX_FRAME + 1 + extra)
         if got < 0:
             if errno == EINTR:
                 continue
             if errno != EAGAIN:  # the TAP itself is broken: report it, after sending
-                pump.error = errno
+                w.error = errno
                 failed = True
             break
         n += 1
+        if w.n_pending == PENDING_MAX:
+            worker_sync(pump, w)
         if pump.vnet:
             if got >= VNET_HDR_LEN:
-                tap_frame(pump, frame, <size_t>got - VNET_HDR_LEN, frame - VNET_HDR_LEN)
+                tap_frame(pump, w, frame, <size_t>got - VNET_HDR_LEN, frame - VNET_HDR_LEN)
             else:
-                tap_frame(pump, frame, 0, NULL)
+                tap_frame(pump, w, frame, 0, NULL)
         else:
-            tap_frame(pump, frame, <size_t>got, NULL)
-    txq_flush(pump)
+            tap_frame(pump, w, frame, <size_t>got, NULL)
+    txq_flush(pump, w)
     return -1 if failed else <int>n
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil:
+cdef void tap_frame(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, const uint8_t *vh) noexcept nogil:
     """frame has HEADROOM bytes in front and room for a tag behind; vh its vnet hdr."""
-    cdef int64_t slot
     cdef uint8_t flags
     cdef uint32_t start, offset, cs, co
-    pump.counters[TAP_RX] += 1
-    pump.counters[TAP_RX_BYTES] += n
+    w.counters[TAP_RX] += 1
+    w.counters[TAP_RX_BYTES] += n
     if n < ETH_HEADER_LEN:
-        pump.counters[DROP_SHORT_FRAME] += 1
+        w.counters[DROP_SHORT_FRAME] += 1
         return
-    slot = mac_lookup(pump, mac_key(frame + 6))
-    if slot >= 0 and not (pump.macs.t.vals[slot] & STATIC):  # the host moved here
-        mac_remove(pump, <uint32_t>slot)
-        pump.counters[UNLEARNED] += 1
+    mac_note_local(pump, w, mac_key(frame + 6))  # learned as remote? the host moved here
     flags = flow_hint(frame, n) << HINT_SHIFT
     if vh != NULL and vh[1] != VNET_GSO_NONE:
-        tap_segment(pump, frame, n, vh[1], load_le16(vh + 4), flags | FLAG_CSUM)
+        tap_segment(pump, w, frame, n, vh[1], load_le16(vh + 4), flags | FLAG_CSUM)
         return
     if vh != NULL and vh[0] & VNET_F_NEEDS_CSUM:
         cs = load_le16(vh + 6)
@@ -60,14 +58,14 @@ cdef void tap_frame(pump_t *pump, uint8_t *frame, size_t n, const uint8_t *vh) n
         elif ETH_HEADER_LEN <= cs and cs + co + 2 <= n:
             complete_checksum(frame, n, cs, co)
         else:
-            pump.counters[DROP_BAD_CSUM] += 1
+            w.counters[DROP_BAD_CSUM] += 1
             return
-    tap_forward(pump, frame, n, flags)
+    tap_forward(pump, w, frame, n, flags)
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_type,
+cdef void tap_segment(pump_t *pump, worker_t *w, const uint8_t *frame, size_t n, uint8_t gso_type,
                       uint32_t mss, uint8_t seg_flags) noexcept nogil:
     """Cut a TSO frame into MSS segments (rules: the twin's segment_tso); each goes with
     seg_flags (CSUM and the frame's flow hint)."""
@@ -77,44 +75,44 @@ cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_
     cdef uint8_t *seg
     cdef uint8_t flags
     if mss == 0 or n < ETH_HEADER_LEN + 20:
-        pump.counters[DROP_BAD_GSO] += 1
+        w.counters[DROP_BAD_GSO] += 1
         return
     if kind == VNET_GSO_TCPV4:
         if (frame[12] != 0x08 or frame[13] != 0x00 or frame[14] >> 4 != 4
                 or frame[23] != 6 or (frame[14] & 0x0F) < 5):
-            pump.counters[DROP_BAD_GSO] += 1
+            w.counters[DROP_BAD_GSO] += 1
             return
         iphl = (frame[14] & 0x0F) * 4
     elif kind == VNET_GSO_TCPV6:
         if (frame[12] != 0x86 or frame[13] != 0xDD or n < 54 or frame[14] >> 4 != 6
                 or frame[20] != 6):
-            pump.counters[DROP_BAD_GSO] += 1
+            w.counters[DROP_BAD_GSO] += 1
             return
         iphl = 40
     else:
-        pump.counters[DROP_BAD_GSO] += 1
+        w.counters[DROP_BAD_GSO] += 1
         return
     l4 = ETH_HEADER_LEN + iphl
     if n < l4 + 20:
-        pump.counters[DROP_BAD_GSO] += 1
+        w.counters[DROP_BAD_GSO] += 1
         return
     thl = (frame[l4 + 12] >> 4) * 4
     hl = l4 + thl
     if thl < 20 or n <= hl:
-        pump.counters[DROP_BAD_GSO] += 1
+        w.counters[DROP_BAD_GSO] += 1
         return
     nsegs = <uint32_t>((n - hl + mss - 1) / mss)
-    pump.counters[GSO_SEGMENTS] += nsegs
+    w.counters[GSO_SEGMENTS] += nsegs
     seq0 = load_be32(frame + l4 + 4)
     ip_id = load_be16(frame + 18)
     off = 0
     while off < n - hl:
         chunk = mss if n - hl - off > mss else <uint32_t>(n - hl - off)
         need = SEALED_HEADER_LEN + hl + chunk + TAG_LEN
-        if pump.tap.seg_used + need > SEG_ARENA:
-            txq_flush(pump)  # between segments: nothing in the arena is needed any more
-        seg = pump.tap.seg_arena + pump.tap.seg_used + SEALED_HEADER_LEN
-        pump.tap.seg_used += need
+        if w.tap.seg_used + need > SEG_ARENA:
+            txq_flush(pump, w)  # between segments: nothing in the arena is needed any more
+        seg = w.tap.seg_arena + w.tap.seg_used + SEALED_HEADER_LEN
+        w.tap.seg_used += need
         memcpy(seg, frame, hl)
         memcpy(seg + hl, frame + hl + off, chunk)
         if kind == VNET_GSO_TCPV4:
@@ -131,16 +129,16 @@ cdef void tap_segment(pump_t *pump, const uint8_t *frame, size_t n, uint8_t gso_
             flags &= ~0x80  # CWR only on the first
         seg[l4 + 13] = flags
         store_be16(seg + l4 + 16, pseudo_sum(seg, thl + chunk, 6))
-        pump.tap.in_segment = True
-        tap_forward(pump, seg, hl + chunk, seg_flags)
-        pump.tap.in_segment = False
+        w.tap.in_segment = True
+        tap_forward(pump, w, seg, hl + chunk, seg_flags)
+        w.tap.in_segment = False
         off += chunk
         k += 1
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil:
+cdef void tap_forward(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil:
     """Send one frame (20 bytes of headroom, 16 of tailroom) to its peer(s); flags: its
     CSUM and flow hint."""
     cdef int64_t slot
@@ -150,51 +148,51 @@ cdef void tap_forward(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noe
     cdef size_t icmp
     cdef ssize_t written
     if n > pump.max_frame:
-        pump.counters[DROP_OVERSIZE] += 1
+        w.counters[DROP_OVERSIZE] += 1
         return
     if pump.underlay_mtu and not (frame[0] & 1) and n + pump.overhead > pump.underlay_mtu:
         icmp = frag_needed(frame, n, pump.underlay_mtu - pump.overhead - ETH_HEADER_LEN,
-                           pump.tap.scratch + VNET_HDR_LEN)
+                           w.tap.scratch + VNET_HDR_LEN)
         if icmp:
-            pump.counters[FRAG_NEEDED] += 1
+            w.counters[FRAG_NEEDED] += 1
             if pump.vnet:
-                memset(pump.tap.scratch, 0, VNET_HDR_LEN)
-                written = write(pump.tap_fd, pump.tap.scratch, icmp + VNET_HDR_LEN)
+                memset(w.tap.scratch, 0, VNET_HDR_LEN)
+                written = write(w.tap_fd, w.tap.scratch, icmp + VNET_HDR_LEN)
             else:
-                written = write(pump.tap_fd, pump.tap.scratch + VNET_HDR_LEN, icmp)
+                written = write(w.tap_fd, w.tap.scratch + VNET_HDR_LEN, icmp)
             return
     if frame[0] & 1:
-        tap_flood(pump, frame, n, flags)
+        tap_flood(pump, w, frame, n, flags)
         return
-    slot = mac_lookup(pump, mac_key(frame))
+    slot = mac_find(pump, w, mac_key(frame))
     if slot < 0:
-        pump.counters[UNKNOWN_UNICAST] += 1
-        tap_flood(pump, frame, n, flags)
+        w.counters[UNKNOWN_UNICAST] += 1
+        tap_flood(pump, w, frame, n, flags)
         return
     pid = <uint32_t>pump.macs.t.vals[slot]
     slot = table_find(&pump.peer_index, pid)
     p = NULL if slot < 0 else &pump.peers[pump.peer_index.vals[slot]]
     hop = NULL if p == NULL else peer_hop(pump, p)
     if hop == NULL:
-        pump.counters[DROP_NO_ROUTE] += 1
+        w.counters[DROP_NO_ROUTE] += 1
         return
     if pump.crypto:
-        if not peer_seal(pump, hop, frame - SEALED_HEADER_LEN, frame, n, flags, DEFAULT_TTL,
+        if not peer_seal(pump, w, hop, frame - SEALED_HEADER_LEN, frame, n, flags, DEFAULT_TTL,
                          pump.local_id, pid):
             return
-        txq_make_room(pump, 0)
-        txq_push(pump, &hop.addr, frame - SEALED_HEADER_LEN, n + SEALED_HEADER_LEN + TAG_LEN)
+        txq_make_room(pump, w, 0)
+        txq_push(w, &hop.addr, frame - SEALED_HEADER_LEN, n + SEALED_HEADER_LEN + TAG_LEN)
     else:
         put_header(frame - HEADER_LEN, flags, DEFAULT_TTL, pump.local_id, pid)
-        txq_make_room(pump, 0)
-        txq_push(pump, &hop.addr, frame - HEADER_LEN, n + HEADER_LEN)
-    p.tx_frames += 1
-    p.tx_bytes += n
+        txq_make_room(pump, w, 0)
+        txq_push(w, &hop.addr, frame - HEADER_LEN, n + HEADER_LEN)
+    p.counts[w.index].tx_frames += 1
+    p.counts[w.index].tx_bytes += n
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void tap_flood(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil:
+cdef void tap_flood(pump_t *pump, worker_t *w, uint8_t *frame, size_t n, uint8_t flags) noexcept nogil:
     """One copy per routable peer with flood set, in peer-array order. Plain copies share
     the frame and take a header each (two iovecs); sealed copies go to the copy arena."""
     cdef uint32_t i
@@ -212,24 +210,24 @@ cdef void tap_flood(pump_t *pump, uint8_t *frame, size_t n, uint8_t flags) noexc
         if hop == NULL:
             continue
         if pump.crypto:
-            txq_make_room(pump, need)
-            copy = pump.txq.copy_arena + pump.txq.copy_used
-            if not peer_seal(pump, hop, copy, frame, n, flags, DEFAULT_TTL, pump.local_id, p.id):
+            txq_make_room(pump, w, need)
+            copy = w.txq.copy_arena + w.txq.copy_used
+            if not peer_seal(pump, w, hop, copy, frame, n, flags, DEFAULT_TTL, pump.local_id, p.id):
                 continue
-            pump.txq.copy_used += need
-            txq_push(pump, &hop.addr, copy, need)
+            w.txq.copy_used += need
+            txq_push(w, &hop.addr, copy, need)
         else:
-            txq_make_room(pump, 0)
-            tx = pump.txq.len
-            hdr = pump.txq.hdr + <size_t>tx * HEADER_LEN
+            txq_make_room(pump, w, 0)
+            tx = w.txq.len
+            hdr = w.txq.hdr + <size_t>tx * HEADER_LEN
             put_header(hdr, flags, DEFAULT_TTL, pump.local_id, p.id)
-            txq_push(pump, &hop.addr, hdr, HEADER_LEN)
-            pump.txq.iov[2 * tx + 1].iov_base = frame
-            pump.txq.iov[2 * tx + 1].iov_len = n
-            pump.txq.size[tx] = <uint32_t>(n + HEADER_LEN)
-        pump.counters[FLOOD_TX] += 1
-        p.tx_frames += 1
-        p.tx_bytes += n
+            txq_push(w, &hop.addr, hdr, HEADER_LEN)
+            w.txq.iov[2 * tx + 1].iov_base = frame
+            w.txq.iov[2 * tx + 1].iov_len = n
+            w.txq.size[tx] = <uint32_t>(n + HEADER_LEN)
+        w.counters[FLOOD_TX] += 1
+        p.counts[w.index].tx_frames += 1
+        p.counts[w.index].tx_bytes += n
 
 
 cdef size_t frag_needed(const uint8_t *frame, size_t n, uint32_t mtu, uint8_t *out) noexcept nogil:

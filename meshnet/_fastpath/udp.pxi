@@ -5,8 +5,8 @@
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef int udp_batch(pump_t *pump) noexcept nogil:
-    cdef udp_t *u = &pump.udp
+cdef int udp_batch(pump_t *pump, worker_t *w) noexcept nogil:
+    cdef udp_t *u = &w.udp
     cdef unsigned int i
     cdef int got
     cdef int handled = 0
@@ -19,7 +19,7 @@ cdef int udp_batch(pump_t *pump) noexcept nogil:
             u.msgs[i].msg_hdr.msg_control = u.cmsg + <size_t>i * RX_CMSG
             u.msgs[i].msg_hdr.msg_controllen = RX_CMSG
     while True:
-        got = recvmmsg(pump.udp_fd, u.msgs, pump.batch, MSG_DONTWAIT, NULL)
+        got = recvmmsg(w.udp_fd, u.msgs, pump.batch, MSG_DONTWAIT, NULL)
         if got >= 0 or errno != EINTR:
             break
     if got <= 0:  # EAGAIN, or a transient socket error: next poll
@@ -35,27 +35,27 @@ cdef int udp_batch(pump_t *pump) noexcept nogil:
                     gso = (<int *>CMSG_DATA(cm))[0]
                 cm = CMSG_NXTHDR(&u.msgs[i].msg_hdr, cm)
         if gso == 0 or gso >= length:
-            udp_datagram(pump, buf, length, &u.addr[i])
+            udp_datagram(pump, w, buf, length, &u.addr[i])
             handled += 1
             continue
         off = 0
         while off < length:  # datagrams the kernel coalesced (UDP_GRO): all gso long
             part = length - off if length - off < gso else gso
-            udp_datagram(pump, buf + off, part, &u.addr[i])
+            udp_datagram(pump, w, buf + off, part, &u.addr[i])
             handled += 1
             off += part
-    gro_flush(pump)
-    txq_flush(pump)
+    gro_flush(pump, w)
+    txq_flush(pump, w)
     return handled
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *sender) noexcept nogil:
+cdef void udp_datagram(pump_t *pump, worker_t *w, uint8_t *d, size_t n,
+                       const sockaddr_in *sender) noexcept nogil:
     cdef uint32_t src, dst, owner
     cdef int64_t slot
-    cdef int k
-    cdef uint64_t counter
+    cdef int k, dropped
     cdef uint8_t flags
     cdef bint sealed
     cdef uint8_t *frame
@@ -64,31 +64,33 @@ cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *se
     cdef peer_t *key_peer
     cdef peer_t *p
     cdef peer_t *hop
-    pump.counters[UDP_RX] += 1
-    pump.counters[UDP_RX_BYTES] += n
+    if w.n_pending == PENDING_MAX:
+        worker_sync(pump, w)
+    w.counters[UDP_RX] += 1
+    w.counters[UDP_RX_BYTES] += n
     if table_find(&pump.addr_refs, addr_key(sender)) < 0:
-        pump.counters[DROP_UNKNOWN_SENDER] += 1
+        w.counters[DROP_UNKNOWN_SENDER] += 1
         return
     if n < MIN_DATAGRAM:
-        pump.counters[DROP_SHORT] += 1
+        w.counters[DROP_SHORT] += 1
         return
     if d[0] != VERSION:
-        pump.counters[DROP_VERSION] += 1
+        w.counters[DROP_VERSION] += 1
         return
     if d[1] != TYPE_FRAME:
-        pump.counters[DROP_TYPE] += 1
+        w.counters[DROP_TYPE] += 1
         return
     flags = d[2]
     sealed = (flags & FLAG_SEALED) != 0
     if pump.crypto and not sealed:
-        pump.counters[DROP_PLAINTEXT] += 1
+        w.counters[DROP_PLAINTEXT] += 1
         return
     if sealed and not pump.crypto:
-        pump.counters[DROP_SEALED] += 1
+        w.counters[DROP_SEALED] += 1
         return
     if sealed:
         if n < MIN_SEALED:
-            pump.counters[DROP_SHORT] += 1
+            w.counters[DROP_SHORT] += 1
             return
         slot = table_find(&pump.addr_owner, addr_key(sender))
         k = 1 if flags & FLAG_KEY_ID else 0
@@ -97,17 +99,13 @@ cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *se
             owner = <uint32_t>pump.addr_owner.vals[slot]
             slot = table_find(&pump.peer_index, owner)
             key_peer = &pump.peers[pump.peer_index.vals[slot]]
-        if key_peer == NULL or key_peer.rx_ctx[k] == NULL:
-            pump.counters[DROP_NO_KEY] += 1
+        if key_peer == NULL or not key_peer.has_rx[k]:
+            w.counters[DROP_NO_KEY] += 1
             return
-        counter = load_be64(d + HEADER_LEN)
-        if counter >= REJECT_AFTER_MESSAGES or not replay_ok(key_peer, k, counter):
-            pump.counters[DROP_REPLAY] += 1
+        dropped = peer_open(pump, w, key_peer, k, d, n)
+        if dropped >= 0:
+            w.counters[dropped] += 1
             return
-        if not aead_open(key_peer.rx_ctx[k], d, n):
-            pump.counters[DROP_AUTH] += 1
-            return
-        replay_accept(key_peer, k, counter)
         frame = d + SEALED_HEADER_LEN
         flen = n - SEALED_HEADER_LEN - TAG_LEN
     else:
@@ -118,30 +116,30 @@ cdef void udp_datagram(pump_t *pump, uint8_t *d, size_t n, const sockaddr_in *se
     if dst == pump.local_id:
         slot = table_find(&pump.peer_index, src)
         if slot < 0:
-            pump.counters[DROP_UNKNOWN_PEER] += 1
+            w.counters[DROP_UNKNOWN_PEER] += 1
             return
         if flags & FLAG_CSUM and not l4_checksum_at(frame, flen, &start, &offset):
-            pump.counters[DROP_BAD_CSUM] += 1
+            w.counters[DROP_BAD_CSUM] += 1
             return
         if not (frame[6] & 1):
-            mac_learn(pump, mac_key(frame + 6), &pump.peers[pump.peer_index.vals[slot]])
-        gro_deliver(pump, frame, flen, (flags & FLAG_CSUM) != 0,
+            mac_note_source(pump, w, mac_key(frame + 6), &pump.peers[pump.peer_index.vals[slot]])
+        gro_deliver(pump, w, frame, flen, (flags & FLAG_CSUM) != 0,
                     <uint32_t>pump.peer_index.vals[slot])
         return
     if d[3] <= 1:
-        pump.counters[DROP_TTL] += 1
+        w.counters[DROP_TTL] += 1
         return
     slot = table_find(&pump.peer_index, dst)
     p = NULL if slot < 0 else &pump.peers[pump.peer_index.vals[slot]]
     hop = NULL if p == NULL else peer_hop(pump, p)
     if hop == NULL:
-        pump.counters[DROP_NO_ROUTE] += 1
+        w.counters[DROP_NO_ROUTE] += 1
         return
     if sealed:
-        if not peer_seal(pump, hop, d, frame, flen, flags, d[3] - 1, src, dst):
+        if not peer_seal(pump, w, hop, d, frame, flen, flags, d[3] - 1, src, dst):
             return
     else:
         d[3] -= 1
-    pump.counters[RELAYED] += 1
-    txq_make_room(pump, 0)
-    txq_push(pump, &hop.addr, d, n)
+    w.counters[RELAYED] += 1
+    txq_make_room(pump, w, 0)
+    txq_push(w, &hop.addr, d, n)

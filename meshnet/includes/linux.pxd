@@ -2,7 +2,7 @@
 
 from posix.time cimport timespec
 from posix.uio cimport iovec
-from libc.stdint cimport uint16_t, uint32_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "<poll.h>" nogil:
@@ -93,6 +93,30 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t *mutex)
     int pthread_mutex_lock(pthread_mutex_t *mutex)
     int pthread_mutex_unlock(pthread_mutex_t *mutex)
+    ctypedef struct pthread_rwlock_t:
+        pass
+    int pthread_rwlock_destroy(pthread_rwlock_t *lock)
+    int pthread_rwlock_rdlock(pthread_rwlock_t *lock)
+    int pthread_rwlock_wrlock(pthread_rwlock_t *lock)
+    int pthread_rwlock_unlock(pthread_rwlock_t *lock)
+
+# A reader/writer lock that lets a waiting writer in before new readers (glibc's
+# PREFER_WRITER_NONRECURSIVE): pump threads hold it to read for a batch each, so a
+# control method waits one batch at most instead of for a pause in the traffic.
+cdef extern from *:
+    """
+    #include <pthread.h>
+    static int mn_rwlock_init(pthread_rwlock_t *lock) {
+        pthread_rwlockattr_t attr;
+        int err = pthread_rwlockattr_init(&attr);
+        if (err) return err;
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        err = pthread_rwlock_init(lock, &attr);
+        pthread_rwlockattr_destroy(&attr);
+        return err;
+    }
+    """
+    int mn_rwlock_init(pthread_rwlock_t *lock) noexcept nogil
 
 # The stop flag is written by one thread and read by the pump loop without the GIL.
 cdef extern from *:
@@ -102,3 +126,28 @@ cdef extern from *:
     """
     int mn_load_flag(int *p) noexcept nogil
     void mn_store_flag(int *p, int v) noexcept nogil
+
+# Values several pump threads share: a MAC entry's stamp, a send key's counter, a
+# replay window's lock. Relaxed where only atomicity matters, acquire/release for the lock.
+cdef extern from *:
+    """
+    static inline uint64_t mn_load_u64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void mn_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    static inline uint64_t mn_fetch_add_u64(uint64_t *p, uint64_t v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+    }
+    static inline void mn_spin_lock(int *p) {
+        while (__atomic_exchange_n(p, 1, __ATOMIC_ACQUIRE))
+            while (__atomic_load_n(p, __ATOMIC_RELAXED)) {
+    #if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+    #endif
+            }
+    }
+    static inline void mn_spin_unlock(int *p) { __atomic_store_n(p, 0, __ATOMIC_RELEASE); }
+    """
+    uint64_t mn_load_u64(uint64_t *p) noexcept nogil
+    void mn_store_u64(uint64_t *p, uint64_t v) noexcept nogil
+    uint64_t mn_fetch_add_u64(uint64_t *p, uint64_t v) noexcept nogil
+    void mn_spin_lock(int *p) noexcept nogil
+    void mn_spin_unlock(int *p) noexcept nogil
