@@ -1,6 +1,8 @@
 """The Python face of the compiled sleeve pump (`_fastpath.pyx`); the pure-Python twin,
 `meshnet.dataplane._pump_py.Pump`, has the same API. docs/sleeve.md describes it."""
 
+from collections.abc import Sequence
+
 from meshnet.dataplane.offloads import Offloads
 
 COUNTERS: tuple[str, ...]
@@ -8,8 +10,8 @@ COUNTERS: tuple[str, ...]
 class Pump:
     def __init__(
         self,
-        tap_fd: int,
-        udp_fd: int,
+        tap_fd: int | Sequence[int],  # one per worker (pump thread): TAP queues
+        udp_fd: int | Sequence[int],  # ... and sockets of one steered SO_REUSEPORT group
         local_id: int,
         *,
         batch: int = 32,
@@ -35,9 +37,9 @@ class Pump:
     def stats(self) -> dict[str, int]: ...
     def peer_stats(self) -> dict[int, dict[str, int]]: ...
     def features(self) -> dict[str, object]: ...
-    # loop (one thread at a time)
-    def poll(self, timeout_ms: int) -> int: ...
-    def run(self) -> None: ...
+    # loop (one thread at a time per worker)
+    def poll(self, timeout_ms: int, worker: int = 0) -> int: ...
+    def run(self, worker: int = 0) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
 

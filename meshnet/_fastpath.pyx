@@ -5,11 +5,12 @@ The behaviour is specified by the pure-Python twin `meshnet.dataplane._pump_py` 
 docstrings have the forwarding, crypto and drop rules; docs/sleeve.md the wire format);
 this is the same algorithm on C data, plus the kernel offloads that only change how many
 syscalls it takes. Which offloads the TAP and the socket have was settled before the
-pump was made (`meshnet.kernel.offload`); the pump only uses them. One iteration
-(`poll()`, or each turn of `run()`), all of it without the GIL:
+pump was made (`meshnet.kernel.offload`); the pump only uses them. It runs one worker
+per TAP queue and UDP socket it was given (a thread each, docs/sleeve.md "Threads");
+one iteration of a worker (`poll()`, or each turn of `run()`), all of it without the GIL:
 
-    poll() on the TAP fd, the UDP fd and the wake eventfd
-    lock the table mutex
+    poll() on its TAP fd, its UDP fd and its wake eventfd
+    hold the table lock to read
       TAP: read() up to `batch` frames, each into its own preallocated slot at HEADROOM
            bytes in (with IFF_VNET_HDR the virtio_net_hdr lands just in front of it).
            A TSO frame is cut into MSS segments in the segment arena (headers rewritten,
@@ -25,10 +26,10 @@ pump was made (`meshnet.kernel.offload`); the pump only uses them. One iteration
       the send queue (up to `batch` datagrams) leaves by sendmmsg() when full and at the
       end of each read batch; runs of same-size datagrams to one address leave as one
       UDP_SEGMENT (GSO) message
-    unlock
+    unlock; apply the MAC table changes the batch saw (the lock held to write)
 
-This file is the Python face: `Pump` checks arguments, allocates everything once, takes
-the mutex for table changes and releases the GIL once per `poll()`/`run()`. The C heart
+This file is the Python face: `Pump` checks arguments, sets up the workers, takes the
+lock to write for table changes and releases the GIL once per `poll()`/`run()`. The C heart
 is in the parts below (one concept each); `_fastpath.pxd` declares their shared state,
 `pump_t`, with who may touch each field from which thread. Nothing is allocated per
 frame: the AEAD contexts are made when keys are installed.

@@ -225,6 +225,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ipalloc_range", "10.32.0.0/12", "the address range IPAM hands out, cluster-wide", _range, group="ipam"),
     Option("ipalloc_init", "", "how the range is first split: consensus=N, seed=PEER,... or observer (default consensus=1+number of PEERs)", _init, group="ipam"),
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),
+    Option("pump_threads", 1, "sleeve pump threads: a TAP queue and a UDP socket each, every flow kept on one (compiled pump)",
+           _int_in(1, 8), group="dataplane"),
     Option("pure_python_pump", False, "use the slow pure-Python pump (debugging)", _bool, env="MESHNET_PUREPYTHON", switch=True, group="dataplane"),
     Option("metrics_addr", "127.0.0.1:6782", "Prometheus /metrics HOST:PORT; empty disables", _metrics_addr),
     Option("log_level", "info", f"one of {', '.join(LOG_LEVELS)}", _log_level),

@@ -61,7 +61,11 @@ SEALED_HEADER_LEN = HEADER_LEN + COUNTER_LEN  # the associated data
 MIN_SEALED = SEALED_HEADER_LEN + ETH_HEADER_LEN + TAG_LEN
 KEY_LEN = 32
 AEAD = "AES-256-GCM"  # picked by measurement: docs/benchmarks.md (AEAD choice)
-REPLAY_WINDOW = 1024  # counters this far below the highest seen are still accepted once
+# Counters this far below the highest seen are still accepted once. Wide, because a
+# receiver's pump threads open one peer's datagrams in parallel (each flow on one
+# thread): one thread can be a few batches of up to 64 x 64 coalesced datagrams ahead
+# of another.
+REPLAY_WINDOW = 1 << 14
 # Usage limits of one send key (AES-GCM bounds for datagrams of <= ~1500 bytes, about 2^6.5
 # blocks each; advantage ~ (blocks sealed)^2 / 2^129): from REKEY_AFTER_MESSAGES on
 # (2^36.5 blocks, ~2^-56) `rekey_due()` names the peer and the router must make new keys;

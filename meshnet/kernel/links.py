@@ -33,6 +33,7 @@ from meshnet.kernel.netns import in_netns
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100  # each open of the TAP is one more queue (one per pump thread)
 IFNAMSIZ = 16
 IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
@@ -76,6 +77,17 @@ def parse_cidrs(cidrs: list[str]) -> list[ipaddress.IPv4Interface | ipaddress.IP
     return out
 
 
+def _tun_queue(name: str, flags: int) -> int:
+    """Open /dev/net/tun as (a queue of) TAP `name`; the fd, non-blocking."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Links:
     """Link operations in the network namespace the router runs in."""
 
@@ -102,18 +114,36 @@ class Links:
 
     def open_tap(self, name: str, bridge: str, mtu: int) -> int:
         """Create (or take over) TAP `name` on the bridge; return its non-blocking fd."""
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        return self.open_tap_queues(name, bridge, mtu, 1)[0]
+
+    def open_tap_queues(self, name: str, bridge: str, mtu: int, queues: int) -> list[int]:
+        """Create (or take over) TAP `name` on the bridge with `queues` queues
+        (IFF_MULTI_QUEUE when more than one: the kernel hashes each flow to one queue);
+        return a non-blocking fd per queue. A kernel that refuses several queues gives one,
+        one without IFF_VNET_HDR plain frames (no offloads)."""
+        fds: list[int] = []
+        base = IFF_TAP | IFF_NO_PI
         try:
-            try:
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
-            except OSError:  # a kernel without IFF_VNET_HDR: plain frames, no offloads
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+            wanted = [base | IFF_VNET_HDR | IFF_MULTI_QUEUE] if queues > 1 else []
+            for flags in wanted + [base | IFF_VNET_HDR, base]:
+                try:
+                    fds.append(_tun_queue(name, flags))
+                    break
+                except OSError:
+                    if flags == base:
+                        raise
+            while flags & IFF_MULTI_QUEUE and len(fds) < queues:
+                try:
+                    fds.append(_tun_queue(name, flags))
+                except OSError:
+                    break  # the queues so far are what there is
             index = self._index(name)
             self.ipr.link("set", index=index, master=self._index(bridge), mtu=mtu, state="up")
             self._isolate(index)
-            return fd
+            return fds
         except (OSError, NetlinkError) as exc:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             raise KernelError(getattr(exc, "errno", None) or getattr(exc, "code", 0), f"cannot open TAP {name}: {exc}")
 
     def _isolate(self, index: int) -> None:

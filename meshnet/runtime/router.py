@@ -69,7 +69,7 @@ class Router:
         self.run_dir = RunDir(config.run_dir)
         self.state: StateDir | None = None
         self._links: Links | None = None
-        self._tap_fd: int | None = None
+        self._tap_fds: list[int] = []
         self._server: asyncio.AbstractServer | None = None
         self._metrics: MetricsServer | None = None
         self.supervisor = Supervisor()
@@ -114,7 +114,10 @@ class Router:
         if self.mtu > layout.overlay_mtu(underlay):
             log.warning("MTU %d exceeds what the underlay (MTU %d) carries in every mode", self.mtu, underlay)
         await self.kernel.call(self._links.ensure_bridge, cfg.bridge, self.mtu)
-        self._tap_fd = await self.kernel.call(self._links.open_tap, cfg.tap, cfg.bridge, self.mtu)
+        threads = 1 if cfg.pure_python_pump else cfg.pump_threads  # a TAP queue per pump thread
+        self._tap_fds = await self.kernel.call(self._links.open_tap_queues, cfg.tap, cfg.bridge, self.mtu, threads)
+        if len(self._tap_fds) < threads:
+            log.warning("the TAP has %d queue(s), not %d: %d pump thread(s)", len(self._tap_fds), threads, len(self._tap_fds))
         self.plumbing = Plumbing(self.kernel, self._links, bridge=cfg.bridge, mtu=self.mtu)
 
         self.fastdp = FastdpDriver(
@@ -133,7 +136,7 @@ class Router:
             local_id=layout.peer_id(name),
             host=cfg.host,
             udp_port=cfg.udp_port,
-            tap_fd=self._tap_fd,
+            tap_fds=self._tap_fds,
             underlay_mtu=underlay,
             encrypted=self.encrypted,
             pure_python=cfg.pure_python_pump,
@@ -235,9 +238,9 @@ class Router:
             await self.fastdp.stop()
         if getattr(self, "ipam", None) is not None:
             self.ipam.close()
-        if self._tap_fd is not None:
-            os.close(self._tap_fd)
-            self._tap_fd = None
+        for fd in self._tap_fds:
+            os.close(fd)
+        self._tap_fds = []
         if self._links is not None:
             await self.kernel.call(self._links.close)
         self.kernel.close()

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from typing import Any
 
 from meshnet.dataplane import sleeve_plan as sp
 from meshnet.dataplane.pump import load_pump
 from meshnet.errors import UsageError
-from meshnet.kernel import offload
+from meshnet.kernel import offload, steering
 from meshnet.kernel.threads import name_current_thread
 
 log = logging.getLogger("meshnet.sleeve")
@@ -38,70 +37,68 @@ class SleeveDriver:
         local_id: int,
         host: str,
         udp_port: int,
-        tap_fd: int,
+        tap_fds: list[int],
         underlay_mtu: int,
         encrypted: bool,
         pure_python: bool,
         mac_limits: dict[str, int] | None = None,
     ):
-        """Bind the sleeve's UDP socket and build the pump (not started yet).
+        """Bind the sleeve's UDP socket(s) and build the pump (not started yet).
 
-        mac_limits: the pump's MAC table limits (mac_table_max, learn_quota, mac_age);
-        the pump's defaults when None.
+        tap_fds: the TAP's queues, one pump thread each (the compiled pump only; the
+        twin takes the first). mac_limits: the pump's MAC table limits (mac_table_max,
+        learn_quota, mac_age); the pump's defaults when None.
 
         Raises:
             UsageError: the UDP port cannot be bound.
         """
         self.encrypted = encrypted
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
-        try:
-            self.udp.bind((host, udp_port))
-        except OSError as exc:
-            self.udp.close()
-            raise UsageError(f"cannot bind UDP {host}:{udp_port} for the sleeve: {exc.strerror}") from None
-        self.udp.setblocking(False)
         pump_cls, self.compiled = load_pump(prefer_compiled=not pure_python)
         if not self.compiled:
             log.warning("the compiled pump is NOT in use: the sleeve runs the slow pure-Python twin")
+            tap_fds = tap_fds[:1]
+        try:  # one socket per thread, each flow steered to one (kernel/steering.py)
+            self.udp = steering.udp_sockets(host, udp_port, len(tap_fds), buffer_bytes=SOCKET_BUFFER_BYTES)
+        except OSError as exc:
+            raise UsageError(f"cannot bind UDP {host}:{udp_port} for the sleeve: {exc.strerror}") from None
+        # TAP and UDP offloads; the twin uses none. MESHNET_PUMP_OFFLOAD=0: for comparisons
+        enable = self.compiled and os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0"
+        offloads = [offload.configure(tap, sock.fileno(), enable=enable) for tap, sock in zip(tap_fds, self.udp)]
         self.pump: Any = pump_cls(
-            tap_fd,
-            self.udp.fileno(),
+            tap_fds,
+            [sock.fileno() for sock in self.udp],
             local_id,
             batch=int(os.environ.get("MESHNET_PUMP_BATCH", "64")),  # frames per read batch
             crypto=encrypted,  # an encrypted mesh never sends nor accepts plaintext
             underlay_mtu=underlay_mtu,  # frames that do not fit get ICMP "fragmentation needed"
             # after traffic the pump polls without sleeping this long: lower latency for CPU
             spin_us=int(os.environ.get("MESHNET_PUMP_SPIN_US", "0")),
-            # TAP and UDP offloads; the twin uses none. MESHNET_PUMP_OFFLOAD=0: for comparisons
-            offloads=offload.configure(
-                tap_fd,
-                self.udp.fileno(),
-                enable=self.compiled and os.environ.get("MESHNET_PUMP_OFFLOAD", "1") != "0",
-            ),
+            offloads=offloads[0],  # the same on every queue and socket
             **(mac_limits or {}),  # bounded MAC table: capacity, learned per peer, ageing
         )
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._peers: dict[int, sp.PeerRow] = {}
         self._keys: dict[int, sp.KeyRow] = {}
         self._macs: dict[bytes, int] = {}
         self.refused: dict[str, int] = {"peers": 0, "macs": 0}  # table entries the pump had no room for
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="meshnet-pump", daemon=True)
-        self._thread.start()
+        for k in range(len(self.udp)):
+            name = "meshnet-pump" + (f"-{k}" if k else "")
+            self._threads.append(threading.Thread(target=self._run, args=(k, name), name=name, daemon=True))
+            self._threads[-1].start()
 
-    def _run(self) -> None:
-        name_current_thread("meshnet-pump")  # its own line in top -H
-        self.pump.run()
+    def _run(self, worker: int, name: str) -> None:
+        name_current_thread(name)  # its own line in top -H
+        self.pump.run(worker)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Blocking: stop the pump thread and close the socket (run it off the loop)."""
+        """Blocking: stop the pump threads and close the sockets (run it off the loop)."""
         self.pump.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.udp.close()
+        for thread in self._threads:
+            thread.join(timeout)
+        for sock in self.udp:
+            sock.close()
 
     @property
     def have(self) -> sp.PumpTables:

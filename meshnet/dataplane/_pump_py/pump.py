@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from meshnet.dataplane import sleeve_crypto
 from meshnet.dataplane._pump_py.peers import PeerTable
@@ -68,6 +69,14 @@ def _check_limits(mac_table_max: int, learn_quota: int, mac_age: int) -> None:
         raise ValueError(f"mac_age must be 1..{MAC_AGE_LIMIT} seconds, got {mac_age!r}")
 
 
+def _one_fd(given: int | Sequence[int], what: str) -> int:
+    """An fd, or a sequence of one: the twin runs one thread (one TAP queue, one socket)."""
+    fds = [given] if isinstance(given, int) else list(given)
+    if len(fds) != 1 or not isinstance(fds[0], int) or fds[0] < 0:
+        raise ValueError(f"{what}: the pure-Python pump takes one fd (one thread), got {given!r}")
+    return fds[0]
+
+
 def _check_addr(addr: tuple[str, int]) -> tuple[str, int]:
     """Return the canonical (dotted quad, port) that recvfrom will report for addr."""
     host, port = addr
@@ -85,8 +94,8 @@ class Pump:
 
     def __init__(
         self,
-        tap_fd: int,
-        udp_fd: int,
+        tap_fd: int | Sequence[int],
+        udp_fd: int | Sequence[int],
         local_id: int,
         *,
         batch: int = 32,
@@ -99,6 +108,7 @@ class Pump:
         mac_age: int = MAC_AGE_DEFAULT,
     ) -> None:
         local_id = _check_id(local_id, "local_id")
+        tap_fd, udp_fd = _one_fd(tap_fd, "tap_fd"), _one_fd(udp_fd, "udp_fd")
         _check_limits(mac_table_max, learn_quota, mac_age)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH}, got {batch}")
@@ -265,7 +275,9 @@ class Pump:
 
     # -- loop ----------------------------------------------------------------
 
-    def poll(self, timeout_ms: int) -> int:
+    def poll(self, timeout_ms: int, worker: int = 0) -> int:
+        if worker != 0:
+            raise ValueError(f"worker must be 0..0, got {worker}")
         if self._wake < 0:
             raise ValueError("pump is closed")
         ready = dict(self._poller.poll(timeout_ms))
@@ -286,7 +298,9 @@ class Pump:
                 handled += self._udp_batch()
         return handled
 
-    def run(self) -> None:
+    def run(self, worker: int = 0) -> None:
+        if worker != 0:
+            raise ValueError(f"worker must be 0..0, got {worker}")
         try:
             while not self._stopping:
                 # learned MACs must age even when no traffic comes

@@ -1,0 +1,84 @@
+"""Routers with `--pump-threads 2` on an encrypted sleeve: the TAP gets two queues, the
+sleeve two steered UDP sockets, and flows spread over both pump threads.
+
+::
+
+    mnvt-h1 ---- mnvt-h2      kernel VXLAN off, a password: every frame is sealed
+     c1             c1        iperf3 with 4 TCP flows between the containers
+
+Seen from outside: the kernel shows a two-queue TAP and two pump threads per router
+(their own names in /proc); four flows move data and each pump thread of the receiving
+router spends CPU on them; pings and a single flow still work.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import time
+
+import pytest
+
+from meshnet.lab import Lab, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+def pump_threads(lab: Lab, i: int) -> dict[str, float]:
+    """{thread name: CPU seconds} of host i's router threads named meshnet-pump*."""
+    pid = int(pathlib.Path(f"{lab.run_dir(i)}/meshnet.pid").read_text())
+    out = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        if name.startswith("meshnet-pump"):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / 100
+    return out
+
+
+def iperf(lab: Lab, src: str, dst: str, ip: str, *args: str) -> dict:
+    server = subprocess.Popen(["ip", "netns", "exec", dst, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(["ip", "netns", "exec", src, "iperf3", "-c", ip, "-J", "-t", "4", *args],
+                             capture_output=True, text=True, timeout=60)
+        return json.loads(out.stdout)["end"]["sum_received"]
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab(prefix="mnvt", hosts=2, password="threads-not-secret", extra_flags=["--no-fastdp", "--pump-threads", "2"])
+    try:
+        lab.up()
+        lab.wait_mesh()
+        lab.ctrs = [lab.add_container(i, 1) for i in (1, 2)]
+        assert wait_for(lambda: lab.ping(lab.ctrs[0][0], lab.ctrs[1][1], wait=1), 20) is not None
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_two_pump_threads_carry_flows_between_containers(lab):
+    (c1, _), (c2, ip2) = lab.ctrs
+    for i in (1, 2):
+        features = lab.status(i)["dataplane"]["pump"]["features"]
+        assert features["threads"] == 2 and features["crypto"] == "AES-256-GCM"
+        queues = subprocess.run(["ip", "netns", "exec", lab.host_ns(i), "ls", "/sys/class/net/mntap/queues"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        assert sorted(q for q in queues if q.startswith("tx-")) == ["tx-0", "tx-1"]
+        assert set(pump_threads(lab, i)) == {"meshnet-pump", "meshnet-pump-1"}
+    before = pump_threads(lab, 2)
+    four = iperf(lab, c1, c2, ip2, "-P", "4", "-C", "cubic")
+    spent = {name: cpu - before[name] for name, cpu in pump_threads(lab, 2).items()}
+    print(f"\n4 flows: {four['bits_per_second'] / 1e9:.2f} Gbit/s; receiving pump threads CPU s: {spent}")
+    assert four["bytes"] > 10 << 20
+    assert all(cpu > 0 for cpu in spent.values()), spent  # both threads took their flows
+    one = iperf(lab, c1, c2, ip2, "-C", "cubic")
+    assert one["bytes"] > 10 << 20
+    stats = lab.status(2)["dataplane"]["stats"]
+    assert stats["drop_replay"] == 0 and stats["drop_auth"] == 0
+    assert lab.ping(c2, lab.ctrs[0][1])
