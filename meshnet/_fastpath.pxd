@@ -245,9 +245,7 @@ cdef void table_delete(table_t *t, uint32_t hole) noexcept nogil
 
 # macs.pxi: mac_find and mac_note_* read (a worker's batch), the rest write
 cdef int mac_init(mac_table_t *m, uint32_t capacity, uint32_t quota, int64_t age) noexcept nogil
-cdef int64_t mac_find(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil
-cdef void mac_note_source(pump_t *pump, worker_t *w, uint64_t mac, peer_t *peer) noexcept nogil
-cdef void mac_note_local(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil
+# (the per-frame readers mac_find, mac_note_source and mac_note_local are inline, in the .pxi)
 cdef bint mac_pending_unlearn(worker_t *w, uint64_t mac) noexcept nogil
 cdef void mac_apply(pump_t *pump, worker_t *w) noexcept nogil
 cdef int64_t mac_lookup(pump_t *pump, uint64_t mac) noexcept nogil

@@ -79,7 +79,7 @@ cdef bint mac_pending_unlearn(worker_t *w, uint64_t mac) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef int64_t mac_find(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil:
+cdef inline int64_t mac_find(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil:
     """The slot of mac's live entry for a lookup in w's batch, or -1."""
     cdef int64_t slot = table_find(&pump.macs.t, mac)
     if slot < 0 or expired_at(pump, mn_load_u64(&pump.macs.t.vals[slot]), w.now):
@@ -99,7 +99,7 @@ cdef inline void mac_note(worker_t *w, uint64_t mac, uint32_t peer, uint8_t kind
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void mac_note_source(pump_t *pump, worker_t *w, uint64_t mac, peer_t *peer) noexcept nogil:
+cdef inline void mac_note_source(pump_t *pump, worker_t *w, uint64_t mac, peer_t *peer) noexcept nogil:
     """A datagram from `peer` (a known one) carries a frame from mac (the twin's learn)."""
     cdef int64_t slot
     cdef uint64_t v
@@ -116,7 +116,7 @@ cdef void mac_note_source(pump_t *pump, worker_t *w, uint64_t mac, peer_t *peer)
     mac_note(w, mac, peer.id, MAC_OP_LEARN)
 
 
-cdef void mac_note_local(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil:
+cdef inline void mac_note_local(pump_t *pump, worker_t *w, uint64_t mac) noexcept nogil:
     """A frame from our TAP comes from mac (the twin's unlearn)."""
     cdef int64_t slot
     if not (w.n_pending and mac_pending(w, mac)):
