@@ -4,8 +4,9 @@ plain and encrypted, round-robin, medians of N (issue 16 "Targets").
     sudo .venv/bin/python bench/sleeve_sidebyside.py [--rounds 3] [--seconds 5] [--tests tcp1,tcp4,udp64,rtt]
         [--labs plain,aes] [--env plain:MESHNET_PUMP_THREADS=2 ...] [--json out.json]
 
-Two `meshnet lab`s at once, 2 hosts each, kernel VXLAN off (prefixes mnvp, mnve; a third
-with --labs plain2 for a second configuration of the plain sleeve, mnvq): containers attached
+Two `meshnet lab`s at once, 2 hosts each, kernel VXLAN off (prefixes mnvp, mnve; plain2
+and aes2, mnvq and mnvf, for a second configuration of each, e.g. --env
+plain2:MESHNET_PUMP_THREADS=2): containers attached
 through the real path (veth, bridge, TAP, pump) and an address on each host's bridge
 (the "host to host" figure: bridge, TAP, pump, without the container's veth). Every test
 alternates over all (lab, path) pairs within a round; each figure is the median of the
@@ -36,6 +37,7 @@ LABS = {
     "plain": dict(prefix="mnvp", password=None),
     "aes": dict(prefix="mnve", password="bench-not-secret"),
     "plain2": dict(prefix="mnvq", password=None),
+    "aes2": dict(prefix="mnvf", password="bench-not-secret"),
 }
 HOST_NET = "10.99.40"  # the hosts' own addresses on their meshnet bridge
 COUNTERS = ("tap_rx", "gso_segments", "udp_tx", "udp_rx", "tap_tx", "gro_frames", "gro_segments",
