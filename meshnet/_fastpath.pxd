@@ -217,6 +217,7 @@ cdef struct pump_t:
     bint crypto  # [init]
     bint vnet  # [init] the TAP's frames carry a virtio_net_hdr
     bint udp_gro  # [init] UDP_GRO is on: a message may hold many datagrams
+    int gro_mixed  # [atomic] a coalesced message held another worker's flow: UDP_GRO turned off
     uint32_t underlay_mtu  # [init]
     uint32_t overhead  # [init] IPv4 + UDP + sleeve header (+ AEAD)
     uint32_t max_frame  # [init]

@@ -66,6 +66,7 @@ from meshnet.includes.linux cimport (
     cmsghdr,
     eventfd,
     getsockopt,
+    setsockopt,
     htons,
     mmsghdr,
     mn_fetch_add_u64,
@@ -478,7 +479,8 @@ cdef class Pump:
             "udp_gso": all(self.pump.workers[k].txq.gso for k in range(self.pump.n_workers)),
             "udp_gso_error": next((os.strerror(self.pump.workers[k].txq.gso_failed)
                                    for k in range(self.pump.n_workers) if self.pump.workers[k].txq.gso_failed), None),
-            "udp_gro": bool(self.pump.udp_gro),
+            "udp_gro": bool(self.pump.udp_gro) and not mn_load_flag(&self.pump.gro_mixed),
+            "udp_gro_error": "turned off: the kernel coalesced two threads' flows" if mn_load_flag(&self.pump.gro_mixed) else None,
             "gro_merge": bool(self.pump.vnet) and all(self.pump.workers[k].gro.tcp_ok for k in range(self.pump.n_workers)),
             "gro_merge_udp": bool(self.pump.vnet) and all(self.pump.workers[k].gro.udp_ok for k in range(self.pump.n_workers)),
             "batch": self.pump.batch,

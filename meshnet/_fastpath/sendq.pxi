@@ -1,7 +1,9 @@
 # The send queue: up to `batch` datagrams, sent by one sendmmsg() when full and at the
-# end of each read batch. Runs of same-size datagrams to one address leave as one
-# UDP_SEGMENT (GSO) message. A full socket (EAGAIN/ENOBUFS) drops the rest of a flush;
-# any other error drops just that message. The twin's counterpart: _pump_py/sendq.py.
+# end of each read batch. Runs of same-size datagrams to one address and of one flow
+# hint leave as one UDP_SEGMENT (GSO) message: a receiver steers a whole GSO message by
+# its first datagram, so a run must not carry two flows' datagrams to two of its threads.
+# A full socket (EAGAIN/ENOBUFS) drops the rest of a flush; any other error drops just
+# that message. The twin's counterpart: _pump_py/sendq.py.
 
 cdef inline void txq_make_room(pump_t *pump, worker_t *w, size_t copy_bytes) noexcept nogil:
     """Flush first if one more datagram (and copy_bytes of copy arena) would not fit."""
@@ -23,6 +25,11 @@ cdef inline void txq_push(worker_t *w, const sockaddr_in *to, uint8_t *data,
     q.size[slot] = <uint32_t>n
 
 
+cdef inline uint8_t datagram_hint(const txq_t *q, unsigned int k) noexcept nogil:
+    """Entry k's flow hint (its header starts its first iovec)."""
+    return (<const uint8_t *>q.iov[2 * k].iov_base)[2] >> HINT_SHIFT
+
+
 cdef void txq_flush(pump_t *pump, worker_t *w) noexcept nogil:
     cdef txq_t *q = &w.txq
     cdef unsigned int i = 0, j, g, n_msgs = 0, first, k
@@ -39,7 +46,8 @@ cdef void txq_flush(pump_t *pump, worker_t *w) noexcept nogil:
             while (j < q.len and j - i < GSO_MAX_SEGMENTS
                     and q.size[j] <= size and total + q.size[j] <= GSO_MAX_BYTES
                     and q.addr[j].sin_addr.s_addr == q.addr[i].sin_addr.s_addr
-                    and q.addr[j].sin_port == q.addr[i].sin_port):
+                    and q.addr[j].sin_port == q.addr[i].sin_port
+                    and datagram_hint(q, j) == datagram_hint(q, i)):
                 total += q.size[j]
                 j += 1
                 if q.size[j - 1] < size:

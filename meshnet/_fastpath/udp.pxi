@@ -3,6 +3,21 @@
 # to the TAP (teaching the MAC table where its source MAC lives) or relay it with
 # ttl - 1. The twin's counterpart: meshnet/dataplane/_pump_py/udp_side.py.
 
+cdef void gro_mixed(pump_t *pump, worker_t *w) noexcept nogil:
+    """The kernel coalesced datagrams of a flow steered to another worker behind one of ours
+    (a NIC's GRO merges by the outer addresses only, before the group's program picks a
+    socket): that flow is now split between two threads and may be reordered. Turn UDP_GRO
+    off on every socket of the group, for good: then each datagram is steered alone."""
+    cdef int off = 0
+    cdef unsigned int k
+    w.counters[GRO_MIXED] += 1
+    if mn_load_flag(&pump.gro_mixed):
+        return
+    mn_store_flag(&pump.gro_mixed, 1)
+    for k in range(pump.n_workers):
+        setsockopt(pump.workers[k].udp_fd, IPPROTO_UDP, UDP_GRO, &off, sizeof(off))
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int udp_batch(pump_t *pump, worker_t *w) noexcept nogil:
@@ -41,6 +56,8 @@ cdef int udp_batch(pump_t *pump, worker_t *w) noexcept nogil:
         off = 0
         while off < length:  # datagrams the kernel coalesced (UDP_GRO): all gso long
             part = length - off if length - off < gso else gso
+            if pump.n_workers > 1 and part > 2 and (buf[off + 2] >> HINT_SHIFT) % pump.n_workers != w.index:
+                gro_mixed(pump, w)
             udp_datagram(pump, w, buf + off, part, &u.addr[i])
             handled += 1
             off += part

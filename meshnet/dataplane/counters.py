@@ -50,5 +50,6 @@ COUNTERS = (
     "learned_evicted",  # learned MACs removed to make room for a gossiped (static) one
     "gro_frames",  # compiled pump only: TAP writes that merged >= 2 TCP segments
     "gro_segments",  # compiled pump only: segments inside those writes
+    "gro_mixed",  # compiled pump, several threads: datagrams the kernel coalesced with another thread's flow
 )
-COMPILED_ONLY = ("gro_frames", "gro_segments")  # the twin never merges segments
+COMPILED_ONLY = ("gro_frames", "gro_segments", "gro_mixed")  # the twin never merges segments, runs one thread

@@ -47,6 +47,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_TYPE
         MSG_DONTWAIT
     int getsockopt(int fd, int level, int name, void *value, socklen_t *length)
+    int setsockopt(int fd, int level, int name, const void *value, socklen_t length)
     int recvmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags, timespec *timeout)
     int sendmmsg(int fd, mmsghdr *msgs, unsigned int vlen, int flags)
 

@@ -17,6 +17,8 @@ import socket
 import struct
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # include/uapi/asm-generic/socket.h
+SO_SNDBUFFORCE = 32  # beyond net.core.wmem_max/rmem_max (CAP_NET_ADMIN)
+SO_RCVBUFFORCE = 33
 # classic BPF opcodes (include/uapi/linux/filter.h)
 _LD_B_ABS = 0x00 | 0x10 | 0x20  # BPF_LD | BPF_B | BPF_ABS
 _ALU_RSH_K = 0x04 | 0x70 | 0x00  # BPF_ALU | BPF_RSH | BPF_K
@@ -63,8 +65,7 @@ def udp_sockets(host: str, port: int, count: int, *, buffer_bytes: int) -> list[
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             made.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
+            _set_buffers(sock, buffer_bytes)
             if count > 1:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
@@ -76,3 +77,13 @@ def udp_sockets(host: str, port: int, count: int, *, buffer_bytes: int) -> list[
         for sock in made:
             sock.close()
         raise
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    """Ask for `size` bytes each way whatever net.core.rmem_max says (the router runs with
+    CAP_NET_ADMIN); without the capability, as much as the sysctl allows."""
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)

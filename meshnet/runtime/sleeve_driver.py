@@ -27,7 +27,10 @@ from meshnet.kernel.threads import name_current_thread
 
 log = logging.getLogger("meshnet.sleeve")
 
-SOCKET_BUFFER_BYTES = 4 << 20
+# Each sleeve socket may hold this much: ~50 ms of several flows at 5 Gbit/s while the
+# pump thread waits for a CPU. UDP_GRO queues whole batches of up to 64 datagrams: one
+# full buffer drops a batch, which TCP pays for with up to 64 retransmissions.
+SOCKET_BUFFER_BYTES = 32 << 20
 
 
 class SleeveDriver:

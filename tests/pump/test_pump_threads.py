@@ -48,6 +48,16 @@ def _drain(sock: socket.socket, want: int, timeout: float = 5.0) -> list[bytes]:
     return got
 
 
+def _drain_all(socks: list[socket.socket], want: int, timeout: float = 5.0) -> list[list[bytes]]:
+    """What each socket received until `want` arrived in all (or the timeout)."""
+    got: list[list[bytes]] = [[] for _ in socks]
+    deadline = time.monotonic() + timeout
+    while sum(map(len, got)) < want and time.monotonic() < deadline:
+        for k, sock in enumerate(socks):
+            got[k] += _drain(sock, 1, timeout=0.02)
+    return got
+
+
 def _flow(sport: int, payload: bytes = b"p" * 64) -> bytes:
     """An IPv4/TCP frame to mac(1) (full checksum: it is written to the TAP as it is)."""
     f = bytearray(ipv4_tcp(payload, partial=False, dst_mac=mac(1), src_mac=mac(50)))
@@ -132,7 +142,7 @@ def test_each_flow_is_received_by_one_worker_in_order(plain):
         for sport in flows:
             f = _flow(sport, seq.to_bytes(4, "big") * 16)
             plain.remote.sendto(header(PEER, LOCAL, flags=flow_hint(f) << HINT_SHIFT) + f, plain.addr)
-    got = [_drain(app, 20 * 8, timeout=5) for app in plain.apps]
+    got = _drain_all(plain.apps, 20 * 16)
     assert sum(map(len, got)) == 20 * len(flows)
     by_queue = [{} for _ in got]
     for k, frames in enumerate(got):
@@ -194,7 +204,7 @@ def test_a_datagram_replayed_to_the_other_worker_is_refused(sealed):
         datagrams.append(sleeve_crypto.seal(KEY_IN, hdr, counter, f))
     for d in datagrams:
         sealed.remote.sendto(d, sealed.addr)
-    first = [_drain(app, 100, timeout=3) for app in sealed.apps]
+    first = _drain_all(sealed.apps, 400)
     assert sum(map(len, first)) == 400 and all(first)
     for d in datagrams:  # the same again, and again with the hint that steers it to the other worker
         moved = bytearray(d)
@@ -247,3 +257,57 @@ def test_worker_counts_and_arguments():
             b.close()
         for u in udp:
             u.close()
+
+
+def test_a_coalesced_message_mixing_two_workers_flows_turns_udp_gro_off(plain):
+    """A NIC's GRO merges datagrams by outer addresses alone; the pump must notice when
+    that put another worker's flow behind one of its own, and stop the kernel merging."""
+    assert plain.pump.features()["udp_gro"]
+    ours, theirs = (header(PEER, LOCAL, flags=h << HINT_SHIFT) + frame(mac(1), mac(60 + h)) for h in (0, 1))
+    segment = [(socket.IPPROTO_UDP, offload.UDP_SEGMENT, struct.pack("H", len(ours)))]
+    # from the peer, one UDP_SEGMENT send of two same-size datagrams: one coalesced message
+    plain.remote.sendmsg([ours + theirs], segment, 0, plain.addr)
+    got = _drain(plain.apps[0], 2)  # worker 0 took both: the second flow's too
+    assert len(got) == 2
+    deadline = time.monotonic() + 5
+    while plain.pump.features()["udp_gro"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert plain.pump.stats()["gro_mixed"] == 1
+    assert plain.pump.features()["udp_gro"] is False and plain.pump.features()["udp_gro_error"]
+    for d in (ours, theirs):  # as they would cross a NIC (our senders never mix hints in one send)
+        plain.remote.sendto(d, plain.addr)
+    assert [len(x) for x in _drain_all(plain.apps, 2)] == [1, 1]  # each steered alone, none merged
+    assert plain.pump.stats()["gro_mixed"] == 1
+
+
+def test_a_gso_send_never_carries_two_flows():
+    """Frames of two flows, interleaved, one size: the sender's UDP_SEGMENT messages split
+    where the hint changes (a receiver steers a whole message by its first datagram)."""
+    from pump_harness import Rig
+
+    rig = Rig(_compiled(), LOCAL)
+    watcher = rig.remote(PEER)
+    watcher.setsockopt(socket.IPPROTO_UDP, offload.UDP_GRO, 1)  # see the senders' messages whole
+    try:
+        assert rig.pump.features()["udp_gso"]
+        rig.connect(PEER)
+        rig.pump.set_mac(mac(1), PEER)
+        a, b = _flow(40001), _flow(40002)
+        assert flow_hint(a) != flow_hint(b)
+        for f in [a, a, a, b, b, a, b, b, b, a] * 3:
+            rig.app.send(f)
+        while rig.pump.poll(50):  # one read batch: the 30 frames (the rig would drain the peer)
+            pass
+        runs = []
+        deadline = time.monotonic() + 5
+        while sum(runs) < 30 and time.monotonic() < deadline:
+            if not select.select([watcher], [], [], 0.1)[0]:
+                continue
+            data, anc, _, _ = watcher.recvmsg(1 << 17, 64)
+            size = next((struct.unpack("H", v[:2])[0] for lvl, typ, v in anc if typ == offload.UDP_GRO), len(data))
+            parts = [data[i : i + size] for i in range(0, len(data), size)]
+            assert len({p[2] >> HINT_SHIFT for p in parts}) == 1, [p[2] >> HINT_SHIFT for p in parts]
+            runs.append(len(parts))
+        assert sum(runs) == 30 and max(runs) > 1  # merged where it may, split where it must
+    finally:
+        rig.close()
