@@ -129,26 +129,28 @@ def peer_id(peer_name: bytes) -> int:
 def flow_hint(frame: bytes) -> int:
     """The flow hint of an inner frame (0..31), sent in flags bits 3-7.
 
-    Frames of one flow get one hint, so a receiver with several pump threads can steer
-    each datagram to one of them by looking at the (unencrypted, authenticated) header
-    alone, and keep every flow in order (docs/sleeve.md, "Threads"). The key is IPv4
-    source, destination, protocol (+ TCP/UDP ports unless a fragment), or IPv6 source,
-    destination, next header (+ TCP/UDP ports); FNV-1a over it, then the top 5 bits of
-    a multiplicative hash. Other frames (ARP, ...) hint 0."""
+    Frames of one flow get one hint, and so do its replies: a receiver with several pump
+    threads steers each datagram to one of them by looking at the (unencrypted,
+    authenticated) header alone, and every connection, both ways, stays on one thread, in
+    order (docs/sleeve.md, "Threads"). The key is the two endpoints, each an address and
+    (TCP/UDP, not a fragment) a port, lower one first, then the protocol: for IPv4 source
+    and destination address, protocol 23, ports; for IPv6 the same with the next header.
+    FNV-1a over lower endpoint, higher endpoint, protocol; the hint is the top 5 bits of
+    that times 0x9E3779B1. Other frames (ARP, ...) hint 0."""
     n = len(frame)
     if n >= 34 and frame[12:14] == b"\x08\x00" and frame[14] >> 4 == 4 and frame[14] & 0x0F >= 5:
         l4 = ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
-        key = frame[26:34] + frame[23:24]
+        src, dst, proto = frame[26:30], frame[30:34], frame[23]
         whole = frame[20] & 0x3F == 0 and frame[21] == 0  # not a fragment (MF clear, offset 0)
-        if frame[23] in (6, 17) and whole and n >= l4 + 4:
-            key += frame[l4 : l4 + 4]
+        ports = proto in (6, 17) and whole and n >= l4 + 4
     elif n >= 54 and frame[12:14] == b"\x86\xdd" and frame[14] >> 4 == 6:
-        key = frame[22:54] + frame[20:21]
-        if frame[20] in (6, 17) and n >= 58:
-            key += frame[54:58]
+        l4, src, dst, proto = 54, frame[22:38], frame[38:54], frame[20]
+        ports = proto in (6, 17) and n >= 58
     else:
         return 0
+    if ports:
+        src, dst = src + frame[l4 : l4 + 2], dst + frame[l4 + 2 : l4 + 4]
     h = 0x811C9DC5
-    for byte in key:
+    for byte in min(src, dst) + max(src, dst) + bytes((proto,)):
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return ((h * 0x9E3779B1) & 0xFFFFFFFF) >> 27

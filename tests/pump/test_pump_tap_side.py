@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meshnet.dataplane.layout import HINT_SHIFT, MAX_SLEEVE_FRAME, flow_hint
-from pump_harness import BROADCAST, frame, header, ipv4_tcp, mac
+from pump_harness import BROADCAST, Rig, frame, header, ipv4_tcp, ipv6_tcp, mac
 
 LOCAL = 100
 
@@ -240,11 +244,62 @@ def test_every_datagram_of_a_flow_carries_its_flow_hint(make_rig):
     assert all(d[2] & 0x07 == 0 for d in got)  # no CSUM here, nor seal: only the hint is set
 
 
+def _reply(f: bytes) -> bytes:
+    """The same frame going back: addresses and ports swapped."""
+    b = bytearray(f)
+    if f[12:14] == b"\x08\x00":
+        b[26:30], b[30:34] = f[30:34], f[26:30]
+        l4 = 14 + (f[14] & 15) * 4
+    else:
+        b[22:38], b[38:54] = f[38:54], f[22:38]
+        l4 = 54
+    b[l4 : l4 + 2], b[l4 + 2 : l4 + 4] = f[l4 + 2 : l4 + 4], f[l4 : l4 + 2]
+    return bytes(b)
+
+
 def test_the_flow_hint_keys_on_addresses_protocol_and_ports():
     a = _tcp(40000, 5201)
     assert flow_hint(a) == flow_hint(_tcp(40000, 5201))
+    assert flow_hint(_reply(a)) == flow_hint(a)  # a connection's replies: the same thread
+    assert flow_hint(_reply(ipv6_tcp(b"x" * 20))) == flow_hint(ipv6_tcp(b"x" * 20))
     assert {flow_hint(_tcp(p, 5201)) for p in range(40000, 40064)} != {flow_hint(a)}
     # fragments of one datagram share a hint whatever their ports say (a later one has none)
     assert flow_hint(_tcp(1, 2, frag=0x2000)) == flow_hint(_tcp(3, 4, frag=0x0010))
     assert flow_hint(b"\x00" * 13) == 0 and flow_hint(frame(mac(1), mac(2), ethertype=0x0806)) == 0
     assert all(0 <= flow_hint(_tcp(p, 80)) < 32 for p in range(1000))
+
+
+ip_headers = st.builds(
+    lambda v6, proto, frag, a, b, ports, ihl: _raw_ip(v6, proto, frag, a, b, ports, ihl),
+    st.booleans(), st.sampled_from([6, 17, 1, 6, 17]), st.sampled_from([0, 0, 0x4000, 0x2000, 0x0001]),
+    st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16) | st.just(bytes(16)),
+    st.binary(min_size=4, max_size=4), st.sampled_from([5, 5, 6]),
+)
+
+
+def _raw_ip(v6: bool, proto: int, frag: int, a: bytes, b: bytes, ports: bytes, ihl: int) -> bytes:
+    if v6:
+        return mac(1) + mac(2) + b"\x86\xdd" + b"\x60\0\0\0\0\x20" + bytes((proto, 64)) + a + b + ports + bytes(28)
+    ip = bytes((0x40 | ihl, 0)) + b"\0\x40\0\0" + frag.to_bytes(2, "big") + bytes((64, proto)) + b"\0\0" + a[:4] + b[:4]
+    return mac(1) + mac(2) + b"\x08\x00" + ip + bytes(4 * (ihl - 5)) + ports + bytes(28)
+
+
+@pytest.fixture(scope="module")
+def hinting(impl):
+    rig = Rig(impl, LOCAL)  # one for all examples
+    rig.connect(1)
+    rig.pump.set_mac(mac(1), 1)
+    yield rig
+    rig.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(ip_headers, min_size=1, max_size=20))
+def test_both_pumps_hint_by_the_reference_rule(hinting, frames):
+    rig = hinting
+    for f in frames:
+        rig.to_tap(f)
+    rig.run_until_idle()
+    got = rig.received(1)
+    assert [_hint(d) for d in got] == [flow_hint(f) for f in frames]
+    assert all(flow_hint(_reply(f)) == flow_hint(f) for f in frames if f[23 if f[13] == 0 else 20] in (6, 17))
