@@ -95,6 +95,10 @@ class SleeveDriver:
         name_current_thread(name)  # its own line in top -H
         self.pump.run(worker)
 
+    def alive(self) -> bool:
+        """Every pump thread started and still runs."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Blocking: stop the pump threads and close the sockets (run it off the loop)."""
         self.pump.stop()

@@ -28,10 +28,10 @@ def path_mode(router: Router, peer: bytes) -> dict[str, str]:
 
 
 def pump_alive(router: Router) -> bool:
-    """The pump's thread runs. (Read from the thread the sleeve driver started: a pump that
-    died takes no exception anywhere else; the excepthook has logged it.)"""
-    thread = getattr(getattr(router, "sleeve", None), "_thread", None)
-    return thread is not None and thread.is_alive()
+    """Every pump thread runs. (Read from the threads the sleeve driver started: a pump
+    that died takes no exception anywhere else; the excepthook has logged it.)"""
+    sleeve = getattr(router, "sleeve", None)
+    return sleeve is not None and sleeve.alive()
 
 
 def health(router: Router) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def health(router: Router) -> dict[str, Any]:
     pump = pump_alive(router)
     if not pump:
         reasons.append("pump_stopped")
-    reasons += [f"dead:{name}" for name in supervision["dead"] if name != "meshnet-pump"]
+    reasons += [f"dead:{name}" for name in supervision["dead"] if not name.startswith("meshnet-pump")]
     return {
         "healthy": not reasons,
         "reasons": reasons,

@@ -17,7 +17,7 @@ def router(*, timer_age=0.1, pump_alive=True, dead=()):
     sup = Supervisor()
     sup.dead.update(dead)
     timer = SimpleNamespace(age=lambda: timer_age, failures={"mesh": 0})
-    return SimpleNamespace(timer=timer, sleeve=SimpleNamespace(_thread=thread), supervisor=sup)
+    return SimpleNamespace(timer=timer, sleeve=SimpleNamespace(alive=thread.is_alive), supervisor=sup)
 
 
 def test_healthy():
@@ -29,6 +29,8 @@ def test_a_stalled_timer_a_dead_pump_and_a_dead_thread_are_each_named():
     h = status.health(router(timer_age=status.WATCHDOG_S + 1, pump_alive=False, dead={"meshnet-docker-watch", "meshnet-pump"}))
     assert not h["healthy"]
     assert h["reasons"] == ["timer_stalled", "pump_stopped", "dead:meshnet-docker-watch"]
+    h = status.health(router(dead={"meshnet-pump-1"}))  # a second pump thread is the pump too
+    assert h["reasons"] == []
 
 
 def test_health_and_tables_as_metrics():
