@@ -14,6 +14,7 @@ them; pings and a single flow still work.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import pathlib
 import subprocess
@@ -21,6 +22,7 @@ import time
 
 import pytest
 
+from meshnet.dataplane.layout import flow_hint
 from meshnet.lab import Lab, wait_for
 
 pytestmark = pytest.mark.netns
@@ -36,6 +38,19 @@ def pump_threads(lab: Lab, i: int) -> dict[str, float]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             out[name] = (int(fields[11]) + int(fields[12])) / 100
     return out
+
+
+def spread_ports(src: str, dst: str, flows: int, threads: int = 2) -> int:
+    """A first client port for `flows` consecutive ports to port 5201 whose connections'
+    flow hints (layout.flow_hint) steer them to every one of `threads` threads."""
+    head = bytes(12) + b"\x08\x00" + b"\x45" + bytes(8) + b"\x06" + bytes(2)
+    head += ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    for first in range(40000, 60000, flows):
+        hints = {flow_hint(head + (first + k).to_bytes(2, "big") + (5201).to_bytes(2, "big") + bytes(16)) % threads
+                 for k in range(flows)}
+        if len(hints) == threads:
+            return first
+    raise AssertionError("no spread")
 
 
 def iperf(lab: Lab, src: str, dst: str, ip: str, *args: str) -> dict:
@@ -65,7 +80,7 @@ def lab():
 
 
 def test_two_pump_threads_carry_flows_between_containers(lab):
-    (c1, _), (c2, ip2) = lab.ctrs
+    (c1, ip1), (c2, ip2) = lab.ctrs
     for i in (1, 2):
         features = lab.status(i)["dataplane"]["pump"]["features"]
         assert features["threads"] == 2 and features["crypto"] == "AES-256-GCM"
@@ -74,7 +89,8 @@ def test_two_pump_threads_carry_flows_between_containers(lab):
         assert sorted(q for q in queues if q.startswith("tx-")) == ["tx-0", "tx-1"]
         assert set(pump_threads(lab, i)) == {"meshnet-pump", "meshnet-pump-1"}
     before = pump_threads(lab, 2)
-    four = iperf(lab, c1, c2, ip2, "-P", "4", "-C", "cubic")
+    first = spread_ports(ip1, ip2, 4)  # four connections, not all hashed to one thread
+    four = iperf(lab, c1, c2, ip2, "-P", "4", "-C", "cubic", "--cport", str(first))
     spent = {name: cpu - before[name] for name, cpu in pump_threads(lab, 2).items()}
     print(f"\n4 flows: {four['bits_per_second'] / 1e9:.2f} Gbit/s; receiving pump threads CPU s: {spent}")
     assert four["bytes"] > 10 << 20
