@@ -42,8 +42,9 @@ def policy(name: str, spec: dict, ns: str = "x") -> dict:
 XA = {"matchLabels": {"pod": "a"}}
 
 
-def canonical(ip_of: Callable[[str], str]) -> dict[str, list[dict]]:
-    """name -> the policies of that case. `ip_of("y/b")` is a pod's address (for ipBlocks)."""
+def canonical(ip_of: Callable[[str], str], pod_range: str) -> dict[str, list[dict]]:
+    """name -> the policies of that case. `ip_of("y/b")` is a pod's address and `pod_range`
+    a CIDR holding every pod (for ipBlocks: the API refuses an except outside its cidr)."""
     return {
         "default-deny-ingress": [policy("deny-in", {"podSelector": {}, "policyTypes": ["Ingress"]})],
         "default-deny-egress": [policy("deny-eg", {"podSelector": {}, "policyTypes": ["Egress"]})],
@@ -53,7 +54,7 @@ def canonical(ip_of: Callable[[str], str]) -> dict[str, list[dict]]:
         ],
         "allow-named-port-81": [policy("port-81", {"podSelector": XA, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]})],
         "ipblock-with-except": [
-            policy("ipblock", {"podSelector": XA, "ingress": [{"from": [{"ipBlock": {"cidr": ip_of("y/a").rsplit(".", 1)[0] + ".0/24", "except": [ip_of("y/a") + "/32", ip_of("z/b") + "/32"]}}]}]})
+            policy("ipblock", {"podSelector": XA, "ingress": [{"from": [{"ipBlock": {"cidr": pod_range, "except": [ip_of("y/a") + "/32", ip_of("z/b") + "/32"]}}]}]})
         ],
         "egress-to-one-cidr": [
             policy("to-cidr", {"podSelector": XA, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": ip_of("y/b") + "/32"}}, {"ipBlock": {"cidr": ip_of("z/a") + "/32"}}]}]})
@@ -83,8 +84,9 @@ def truth_table(pods: dict[str, str], expect: Callable[[str, str, str, int], boo
 
 def matrix(pods: list[str], verdict: Callable[[str, str], str]) -> str:
     """A cyclonus-style table: rows are sources, columns destinations, cells a verdict string."""
-    width = max(len(p) for p in pods) + 1
+    cells = {(s, d): ("-" if s == d else verdict(s, d)) for s in pods for d in pods}
+    width = max(len(x) for x in [*pods, *cells.values()]) + 1
     lines = [" " * width + " ".join(p.ljust(width) for p in pods)]
     for s in pods:
-        lines.append(s.ljust(width) + " ".join(("-" if s == d else verdict(s, d)).ljust(width) for d in pods))
+        lines.append(s.ljust(width) + " ".join(cells[s, d].ljust(width) for d in pods))
     return "\n".join(lines)

@@ -103,7 +103,7 @@ def pod_probe(src: str, dst_ip: str, proto: str, port: int) -> bool:
     return probe(netns_of(src), dst_ip, proto, port, timeout=0.6, tries=2)
 
 
-CASES = canonical(lambda key: PODS[key])
+CASES = canonical(lambda key: PODS[key], "10.99.0.0/24")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -193,6 +193,7 @@ class PolicyAgent:
             self.stats["unchanged"] += 1
             return
         started = self.clock()
+        first = self.applied is None  # the first table (or after a failure): no event to time it from
         try:
             if self.applied is None:
                 await self.kernel.nft(replace(rs))
@@ -221,7 +222,7 @@ class PolicyAgent:
         self.stats["last_error"] = None
         now = self.clock()
         self.stats["last_apply_ms"] = round((now - started) * 1000, 1)
-        if since is not None:
+        if since is not None and not first:
             latency = round((now - since) * 1000, 1)
             self.stats["last_latency_ms"] = latency
             self.stats["max_latency_ms"] = max(latency, self.stats["max_latency_ms"] or 0.0)
@@ -260,13 +261,14 @@ class PolicyAgent:
 
     # -- status and metrics ------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        rs = self.compiled
+        rs = self.applied or self.compiled
         views = [] if rs is None else [{"pod": v.pod, "ips": list(v.ips), "ingress": list(v.ingress), "egress": list(v.egress)} for v in rs.pods]
         return {
             "node": self.node_name,
             "table": f"inet {self.options.table}",
             "synced": self.synced,
             "enforcing": self.applied is not None,
+            "current": self.applied is not None and self.applied is self.compiled and self._dirty_since is None,  # nothing waiting
             "bridge_netfilter": self.bridge_nf,
             "denied_log": self._nflog is not None,
             "counts": {"namespaces": len(self.namespaces), "pods": len(self.pods), "policies": len(self.policies),

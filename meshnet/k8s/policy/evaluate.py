@@ -132,14 +132,19 @@ class World:
             return self._named(receiver, want, protocol) == port
         return want <= port <= (entry.get("endPort") or want)
 
+    def isolating(self, me: dict, direction: str) -> list[dict]:
+        """The policies that isolate pod `me` in `direction` ("Ingress" or "Egress")."""
+        ns = me["metadata"]["namespace"]
+        return [
+            p for p in self.policies
+            if p["metadata"]["namespace"] == ns and direction in _types(p) and _selects(p["spec"].get("podSelector"), _labels(me))
+        ]
+
     def _side(self, me: dict | None, direction: str, other_addr: str, other: dict | None, protocol: str, port: int | None) -> str:
         if me is None:
             return "open"
         ns = me["metadata"]["namespace"]
-        isolating = [
-            p for p in self.policies
-            if p["metadata"]["namespace"] == ns and direction in _types(p) and _selects(p["spec"].get("podSelector"), _labels(me))
-        ]
+        isolating = self.isolating(me, direction)
         if not isolating:
             return "open"
         receiver = me if direction == "Ingress" else other
