@@ -1,8 +1,8 @@
 """Run one packet through a `Ruleset` in Python, as nftables would.
 
 This is how the compiler is checked against the evaluator without a kernel (the property
-test), and how `explain` answers "what would this node do with this packet?". It knows
-exactly the statements the compiler emits; nftables semantics it follows:
+test): "what would this node do with this packet?". It knows exactly the statements the
+compiler emits; the nftables semantics it follows:
 
 - a base chain's rules run in order; `accept` and `drop` end the evaluation, the chain's
   end is its policy (accept);
