@@ -12,7 +12,10 @@ Figures (a markdown table on stdout):
    ratio is what the issue bounds (>= 0.95);
 3. rule update time: a policy selecting the receiving pod is added and removed `--updates`
    times; the agent's own figures (watch event -> table applied; nft apply);
-4. the router's RSS and CPU while idle for `--idle` seconds, with and without the agent.
+4. the router's RSS and CPU while idle for `--idle` seconds, with and without the agent;
+5. the enforcement point itself, on one bridge without routers (two pods, iperf3): bridge
+   netfilter off, on, and on with the receiver isolated by the compiled table (what the
+   `inet` forward hook costs bridged traffic).
 
 Uses the lab's namespaces (prefix mnqb) and a fake API server on the underlay; removes
 them afterwards. Figures from a machine others are using are not worth reporting.
@@ -169,6 +172,47 @@ def run_lab(args, with_policy: bool) -> dict:
     return out
 
 
+def same_node(seconds: int) -> dict[str, float]:
+    """Bridged pod-to-pod TCP on one bridge: br_netfilter off / on / on + the policy table."""
+    from meshnet.kernel.nft import Nft, sysctl_set
+
+    node, pods = f"{PREFIX}-n", {f"{PREFIX}-p1": "10.98.0.11", f"{PREFIX}-p2": "10.98.0.12"}
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def down() -> None:
+        for ns in [node, *pods]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    down()
+    out = {}
+    try:
+        sh("ip", "netns", "add", node)
+        sh("ip", "-n", node, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", node, "link", "set", "br0", "up")
+        for k, (ns, ip) in enumerate(pods.items()):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", node, "link", "add", f"v{k}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", node, "link", "set", f"v{k}", "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        nss, pod_objs, pols = synthetic_cluster(pods=20, policies=30, nodes=1, prefix="10.97")
+        pod_objs += [pod_obj("server", pods[f"{PREFIX}-p2"], "node-0", {"app": "server"}), pod_obj("client", pods[f"{PREFIX}-p1"], "node-0", {"app": "client"})]
+        pols.append({"metadata": {"name": "allow", "namespace": "ns-0"}, "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 5201}]}]}})
+        model = Cluster.of(map(parse_namespace, nss), filter(None, map(parse_pod, pod_objs)), [parse_policy(p).policy for p in pols])
+        for label, bridge_nf, table in (("bridge netfilter off", "0", False), ("bridge netfilter on", "1", False), ("on + policy table", "1", True)):
+            with in_netns(node):
+                sysctl_set("net.bridge.bridge-nf-call-iptables", bridge_nf)
+            if table:
+                Nft(netns=node).apply(replace(compile_node(model, pods.values())))
+            out[label] = iperf(f"{PREFIX}-p1", f"{PREFIX}-p2", pods[f"{PREFIX}-p2"], seconds)
+    finally:
+        down()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="iperf3 seconds per run")
@@ -178,6 +222,7 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=500)
     args = ap.parse_args()
     off = offline(args.pods, args.policies)
+    bridged = same_node(args.seconds)
     base = run_lab(args, with_policy=False)
     pol = run_lab(args, with_policy=True)
     print(f"| figure ({args.pods} pods, {args.policies} policies) | value |\n|---|---|")
@@ -190,6 +235,7 @@ def main() -> None:
     print(f"| rule update: nft apply (median, max) | {pol['apply_ms'][0]:.0f} ms, {pol['apply_ms'][1]:.0f} ms |")
     print(f"| router RSS without / with the agent | {base['rss_mb']:.0f} MiB / {pol['rss_mb']:.0f} MiB |")
     print(f"| router idle CPU without / with the agent ({args.idle:g} s) | {base['idle_cpu_pct']:.2f}% / {pol['idle_cpu_pct']:.2f}% |")
+    print("| TCP on one bridge (no routers): " + ", ".join(bridged) + " | " + " / ".join(f"{v:.2f}" for v in bridged.values()) + " Gbit/s |")
 
 
 if __name__ == "__main__":
