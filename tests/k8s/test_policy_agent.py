@@ -262,3 +262,33 @@ def test_counters_become_metrics_and_denied_packets_are_logged_with_names(fake, 
         assert "policy denied ingress to x/a: tcp 10.32.1.1:40000 -> 10.32.0.1:80 (from pod y/b)" in caplog.text
 
     run(body, fake, kernel)
+
+
+class Routes:
+    def __init__(self):
+        self.routes = {}
+
+    def add_routes(self, routes):
+        self.routes.update(routes)
+
+
+def test_the_service_builds_the_agent_only_when_asked_and_clears_an_old_table_otherwise(fake):
+    from meshnet.docker.testing import FakeEndpoints, MemoryStore
+    from meshnet.errors import NotFound
+    from meshnet.k8s.service import KubeService, KubeSettings
+
+    async def go():
+        kernel, sections = FakeKernel(), {}
+        kw = dict(endpoints=FakeEndpoints(), plumbing=kernel, ipam=None, mesh=None, store=MemoryStore(), environ={})
+        on = KubeService(KubeSettings(network_policy=True, kube_api=fake.url, nickname=NODE), api=Routes(),
+                         metrics=lambda name, fn: sections.update({name: fn}), **kw)
+        assert on.policy is not None and on.policy.node_name == NODE and set(sections) == {"policy"}
+        off = KubeService(KubeSettings(), api=(routes := Routes()), **kw)
+        assert off.policy is None
+        await off.start()
+        assert kernel.scripts == ["add table inet meshnet_policy\ndelete table inet meshnet_policy\n"]
+        with pytest.raises(NotFound):
+            await routes.routes[("GET", "/k8s/policy")]({})
+        await off.stop()
+
+    asyncio.run(go())
