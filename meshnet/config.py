@@ -266,6 +266,14 @@ OPTIONS: tuple[Option, ...] = (
         group="kubernetes",
         metavar="CIDRS",
     ),
+    Option(
+        "network_policy",
+        False,
+        "enforce Kubernetes NetworkPolicy for this node's pods (watches Pods, Namespaces and NetworkPolicies; needs the API)",
+        _bool,
+        switch=True,
+        group="kubernetes",
+    ),
     Option("kube_api", "", "Kubernetes API server URL for the node agent (default: in-cluster; 'none' turns it off)", _kube_api, group="kubernetes"),
     Option("kube_sa_dir", "/var/run/secrets/kubernetes.io/serviceaccount", "service account token and CA for the API", group="kubernetes"),
 )

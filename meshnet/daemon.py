@@ -79,6 +79,7 @@ class Daemon:
                 store=router.state,
                 api=router.api,
                 supervisor=router.supervisor,
+                metrics=router.add_metrics_section,
             )
             await self.kube.start()
         except BaseException:

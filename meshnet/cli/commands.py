@@ -13,6 +13,7 @@ from meshnet import __version__
 from meshnet.api.client import ApiClient
 from meshnet.cli import container, launch
 from meshnet.cli import docker as docker_cli
+from meshnet.cli.policy_status import format_policy_status
 from meshnet.cli.status import connection_lines, format_dns, format_ipam_status, format_status, peer_lines
 from meshnet.config import DEFAULT_STATE_DIR, add_socket_flags, run_dir_of, socket_of
 from meshnet.errors import MeshnetError, NotFound, RouterUnavailable
@@ -29,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         choices=SECTIONS,
         help="connections: control connections with mode and reason; peers: every peer; ipam: ranges per peer, free and used "
-        "counts, unreachable owners; dns: the resolver and every name it answers",
+        "counts, unreachable owners; dns: the resolver and every name it answers; policy: the NetworkPolicies in force per pod of this node",
     )
     add_socket_flags(p)
     p.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -72,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda a: docker_cli.cmd_detach(a, cmd_detach))
 
 
-SECTIONS = ["connections", "peers", "ipam", "dns"]
+SECTIONS = ["connections", "peers", "ipam", "dns", "policy"]
 
 
 def _optional(client: ApiClient, path: str) -> dict[str, Any] | None:
@@ -100,6 +101,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.what == "ipam":
         data: Any = client.get("/ipam/status")
         text = lambda: format_ipam_status(data)  # noqa: E731
+    elif args.what == "policy":
+        data = client.get("/k8s/policy")
+        text = lambda: format_policy_status(data)  # noqa: E731
     elif args.what == "dns":
         docker, records = client.get("/docker/info"), client.get("/dns/records")
         data = {"docker": docker, "records": records}
@@ -115,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             runs_as = container.describe(run_dir_of(args))
             text = lambda: format_status(data, docker=docker, runs_as=runs_as)  # noqa: E731
     print(json.dumps(data, indent=2) if args.json else text())
-    if args.what not in ("ipam", "dns") and not (data.get("health") or {}).get("healthy", True):
+    if args.what not in ("ipam", "dns", "policy") and not (data.get("health") or {}).get("healthy", True):
         return 1  # unhealthy (a stalled timer, a dead pump or thread): scripts and probes see it
     return 0
 
@@ -123,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     client = _client(args)
     report: dict[str, Any] = {"version": __version__, "router": _router_status(args), "ipam": client.get("/ipam/status")}
-    for key, path in (("docker", "/docker/info"), ("ps", "/docker/ps"), ("dns", "/dns/records")):
+    for key, path in (("docker", "/docker/info"), ("ps", "/docker/ps"), ("dns", "/dns/records"), ("policy", "/k8s/policy")):
         report[key] = _optional(client, path)
     report["endpoints"] = client.get("/endpoints")
     report["runs_as"] = container.describe(run_dir_of(args))

@@ -1,7 +1,8 @@
 """What the Kubernetes integration needs from the router, as narrow protocols.
 
 `meshnet/daemon.py` hands `KubeService` the router's `EndpointService` (addresses and
-endpoints), its `Plumbing` (bridge addresses, nftables, sysctls), its `IpamService`
+endpoints), its `Plumbing` (bridge addresses, nftables, sysctls; as `PolicyKernel` the
+policy table, its counters and the NFLOG socket of denied flows), its `IpamService`
 (status and rmpeer), a view of the mesh's peers, the state store and the API route table.
 Kubernetes code sees only these methods; the unit tests use fakes of each.
 """
@@ -21,6 +22,8 @@ class Endpoints(Protocol):
 
     def remove(self, ep_id: str) -> Endpoint | None: ...
 
+    def local_endpoints(self) -> list[Endpoint]: ...
+
 
 class Plumbing(Protocol):
     mtu: int
@@ -37,6 +40,18 @@ class Plumbing(Protocol):
     async def pin_forwarding(self) -> str | None: ...
 
 
+class PolicyKernel(Protocol):
+    """What the policy agent changes on the host: nftables, one sysctl, the NFLOG socket."""
+
+    async def nft(self, script: str) -> None: ...
+
+    async def nft_counters(self, family: str, table: str) -> dict[str, tuple[int, int]]: ...
+
+    async def sysctl(self, key: str, value: str | None = None) -> str | None: ...
+
+    def nflog(self, group: int) -> Any: ...  # a NflogSocket: fileno(), read(), close()
+
+
 class Ipam(Protocol):
     def status(self) -> dict[str, Any]: ...
 
@@ -49,6 +64,12 @@ class Mesh(Protocol):
     name: bytes
 
     def peers(self) -> list[tuple[bytes, str, bool]]: ...
+
+
+class Metrics(Protocol):
+    """Add a section to the router's metrics snapshot: `fn()` is awaited on every scrape."""
+
+    def __call__(self, name: str, fn: Callable[[], Awaitable[dict[str, Any]]]) -> None: ...
 
 
 class Routes(Protocol):

@@ -3,11 +3,18 @@
 Tables are planned in `meshnet.dataplane.netfilter` and applied here with `nft -f -`
 (one run is one transaction: a table is replaced whole or not at all). The sysctls are
 read and written under /proc/sys of the namespace the calling thread is in.
+
+`Nft` is the same for the NetworkPolicy table (`meshnet.k8s.policy`): scripts that are
+diffs as well as whole tables, a check without commit, named counters read back as JSON,
+optionally in another namespace (`ip netns exec`), with nft's own message on failure.
+Every call blocks (a subprocess with a timeout): callers on the event loop run it in a
+thread.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 
 from meshnet.dataplane.netfilter import NetfilterPlan, render, replace_script
@@ -69,3 +76,68 @@ def sysctl_set(key: str, value: str) -> str | None:
         except OSError as exc:
             raise KernelError(exc.errno or 0, f"cannot set {key}={value}: {exc.strerror}") from None
     return old
+
+
+MAX_OUTPUT = 64 * 1024 * 1024  # a listing bigger than this is not ours to parse
+
+
+class Nft:
+    def __init__(self, *, netns: str | None = None, timeout: float = NFT_TIMEOUT, binary: str = "nft"):
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.timeout = timeout
+        self.binary = binary
+
+    def _run(self, args: list[str], stdin: str | None = None) -> str:
+        try:
+            result = subprocess.run([*self.prefix, self.binary, *args], input=stdin, text=True, capture_output=True, timeout=self.timeout)
+        except FileNotFoundError:
+            raise KernelError(errno.ENOENT, f"{self.binary} not found: install nftables") from None
+        except subprocess.TimeoutExpired:
+            raise KernelError(errno.ETIMEDOUT, f"nft {' '.join(args)} took longer than {self.timeout:g}s") from None
+        if result.returncode != 0:
+            message = result.stderr.strip()[:2000]
+            code = errno.ENOENT if "No such file or directory" in message else errno.EINVAL
+            raise KernelError(code, f"nft {' '.join(args)}: {message}")
+        if len(result.stdout) > MAX_OUTPUT:
+            raise KernelError(errno.E2BIG, f"nft {' '.join(args)}: output over {MAX_OUTPUT} bytes")
+        return result.stdout
+
+    def apply(self, script: str) -> None:
+        """Run `script` as one transaction."""
+        self._run(["-f", "-"], script)
+
+    def check(self, script: str) -> None:
+        """Parse and validate `script` against the kernel without committing it."""
+        self._run(["-c", "-f", "-"], script)
+
+    def has_table(self, family: str, table: str) -> bool:
+        try:
+            self._run(["list", "table", family, table])
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def delete_table(self, family: str, table: str) -> None:
+        self._run(["-f", "-"], f"add table {family} {table}\ndelete table {family} {table}\n")
+
+    def list_json(self, *what: str) -> list[dict]:
+        """`nft -j list ...` as its list of objects (the `nftables` array)."""
+        try:
+            data = json.loads(self._run(["-j", "list", *what]))
+        except ValueError:
+            raise KernelError(errno.EINVAL, "nft -j printed something that is not JSON") from None
+        items = data.get("nftables") if isinstance(data, dict) else None
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def counters(self, family: str, table: str) -> dict[str, tuple[int, int]]:
+        """Every named counter of the table: name -> (packets, bytes)."""
+        out = {}
+        for item in self.list_json("counters", "table", family, table):
+            c = item.get("counter")
+            if isinstance(c, dict) and c.get("table") == table and isinstance(c.get("name"), str):
+                packets, octets = c.get("packets", 0), c.get("bytes", 0)
+                if isinstance(packets, int) and isinstance(octets, int):
+                    out[c["name"]] = (packets, octets)
+        return out

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 
 from meshnet.config import parse_addr
 from meshnet.dataplane.modes import PathMode
+from meshnet.runtime.policy_metrics import policy_families
 
 log = logging.getLogger("meshnet.metrics")
 
@@ -160,6 +161,7 @@ def families(snap: dict[str, Any]) -> list[Metric]:
     out += _health_families(snap.get("health") or {}, snap.get("log_suppressed") or {})
     out += _table_families(snap.get("limits"), snap.get("conflicts"))
     out += _ipam_families(snap.get("ipam"))
+    out += policy_families(snap.get("policy"))
     return out
 
 

@@ -3,8 +3,9 @@
 `KernelThread` is the one thread every kernel call runs on: pyroute2 keeps state of its
 own and must never run on the asyncio thread, and one thread serialises changes to the
 same bridge. `Plumbing` is the narrow port over `kernel.links.Links` for one bridge and
-one MTU: veths for containers and namespaces, the bridge's own addresses, NAT. The Docker
-and Kubernetes integrations are handed a `Plumbing`, never the router.
+one MTU: veths for containers and namespaces, the bridge's own addresses, NAT, nftables
+scripts and counters (the NetworkPolicy table), the NFLOG socket of denied flows. The
+Docker and Kubernetes integrations are handed a `Plumbing`, never the router.
 
 Kernel failures arrive as `KernelError` (an `OSError` with its errno); the API transport
 maps them to a status in its one place.
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from meshnet.dataplane.netfilter import NetfilterPlan
 from meshnet.kernel import nft
 from meshnet.kernel.links import Attachment, Links
+from meshnet.kernel.nflog import NflogSocket
 
 FORWARD = "net.ipv4.ip_forward"
 
@@ -38,6 +40,7 @@ class Plumbing:
     def __init__(self, kernel: KernelThread, links: Links, *, bridge: str, mtu: int):
         self._kernel = kernel
         self._links = links
+        self._nft = nft.Nft()
         self.bridge = bridge
         self.mtu = mtu
         self.forwarding_pinned = False
@@ -94,3 +97,18 @@ class Plumbing:
 
     async def bridge_mac(self) -> str | None:
         return await self._kernel.call(self._links.mac_of, self.bridge)
+
+    async def nft(self, script: str) -> None:
+        """Run an nft script as one transaction."""
+        await self._kernel.call(self._nft.apply, script)
+
+    async def nft_counters(self, family: str, table: str) -> dict[str, tuple[int, int]]:
+        """The table's named counters: name -> (packets, bytes); {} if there is no table."""
+        if not await self._kernel.call(self._nft.has_table, family, table):
+            return {}
+        return await self._kernel.call(self._nft.counters, family, table)
+
+    def nflog(self, group: int) -> NflogSocket:
+        """A non-blocking reader of the packets nftables logs to `group` in this namespace."""
+        return NflogSocket(group)
+

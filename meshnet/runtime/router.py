@@ -29,7 +29,7 @@ import os
 import secrets
 import socket
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from meshnet.api.server import ApiServer
 from meshnet.config import RouterConfig
@@ -58,6 +58,7 @@ from meshnet.state.rundir import RunDir
 from meshnet.state.statedir import StateDir
 
 log = logging.getLogger("meshnet.router")
+SECTION_TIMEOUT = 3.0  # seconds an integration's metrics section may take (a scrape waits 5)
 
 
 class Router:
@@ -77,6 +78,7 @@ class Router:
         self._stopping = asyncio.Event()
         self.api = ApiServer(config.socket)
         self.timer = TimerLoop([])
+        self._metric_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}  # integrations' parts of /metrics
         # Built in start(); typed here for readers.
         self.core: MeshCore
         self.control: ControlPlane
@@ -340,10 +342,19 @@ class Router:
 
     # -- metrics -----------------------------------------------------------------------
 
+    def add_metrics_section(self, name: str, fn: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """An integration's part of the snapshot: `snap[name] = await fn()` on every scrape."""
+        self._metric_sections[name] = fn
+
     async def _metrics_snapshot(self) -> dict[str, Any]:
         """What /metrics shows, read on the loop thread (meshnet/runtime/metrics.py)."""
         snap = status(self)
         snap["ipam"] = self.ipam.status()
         snap["peer_stats"] = self.sleeve.peer_stats()
         snap["vxlan_stats"] = await self.fastdp.stats()
+        for name, fn in self._metric_sections.items():
+            try:
+                snap[name] = await asyncio.wait_for(fn(), SECTION_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - a section that fails is left out, the rest is served
+                log.warning("metrics section %s: %s", name, exc)
         return snap

@@ -115,7 +115,8 @@ def test_the_daemonset_starts_as_written(cluster):
         assert PASSWORD not in " ".join(open(f"/proc/{n.router.pid}/cmdline").read() for n in cluster.nodes)
     # the routers used the API only as the manifest's ClusterRole allows (the fake answers 403 otherwise)
     assert cluster.api.denied == []
-    assert {(v, r) for v, _, r in cluster.api.audit} == {("list", "nodes"), ("watch", "nodes"), ("patch", "nodes/status")}
+    assert {(v, r) for v, _, r in cluster.api.audit} == {("list", "nodes"), ("watch", "nodes"), ("patch", "nodes/status")} | {
+        (verb, kind) for verb in ("list", "watch") for kind in ("pods", "namespaces", "networkpolicies")}  # the policy agent
 
 
 def test_pods_reach_every_pod_without_nat(cluster):

@@ -89,10 +89,14 @@ def test_daemonset_shape():
 
 def test_rbac_is_exactly_what_the_router_uses():
     """The launcher lists nodes; the node agent lists and watches them and patches its own
-    node's status (tests/netns/test_k8s_daemonset.py runs them against these rules)."""
+    node's status; the policy agent lists and watches pods, namespaces and networkpolicies
+    (tests/netns/test_k8s_daemonset.py runs them against these rules)."""
     role = next(doc for _, doc in documents() if doc["kind"] == "ClusterRole")
     rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"])
-    assert rules == [(("",), ("nodes",), ("list", "watch")), (("",), ("nodes/status",), ("patch",))]
+    assert rules == [
+        (("",), ("nodes",), ("list", "watch")), (("",), ("nodes/status",), ("patch",)), (("",), ("pods", "namespaces"), ("list", "watch")),
+        (("networking.k8s.io",), ("networkpolicies",), ("list", "watch")),
+    ]
     binding = next(doc for _, doc in documents() if doc["kind"] == "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == daemonset()["spec"]["template"]["spec"]["serviceAccountName"]
