@@ -19,6 +19,8 @@ someone, and anti-entropy repairs it.
 Liveness: a HEARTBEAT goes out on every connection that sent nothing for `heartbeat`
 seconds; a connection that received nothing for `timeout` seconds is closed. Peers that
 stay unreachable for `gc_after` seconds are forgotten.
+A directly connected peer that becomes unreachable is kept in `departed` (`departed.py`)
+for `departed_grace` s with its underlay address: its kernel may forward while it restarts.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshnet.errors import Refusal, RemoteProtocolError
+from meshnet.mesh.departed import DepartedPeers
 from meshnet.mesh.targets import normalize
 from meshnet.mesh.topology import Link, PeerEntry, Topology
 from meshnet.mesh.wire import MAX_FRAME, Message, Msg
@@ -110,6 +113,7 @@ class MeshCore:
         timeout: float = 9.0,
         gossip_interval: float = 5.0,
         gc_after: float = 60.0,
+        departed_grace: float = 0.0,
         rng: random.Random | None = None,
     ):
         local = PeerEntry(name, nick, uid, int(now * 1000), port, udp_port)
@@ -127,6 +131,8 @@ class MeshCore:
         self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
         self._unreachable_since: dict[bytes, float] = {}
+        self.departed = DepartedPeers(departed_grace)
+        self._direct_ip: dict[bytes, str] = {}  # last underlay address of a direct connection, per peer
         self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0}
 
     # -- connections -------------------------------------------------------------------
@@ -175,6 +181,7 @@ class MeshCore:
             now,
             remote.get("features", {}) or {},
         )
+        self._direct_ip[peer] = ip
         events += self._publish_links(now)
         events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
         return None, events
@@ -380,7 +387,11 @@ class MeshCore:
         for name in forgotten:
             self.topology.remove(name)
             del self._unreachable_since[name]
-        if forgotten:
+        connected = self.by_peer()
+        for name in [n for n in self._direct_ip if n not in self.topology.entries and n not in connected]:
+            del self._direct_ip[name]  # bounded by the topology and the connections
+        expired = self.departed.expire(now)  # the data path stops keeping them
+        if forgotten or expired:
             events.append(Changed())
         return events
 
@@ -400,15 +411,27 @@ class MeshCore:
         for c in self.conns.values():
             times += [c.last_rx + self.timeout, c.last_tx + self.heartbeat]
         times += [since + self.gc_after for since in self._unreachable_since.values()]
+        departed = self.departed.next_deadline()
+        if departed is not None:
+            times.append(departed)
         return min(times)
 
     def _track_reachability(self, now: float) -> None:
         reachable = self.topology.reachable()
-        for name in self.topology.entries:
+        entries = self.topology.entries
+        for name, entry in entries.items():
             if name == self.name or name in reachable:
                 self._unreachable_since.pop(name, None)
-            else:
-                self._unreachable_since.setdefault(name, now)
+                self.departed.back(name)
+            elif name not in self._unreachable_since:
+                self._unreachable_since[name] = now
+                ip = self._direct_ip.get(name)
+                if ip is not None:
+                    self.departed.left(entry, ip, now)
+
+    def forget_departed(self, names: set[bytes]) -> list[Event]:
+        """These peers are gone for good (rmpeer): stop keeping their data path."""
+        return [Changed()] if self.departed.forget(names) else []
 
     # -- views -------------------------------------------------------------------------
 
