@@ -190,7 +190,7 @@ def test_rmpeer_confirmation_survives_a_restart() -> None:
     assert net.peers[P0].alloc.status()["reclaiming"]["peers"] == [P3.hex()]
     net.settle()
     assert owners(net) == {P0, P1, P2}
-    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": [], "removed": [P3.hex()]}
+    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": [], "removed": [P3.hex()], "returned": []}
 
 
 def test_rmpeer_loses_to_a_change_the_dead_peer_made_that_we_had_not_seen() -> None:
