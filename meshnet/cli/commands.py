@@ -48,8 +48,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_socket_flags(p)
     p.set_defaults(func=cmd_rmpeer)
 
-    p = sub.add_parser("reset", help="hand this peer's address space to another peer, stop the router and remove its state")
+    p = sub.add_parser("reset", help="hand this peer's address space to another peer, stop the router and remove its state (refused while its addresses are in use)")
     add_socket_flags(p)
+    p.add_argument("--release", action="store_true", help="detach this host's endpoints and release their addresses first (their containers lose the overlay)")
     p.add_argument("--state-dir", default=None, help=f"state dir to remove [MESHNET_STATE_DIR] (default {DEFAULT_STATE_DIR})")
     p.set_defaults(func=cmd_reset)
 
@@ -151,10 +152,12 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     state_dir = args.state_dir or os.environ.get("MESHNET_STATE_DIR") or DEFAULT_STATE_DIR
     try:
-        _client(args).post("/ipam/reset")
+        result = _client(args).post("/ipam/reset", {"release": bool(args.release)})
     except MeshnetError as exc:
         print(f"meshnet: cannot hand off the address space: {exc.message}", file=sys.stderr)
         return 1
+    if result.get("detached"):
+        print(f"detached {len(result['detached'])} endpoint(s): {', '.join(result['detached'])}")
     if launch.cmd_stop(args) != 0:
         return 1
     shutil.rmtree(state_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ from meshnet.kernel.netns import in_netns
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+TUNSETPERSIST = 0x400454CB  # the TAP outlives our fd: its bridge port and FDB entries stay
 IFNAMSIZ = 16
 IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
@@ -101,13 +102,17 @@ class Links:
             raise KernelError(exc.code, f"cannot set up bridge {name}: {exc}") from None
 
     def open_tap(self, name: str, bridge: str, mtu: int) -> int:
-        """Create (or take over) TAP `name` on the bridge; return its non-blocking fd."""
+        """Create (or take over) TAP `name` on the bridge; return its non-blocking fd.
+
+        The TAP is persistent: when the router stops or dies it stays a port of the bridge
+        with its FDB entries, and the next router reopens it (hitless restarts)."""
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             try:
                 fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
             except OSError:  # a kernel without IFF_VNET_HDR: plain frames, no offloads
                 fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
             index = self._index(name)
             self.ipr.link("set", index=index, master=self._index(bridge), mtu=mtu, state="up")
             self._isolate(index)
@@ -173,6 +178,18 @@ class Links:
         if self._index(host) is not None:
             raise KernelError(errno.EEXIST, f"namespace {netns!r} is already attached (veth {host})")
         return self.add_pod_veth(path, host_if=host, ifname=ifname, bridge=bridge, cidrs=cidrs, mtu=mtu)
+
+    def attachment(self, netns: str, *, bridge: str, ifname: str) -> Attachment | None:
+        """The attachment `attach` made for this namespace, if both ends are still there
+        (an attach cut short after its veth was made is found again this way)."""
+        path = netns_path(netns)
+        host = veth_name(path)
+        if self.master_of(host) != bridge:
+            return None
+        inner = self.pod_interface(path, ifname)
+        if inner is None:
+            return None
+        return Attachment(path, host, ifname, inner["mac"], tuple(inner["cidrs"]))
 
     def detach(self, netns: str) -> bool:
         """Remove a namespace's veth (both ends go); False if it was not attached."""
@@ -261,6 +278,17 @@ class Links:
                 raise KernelError(code, f"{netns!r} already has an interface named {ifname}") from None
             raise KernelError(code, f"cannot attach {ifname} in {netns!r}: {exc}") from None
         return Attachment(path, host_if, ifname, mac, tuple(str(a) for a in addresses))
+
+    def set_up(self, ifname: str, up: bool) -> bool:
+        """Set a link up or down (a refused endpoint's veth goes down); False if it is absent."""
+        index = self._index(ifname)
+        if index is None:
+            return False
+        try:
+            self.ipr.link("set", index=index, state="up" if up else "down")
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"cannot set {ifname} {'up' if up else 'down'}: {exc}") from None
+        return True
 
     def pod_interface(self, netns: str, ifname: str) -> dict | None:
         """`{"mac", "mtu", "cidrs", "routes": [(dst, gw)]}` of `ifname` inside `netns`, None if absent.
