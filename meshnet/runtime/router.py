@@ -9,8 +9,9 @@ builds those beside it and hands them `endpoints`, `plumbing`, `state` and `api`
 Threads: the asyncio loop owns every core; kernel calls run on one kernel thread
 (`plumbing.KernelThread`); the pump runs in its own thread without the GIL.
 
-Start order: run-dir lock and pid file, state-dir lock (a second router on the same run or
-state dir stops here and touches nothing of the first one's), bridge
+Start order: run-dir lock and pid file, state-dir lock, network-namespace lock (a second
+router on the same run or state dir, or in the same namespace, stops here and touches
+nothing of the first one's), bridge
 and TAP, sleeve socket and pump thread, mesh core, TCP listener, API socket, endpoints,
 then the timer (dialling starts there). Stop runs it backwards; the bridge, TAP, VXLAN
 device, FDB and attached containers stay, so the kernel forwards while no router runs and a
@@ -35,6 +36,7 @@ from meshnet.config import RouterConfig
 from meshnet.dataplane import layout, sleeve_plan
 from meshnet.errors import Conflict, UsageError
 from meshnet.kernel.links import Links
+from meshnet.kernel.netns_lock import NetnsLock
 from meshnet.mesh.core import Deliver, MeshCore
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.control import ControlPlane
@@ -65,6 +67,7 @@ class Router:
         self.started = time.time()
         self.kernel = KernelThread()
         self.run_dir = RunDir(config.run_dir)
+        self.netns_lock = NetnsLock()
         self.state: StateDir | None = None
         self._links: Links | None = None
         self._tap_fd: int | None = None
@@ -92,7 +95,11 @@ class Router:
         self.run_dir.acquire()  # first: nothing in a run dir another router holds is touched
         try:
             self.state = StateDir(self.config.state_dir)
+            self.netns_lock.acquire()  # before the kernel: the namespace's data path is one router's
         except BaseException:
+            if self.state is not None:
+                self.state.close()
+                self.state = None
             self.run_dir.release()
             raise
         try:
@@ -244,6 +251,7 @@ class Router:
         if self.state is not None:
             self.state.close()
             self.state = None
+        self.netns_lock.release()
         self.run_dir.release()
         log.info("router stopped")
 
