@@ -162,7 +162,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         pid = None
     try:
         client.post("/stop")
-    except RouterUnavailable:
+    except (RouterUnavailable, TimeoutError):  # gone, or hung: signals, then the wait below
         if pid is None:
             raise RouterUnavailable(f"no router is running with run dir {run_dir}") from None
         os.kill(pid, signal.SIGTERM)
