@@ -60,33 +60,50 @@ def transfer(src_ns: str, dst_ns: str, dst_ip: str, size: int = 8 << 20, port: i
     return int(received) == size and digest == hashlib.sha256(payload).hexdigest()
 
 
-# Runs inside a namespace: broadcast ARP requests for an address, print every MAC that answers.
+# Runs inside a namespace: broadcast ARP probes for addresses, print every MAC that answers each.
 _ARPING = r"""
 import socket, struct, sys, time
-ifname, target, wait = sys.argv[1], socket.inet_aton(sys.argv[2]), float(sys.argv[3])
+ifname, wait, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-s.bind((ifname, 0)); s.settimeout(0.1)
+s.bind((ifname, 0)); s.settimeout(0.05)
 mac = s.getsockname()[4][:6]
 src = socket.inet_aton("0.0.0.0")  # an ARP probe (RFC 5227): asks without claiming an address
-req = b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + src + bytes(6) + target
-seen, end, sent = set(), time.monotonic() + wait, 0.0
+def request(ip):
+    return b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + src + bytes(6) + socket.inet_aton(ip)
+wanted = {socket.inet_aton(ip): ip for ip in targets}
+seen = {ip: set() for ip in targets}
+end, sent = time.monotonic() + wait, 0.0
 while time.monotonic() < end:
     if time.monotonic() - sent > 0.3:
-        s.send(req); sent = time.monotonic()
+        for ip in targets:
+            s.send(request(ip))
+        sent = time.monotonic()
     try:
         frame = s.recv(2048)
     except socket.timeout:
         continue
-    if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] == target:
-        seen.add(frame[22:28].hex(":"))
-print(" ".join(sorted(seen)))
+    if len(frame) >= 42 and frame[20:22] == b"\x00\x02" and frame[28:32] in wanted:
+        seen[wanted[frame[28:32]]].add(frame[22:28].hex(":"))
+for ip in targets:
+    print(ip, *sorted(seen[ip]))
 """
 
 
+def arp_table(ns: str, ips: list[str], *, ifname: str = "mesh0", wait: float = 1.5) -> dict[str, set[str]]:
+    """{ip: the MACs that answer ARP for it}, asked from `ns` (its `ifname` is on the overlay)."""
+    if not ips:
+        return {}
+    out = subprocess.run(in_ns(ns, sys.executable, "-c", _ARPING, ifname, str(wait), *ips), capture_output=True, text=True, timeout=wait + 30)
+    table = {ip: set() for ip in ips}
+    for line in out.stdout.splitlines():
+        ip, *macs = line.split()
+        table[ip] = set(macs)
+    return table
+
+
 def arp_macs(ns: str, ip: str, *, ifname: str = "mesh0", wait: float = 1.5) -> set[str]:
-    """The MACs that answer ARP for `ip`, asked from `ns` (whose `ifname` is on the overlay)."""
-    out = subprocess.run(in_ns(ns, sys.executable, "-c", _ARPING, ifname, ip, str(wait)), capture_output=True, text=True, timeout=wait + 30)
-    return set(out.stdout.split())
+    """The MACs that answer ARP for `ip`, asked from `ns`."""
+    return arp_table(ns, [ip], ifname=ifname, wait=wait)[ip]
 
 
 class Pinger:

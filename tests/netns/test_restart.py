@@ -15,15 +15,11 @@ VXLAN device and TAP are not recreated and the FDB entries that are right stay.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-import meshnet
 from meshnet.lab import Lab, Pinger, block, ping, unblock, wait_for
 
 pytestmark = pytest.mark.netns
@@ -50,23 +46,6 @@ def lab():
     finally:
         if lab is not None:
             lab.down()
-
-
-@pytest.fixture(scope="module")
-def upgrade_build():
-    """A second build: a copy of the meshnet package, another version, run from another path."""
-    root = tempfile.mkdtemp(prefix="mnr-upgrade-")
-    try:
-        src = os.path.dirname(meshnet.__file__)
-        shutil.copytree(src, os.path.join(root, "meshnet"), ignore=shutil.ignore_patterns("__pycache__"))
-        init = os.path.join(root, "meshnet", "__init__.py")
-        text = open(init).read().replace(f'__version__ = "{meshnet.__version__}"', '__version__ = "99.0.0+upgrade"')
-        assert "99.0.0+upgrade" in text
-        with open(init, "w") as f:
-            f.write(text)
-        yield {"env": {"PYTHONPATH": root}, "cwd": root}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def ifindexes(lab: Lab, i: int) -> dict[str, int]:
@@ -154,7 +133,7 @@ def test_fastdp_loses_nothing_across_an_upgrade_to_another_build(lab, upgrade_bu
     sent, lost, took = measure(lab, upgrade)
     after = lab.status(victim)["router"]["version"]
     print(f"\nfastdp, upgrade ({how}) of h{victim} {before} -> {after}: {lost} of {sent} pings lost; it took {took:.1f}s")
-    assert after == "99.0.0+upgrade" != before
+    assert after.endswith("+upgrade") and after != before  # the build conftest.upgrade_build made
     assert lost == 0
     lab.wait_mesh()  # the old build's CLI and the new build's router speak the same API and protocol
     (c1, ip1), (c2, ip2) = lab.ctrs
