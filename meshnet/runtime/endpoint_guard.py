@@ -59,6 +59,10 @@ class EndpointGuard:
     def allowed(self, ep: Endpoint) -> bool:
         return ep.id not in self.refused
 
+    def blocked(self, eps: list[Endpoint]) -> set[str]:
+        """Ids not to gossip: refused already, or refused as soon as `reconcile` runs."""
+        return set(self.refused) | set(verdicts(eps, self._standing))
+
     async def reconcile(self, eps: list[Endpoint]) -> bool:
         """Take refused endpoints off the overlay, bring back the ones that may return.
         Returns whether the refused set changed (the caller then gossips again)."""

@@ -115,10 +115,13 @@ class EndpointService:
     def add(self, ep: Endpoint) -> None:
         self.registry.add(ep)
         self.publish()
+        self.check()  # an integration's endpoint is held to the same rule
 
     def remove(self, ep_id: str) -> Endpoint | None:
         ep = self.registry.remove(ep_id)
         if ep is not None:
+            if self.guard is not None:
+                self.guard.forget(ep_id, ep.host_if)
             self.publish()
         return ep
 
@@ -130,8 +133,9 @@ class EndpointService:
 
     def publish(self) -> None:
         """Gossip our endpoints: those the guard allows (their addresses are ours)."""
-        guard = self.guard
-        self._publish([ep.gossip() for ep in self.registry.all() if guard is None or guard.allowed(ep)])
+        eps = self.registry.all()
+        blocked = self.guard.blocked(eps) if self.guard is not None else set()
+        self._publish([ep.gossip() for ep in eps if ep.id not in blocked])
 
     def check(self) -> None:
         """IPAM moved: refuse (or let back) endpoints whose standing changed. Cheap when nothing did."""
