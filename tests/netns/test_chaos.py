@@ -132,12 +132,12 @@ class Chaos:
         choices = []
         choices += [("attach", i) for i in up] * 2
         choices += [("detach", e.ns) for e in live]
-        choices += [("claim", e.ns) for e in dead]
+        choices += [("claim", e.ns) for e in dead] * 2
         choices += [("kill", i) for i in up if len(up) > 2]
         choices += [("restart", i) for i in down] * 2
         choices += [("upgrade", i) for i in up if len(up) > 2]
         choices += [("reset", i) for i in up if len(up) > 2 or self.hosts[i].tombstoned]
-        choices += [("rmpeer", i) for i in down if not self.hosts[i].removed and serving]
+        choices += [("rmpeer", i) for i in down if not self.hosts[i].removed and serving] * 3
         pairs = [(a, b) for a in up for b in up if a < b and frozenset((a, b)) not in self.cut]
         choices += [("partition", p) for p in pairs if not self.cut]
         choices += [("heal", None)] * (3 if self.cut else 0)
