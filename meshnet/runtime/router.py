@@ -38,10 +38,10 @@ from meshnet.errors import Conflict, UsageError
 from meshnet.kernel.links import Links
 from meshnet.kernel.netns_lock import NetnsLock
 from meshnet.mesh.core import Deliver, MeshCore
+from meshnet.mesh.departed import Departed
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.control import ControlPlane
 from meshnet.runtime.dial_book import DialBook
-from meshnet.mesh.departed import Departed
 from meshnet.runtime.endpoint_guard import EndpointGuard
 from meshnet.runtime.endpoint_service import EndpointService
 from meshnet.runtime.endpoints import EndpointRegistry
