@@ -53,6 +53,15 @@ def adopt(local: LocalConfig, have: KernelState) -> dict[int, Adopted]:
     return {pid: Adopted(ip, frozenset(macs[pid])) for ip, pid in by_ip.items()}
 
 
+def still_adopted(
+    adopted: Mapping[int, Adopted], *, live: Mapping[int, object], departed: Mapping[int, str], removed: set[int]
+) -> dict[int, Adopted]:
+    """The adopted peers to keep: not named by the mesh yet (live or departed: it knows them
+    better now) and not removed with rmpeer (a removed peer is never kept, whatever its
+    kernel still answers)."""
+    return {pid: a for pid, a in adopted.items() if pid not in live and pid not in departed and pid not in removed}
+
+
 def probed(live: Mapping[int, str | None], departed: Mapping[int, str], adopted: Mapping[int, Adopted]) -> set[int]:
     """Every peer whose VXLAN path is probed: live ones we connect to directly, and the kept ones."""
     return {pid for pid, ip in live.items() if ip} | set(departed) | set(adopted)

@@ -137,14 +137,14 @@ class FastdpDriver:
         endpoints: dict[str, int],
         peers_off: set[int] | None = None,
         departed: dict[int, str] | None = None,
+        removed: set[int] | None = None,
     ) -> None:
         """Follow the mesh: {peer id: underlay IP if directly connected}, {MAC: peer id},
-        the peers that announced fastdp off, and {peer id: last underlay IP} of departed
-        peers within grace."""
+        the peers that announced fastdp off, {peer id: last underlay IP} of departed peers
+        within grace, and the peers removed with rmpeer (never kept, even if adopted)."""
         self._peers, self._endpoints, self._departed = peers, endpoints, departed or {}
         self._peers_off = set(peers_off or ())
-        for pid in [p for p in self.adopted if p in peers or p in self._departed]:
-            del self.adopted[pid]  # the mesh names it now
+        self.adopted = grace.still_adopted(self.adopted, live=peers, departed=self._departed, removed=removed or set())
         self._follow_peers()
         await self._converge()
 

@@ -295,7 +295,12 @@ class Router:
     def _topology_changed(self) -> None:
         self._program_sleeve()
         self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), peers_off=self._fastdp_off(), departed=self._departed_ips()))
+        removed = {layout.peer_id(p) for p in self._removed}
+        self.spawn(
+            self.fastdp.update(
+                self._direct_ips(), self._remote_endpoints(), peers_off=self._fastdp_off(), departed=self._departed_ips(), removed=removed
+            )
+        )
         self.dial_book.follow_topology()
 
     def _ipam_changed(self) -> None:

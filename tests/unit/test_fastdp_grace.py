@@ -96,3 +96,11 @@ def test_adopted_paths_start_on_fastdp_and_fall_back_only_without_replies():
     assert health.mode(2) == (FASTDP, REASON_HEALTHY)
     assert [(pid, mode) for _, pid, mode in changed] == [(3, SLEEVE)]
     assert 2.9 <= changed[0][0] <= 3.0  # the fallback window: fail_after x interval
+
+
+def test_adopted_peers_end_when_the_mesh_names_them_or_they_were_removed():
+    adopted = {2: grace.Adopted(IP2, frozenset()), 3: grace.Adopted(IP3, frozenset()), 4: grace.Adopted("192.168.90.4", frozenset())}
+    kept = grace.still_adopted(adopted, live={2: IP2}, departed={}, removed=set())
+    assert set(kept) == {3, 4}
+    kept = grace.still_adopted(kept, live={}, departed={3: IP3}, removed={4})  # 4: rmpeer while we were down
+    assert kept == {}
