@@ -227,6 +227,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),
     Option("pump_threads", 1, "sleeve pump threads: a TAP queue and a UDP socket each, every flow kept on one (compiled pump)",
            _int_in(1, 8), group="dataplane"),
+    Option(
+        "restart_grace",
+        60,
+        "seconds peers keep forwarding to a router that stopped or crashed, while its kernel data path answers probes (0: not at all)",
+        _int_in(0, 3600),
+        group="dataplane",
+    ),
     Option("pure_python_pump", False, "use the slow pure-Python pump (debugging)", _bool, env="MESHNET_PUREPYTHON", switch=True, group="dataplane"),
     Option("metrics_addr", "127.0.0.1:6782", "Prometheus /metrics HOST:PORT; empty disables", _metrics_addr),
     Option("log_level", "info", f"one of {', '.join(LOG_LEVELS)}", _log_level),

@@ -11,6 +11,7 @@ CLI (`meshnet/cli/main.py`, one line on stderr and an exit code).
       Conflict                   already exists / held by someone else  HTTP 409, exit 1
       Unavailable                not now: no space yet, peer gone       HTTP 503, exit 1
       RouterUnavailable          no router answers on the socket        (client side), exit 1
+        RouterLost               it went away after the request was sent: done or not, unknown
       ProtocolError              a control-plane protocol violation
         LocalProtocolError       we misused the protocol
         RemoteProtocolError      the peer sent garbage: its connection closes, nothing else
@@ -63,6 +64,12 @@ class RouterUnavailable(MeshnetError, ConnectionError):
     """No meshnet router answers on the API socket."""
 
     kind = "router_unavailable"
+
+
+class RouterLost(RouterUnavailable):
+    """The router went away after the request was sent: it may or may not have been carried out."""
+
+    kind = "router_lost"
 
 
 class ProtocolError(MeshnetError):

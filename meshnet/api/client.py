@@ -11,7 +11,7 @@ import json
 import socket
 from typing import Any
 
-from meshnet.errors import MeshnetError, RouterUnavailable, error_class
+from meshnet.errors import MeshnetError, RouterLost, RouterUnavailable, error_class
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -34,17 +34,23 @@ class ApiClient:
         """One request.
 
         Raises:
-            RouterUnavailable: nothing listens on the socket.
+            RouterUnavailable: nothing listens on the socket (nothing was done).
+            RouterLost: the router went away before it answered (it may have done it).
             MeshnetError: the router's error (the same subclass), with its message.
         """
         conn = _UnixHTTPConnection(self.path, self.timeout)
         try:
             payload = json.dumps(body or {}).encode()
-            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            raw = response.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise RouterUnavailable(f"no meshnet router is running (nothing answers on {self.path})") from exc
+            try:
+                conn.connect()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise RouterUnavailable(f"no meshnet router is running (nothing answers on {self.path})") from exc
+            try:
+                conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                raw = response.read()
+            except (ConnectionError, http.client.HTTPException) as exc:
+                raise RouterLost(f"the router went away before it answered {method} {path} (it may have carried it out)") from exc
         finally:
             conn.close()
         try:

@@ -7,6 +7,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from typing import Any, Callable
 
 from meshnet import __version__
@@ -16,7 +17,10 @@ from meshnet.cli import docker as docker_cli
 from meshnet.cli.policy_status import format_policy_status
 from meshnet.cli.status import connection_lines, format_dns, format_ipam_status, format_status, peer_lines
 from meshnet.config import DEFAULT_STATE_DIR, add_socket_flags, run_dir_of, socket_of
-from meshnet.errors import MeshnetError, NotFound, RouterUnavailable
+from meshnet.errors import MeshnetError, NotFound, RouterLost, RouterUnavailable
+
+RECHECK_WAIT = 30.0  # seconds an interrupted attach waits for the router to answer again
+RECHECK_POLL = 0.2
 
 
 def _client(args: argparse.Namespace, timeout: float = 30.0) -> ApiClient:
@@ -49,8 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_socket_flags(p)
     p.set_defaults(func=cmd_rmpeer)
 
-    p = sub.add_parser("reset", help="hand this peer's address space to another peer, stop the router and remove its state")
+    p = sub.add_parser("reset", help="hand this peer's address space to another peer, stop the router and remove its state (refused while its addresses are in use)")
     add_socket_flags(p)
+    p.add_argument("--release", action="store_true", help="detach this host's endpoints and release their addresses first (their containers lose the overlay)")
     p.add_argument("--state-dir", default=None, help=f"state dir to remove [MESHNET_STATE_DIR] (default {DEFAULT_STATE_DIR})")
     p.set_defaults(func=cmd_reset)
 
@@ -161,10 +166,12 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
     state_dir = args.state_dir or os.environ.get("MESHNET_STATE_DIR") or DEFAULT_STATE_DIR
     try:
-        _client(args).post("/ipam/reset")
+        result = _client(args).post("/ipam/reset", {"release": bool(args.release)})
     except MeshnetError as exc:
         print(f"meshnet: cannot hand off the address space: {exc.message}", file=sys.stderr)
         return 1
+    if result.get("detached"):
+        print(f"detached {len(result['detached'])} endpoint(s): {', '.join(result['detached'])}")
     if launch.cmd_stop(args) != 0:
         return 1
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -186,5 +193,31 @@ def _post(path: str, body_of: Callable[[argparse.Namespace], dict[str, Any]]) ->
 
 cmd_connect = _post("/connect", lambda a: {"address": a.address})
 cmd_forget = _post("/forget", lambda a: {"address": a.address})
-cmd_attach = _post("/attach", lambda a: {"netns": a.netns, "cidrs": a.cidrs, "ifname": a.ifname})
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Attach a namespace. If the router goes away mid-request (killed, restarted), wait for
+    it to answer again and ask once more: attach is idempotent and says what it found, so
+    an attach that completed is told from one that did not."""
+    body = {"netns": args.netns, "cidrs": args.cidrs, "ifname": args.ifname}
+    try:
+        return _print_json(_client(args).post("/attach", body))
+    except RouterLost:
+        print(f"meshnet: the router went away during attach; waiting up to {RECHECK_WAIT:.0f}s for it to check", file=sys.stderr)
+    deadline = time.monotonic() + RECHECK_WAIT
+    while True:
+        try:
+            result = _client(args).post("/attach", body)
+            break
+        except RouterUnavailable:
+            if time.monotonic() >= deadline:
+                raise RouterUnavailable(
+                    f"the router went away during attach and did not come back within {RECHECK_WAIT:.0f}s: whether "
+                    f"{args.netns} was attached is unknown; run the same attach again once the router runs"
+                ) from None
+            time.sleep(RECHECK_POLL)
+    if result.get("state") == "attached":
+        print("meshnet: the interrupted attach had not completed; it is done now", file=sys.stderr)
+    else:
+        print(f"meshnet: the interrupted attach had completed ({result.get('state')})", file=sys.stderr)
+    return _print_json(result)
+
 cmd_detach = _post("/detach", lambda a: {"netns": a.netns})

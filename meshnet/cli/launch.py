@@ -29,6 +29,7 @@ from meshnet.api.client import ApiClient
 from meshnet.cli import container
 from meshnet.config import child_argv, from_args, run_dir_of, socket_of
 from meshnet.errors import Conflict, MeshnetError, RouterUnavailable
+from meshnet.kernel import netns_lock
 from meshnet.state.rundir import PID_NAME, lock_holder
 
 LAUNCH_TIMEOUT = 15.0  # seconds a background router may take to answer on its socket
@@ -44,6 +45,9 @@ def _refuse_if_held(config: Any) -> None:
         holder = lock_holder(path)
         if holder is not None:
             raise Conflict(f"another meshnet router (pid {holder}) is already running with {kind} dir {path}; stop it first (meshnet stop) or use --{kind}-dir")
+    holder = netns_lock.holder()
+    if holder is not None:
+        raise Conflict(f"another meshnet router (pid {holder}) runs in this network namespace; stop it first (meshnet stop)")
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -159,7 +163,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         pid = None
     try:
         client.post("/stop")
-    except RouterUnavailable:
+    except (RouterUnavailable, TimeoutError):  # gone, or hung: signals, then the wait below
         if pid is None:
             raise RouterUnavailable(f"no router is running with run dir {run_dir}") from None
         os.kill(pid, signal.SIGTERM)

@@ -146,6 +146,10 @@ def peer_lines(s: dict[str, Any]) -> list[str]:
         mode = f"  {p['mode']}" if p.get("mode") and state != "self" else ""
         dropped = f" (+{p['endpoints_dropped']} NOT STORED: over its share)" if p.get("endpoints_dropped") else ""
         lines.append(f"  {p['nick']:<16} {p['name'][:12]}  {state}{via}{mode}  connections {p['connections']}  endpoints {p['endpoints']}{dropped}")
+    if s.get("departed"):
+        lines += ["", f"Departed, kept while their data path answers ({len(s['departed'])}):"]
+        for d in s["departed"]:
+            lines.append(f"  {d['nick']:<16} {d['address']:<16} {d['mode']:<7} ({d['mode_reason']})  endpoints {d['endpoints']}  grace left {d['grace_left_s']}s")
     return lines
 
 

@@ -71,6 +71,7 @@ Mode = Literal["fastdp", "sleeve"]
 
 REASON_HEALTHY = "vxlan path healthy"
 REASON_UNVERIFIED = "vxlan path not yet verified"
+REASON_ADOPTED = "adopted from the kernel at restart"
 REASON_NO_FASTDP = "--no-fastdp"
 REASON_PEER_OFF = "peer has fastdp off"
 REASON_NO_ESP = "mesh is encrypted and this kernel has no IPsec ESP"
@@ -291,6 +292,12 @@ class PathHealth:
         for pid in wanted - self._peers.keys():
             self._peers[pid] = _Peer(next_probe=now, last_reply=now)
 
+    def adopt(self, peer_ids: Iterable[int], now: float) -> None:
+        """Peers an earlier run of this router left on fastdp: start them on fastdp, so they
+        stay there while their probes are answered (and fall back as usual when not)."""
+        for pid in peer_ids:
+            self._peers[pid] = _Peer(next_probe=now, last_reply=now, mode=FASTDP, reason=REASON_ADOPTED)
+
     def mode(self, peer_id: int) -> tuple[Mode, str]:
         if self.disabled is not None:
             return SLEEVE, self.disabled
@@ -327,6 +334,8 @@ class PathHealth:
             return False
         p.last_reply = now
         p.streak += 1
+        if p.mode == FASTDP:
+            p.reason = REASON_HEALTHY  # an adopted path is verified now
         return True
 
     def tick(self, now: float) -> list[tuple[int, Mode, str]]:

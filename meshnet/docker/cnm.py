@@ -280,7 +280,8 @@ class CnmDriver:
             raise UsageError("meshnet networks take their addresses from meshnet's IPAM: "
                 "docker network create -d meshnet --ipam-driver meshnet NAME",
             )
-        self.networks[nid] = {"pools": [d.get("Pool") for d in v4], "created": self.clock()}
+        gateways = [str(d["Gateway"]).split("/")[0] for d in v4 if (d or {}).get("Gateway")]
+        self.networks[nid] = {"pools": [d.get("Pool") for d in v4], "gateways": gateways, "created": self.clock()}
         self._save()
         return {}
 
@@ -368,10 +369,20 @@ class CnmDriver:
             self._save()
             await self._publish(eid, ep)
 
-    async def collect_garbage(self, in_use: set[str]) -> list[str]:
+    def gateways(self, networks: set[str] | None = None) -> set[str]:
+        """The gateway addresses of our networks (those of `networks` only, if given).
+
+        Docker does not list a gateway it chose itself in a network's IPAM config when the
+        subnet was given (as for the network the router creates), so the driver keeps the
+        one CreateNetwork named: it is the network's as long as the network exists."""
+        return {gw for nid, net in self.networks.items() if networks is None or nid in networks for gw in net.get("gateways", [])}
+
+    async def collect_garbage(self, in_use: set[str], networks: set[str] | None = None) -> list[str]:
         """Release addresses no Docker container or network uses any more (e.g. after dockerd
-        was killed and never called ReleaseAddress), once they are older than GC_GRACE."""
+        was killed and never called ReleaseAddress), once they are older than GC_GRACE.
+        `networks`: the ids of our networks Docker still has; their gateways are never taken."""
         now = self.clock()
+        in_use = in_use | self.gateways(networks)
         gone = [ip for ip, held in self.addresses.items() if ip not in in_use and now - held.get("since", now) > GC_GRACE]
         for ip in gone:
             log.info("releasing %s: no Docker container or network uses it", ip)

@@ -261,7 +261,9 @@ class DockerService:
             await asyncio.sleep(GC_INTERVAL)
             if self.connected and self.cnm.addresses:
                 try:
-                    await self.cnm.collect_garbage(await self.blocking(self._docker_addresses))
+                    used = await self.blocking(self._docker_addresses)
+                    networks = {n["Id"] for n in await self.blocking(self.engine.networks, PLUGIN_NAME)}
+                    await self.cnm.collect_garbage(used, networks)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -56,6 +56,7 @@ from meshnet.ipam.errors import (
     NoHeir,
     NotHeld,
     PeerReachable,
+    Tombstoned,
 )
 from meshnet.ipam.outcome import Outgoing, Pending, Requests, Result
 from meshnet.ipam.reclaim import Reclaimer, Removed
@@ -118,6 +119,7 @@ class Allocator(Engine):
         self.space = Space(snap.allocations)
         self.reclaim = Reclaimer(name, snap.meta.get("rmpeer"))
         self.gone = Removed(snap.meta.get("gone"))
+        self.tombstoned = bool(snap.meta.get("tombstone"))  # we were removed with rmpeer: reset first
 
         self.reachable = set()
         self.topology_known = False
@@ -143,8 +145,8 @@ class Allocator(Engine):
         before = self.reachable
         self.reachable = set(reachable) - {self.name}
         self.topology_known = True
-        if self.gone.back(self.reachable):  # removed, yet alive: an operator error, reported by the reclaim
-            self._store.commit(Changes(meta={"gone": self.gone.meta()}), durable=False)
+        for peer in sorted(self.gone.back(self.reachable)):  # removed, yet alive: it must reset
+            self._conflict(f"peer {peer.hex()} was removed with rmpeer but is reachable again; it must run `meshnet reset`")
         self.seeker.lost(self.reachable)
         if self.ring is None and self.boot.consensus is not None:
             # Newcomers learn our vote, and we ask for theirs: one of them may already hold
@@ -181,6 +183,7 @@ class Allocator(Engine):
             RangeExhausted: no free address in the subnet on any reachable peer.
         """
         owner = check_owner(owner)
+        self._refuse_if_tombstoned()
         block = parse_subnet(subnet, self.universe) if subnet is not None else self.universe
         waiting = self.requests.allocation(owner, block)
         if waiting is not None:
@@ -203,6 +206,7 @@ class Allocator(Engine):
             NotOwner: it lies in a range owned by another peer.
         """
         owner = check_owner(owner)
+        self._refuse_if_tombstoned()
         addr = parse_address(address, self.universe)
         waiting = self.requests.claim(owner, addr)
         if waiting is not None:
@@ -227,6 +231,26 @@ class Allocator(Engine):
         self._release(owner, address, now)
         self._progress(now)
         return self._flush()
+
+    def _refuse_if_tombstoned(self) -> None:
+        if self.tombstoned:
+            raise Tombstoned("this peer was removed with rmpeer and its space belongs to others: run `meshnet reset` before it allocates")
+
+    def standing(self, address: str) -> str | None:
+        """Why an endpoint on this host may not use `address`, or None when it may: the address
+        is outside the range, or held here in a range this peer owns and was not removed from."""
+        try:
+            addr = parse_address(address, self.universe)
+        except IpamBadRequest:
+            return None  # not IPAM's (outside the range, or its reserved ends)
+        if self.tombstoned:
+            return "this peer was removed with rmpeer"
+        if self.space.holder(addr) is None:
+            return f"{fmt(addr)} is not allocated on this peer"
+        e = self.ring.get(self.ring.token_at(addr)) if self.ring is not None else None
+        if e is not None and e.owner != self.name:
+            return f"{fmt(addr)} is in a range owned by peer {e.owner.hex()}"
+        return None
 
     def addresses(self, owner: str) -> list[str]:
         """What `owner` holds here (for CNI CHECK and for the router's reconciliation)."""
@@ -267,15 +291,12 @@ class Allocator(Engine):
             NoHeir: no reachable peer to take the ranges.
             IpamError: an rmpeer confirmation is still running.
         """
+        heir = self.check_reset()
         if self.ring is None:
             return self._flush()
-        if self.reclaim.round is not None:
-            raise IpamError("an rmpeer is still being confirmed with the other peers; try reset again shortly")
         mine = self.ring.owned(self.name)
         if mine:
-            heir = donation.heir(self.ring, self.reachable)
-            if heir is None:
-                raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
+            assert heir is not None
             changes = Changes(allocations={a: None for a, _ in self.space.items()})
             for start, end, e in mine:
                 changes.ring[start] = Entry(heir, next_version(e.version), host_count(start, end, self.universe))
@@ -287,6 +308,19 @@ class Allocator(Engine):
             self._broadcast_state()
             self._out.append(("unicast", heir, self.full_state()))
         return self._flush()
+
+    def check_reset(self) -> bytes | None:
+        """Raise what `reset` would raise, changing nothing; return the heir (None: nothing to hand)."""
+        if self.ring is None:
+            return None
+        if self.reclaim.round is not None:
+            raise IpamError("an rmpeer is still being confirmed with the other peers; try reset again shortly")
+        if not self.ring.owned(self.name):
+            return None
+        heir = donation.heir(self.ring, self.reachable)
+        if heir is None:
+            raise NoHeir("no reachable peer can take this peer's ranges; connect to the mesh first")
+        return heir
 
     def rmpeer(self, peer: bytes, *, now: float) -> tuple[int, list[Outgoing]]:
         """Take over the ranges of a peer that is gone; returns how many addresses we took.
@@ -350,6 +384,8 @@ class Allocator(Engine):
             waiting_for=frozenset(self.reclaim.round.waiting) if self.reclaim.round else frozenset(),
             removed=tuple(self.gone),
             conflicts=tuple(self.conflicts),
+            returned=frozenset(self.gone.back(self.reachable)),
+            tombstoned=self.tombstoned,
         )
 
     def status(self) -> dict[str, object]:

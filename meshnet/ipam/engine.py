@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from meshnet.ipam import donation
 from meshnet.ipam.addr import Block, fmt, parse_address
 from meshnet.ipam.bootstrap import Bootstrap
-from meshnet.ipam.errors import AddressInUse, Cancelled, IpamBadRequest, IpamError, NotHeld, NotOwner
+from meshnet.ipam.errors import AddressInUse, Cancelled, IpamBadRequest, IpamError, NotHeld, NotOwner, Tombstoned
 from meshnet.ipam.outcome import Outgoing, Pending, Request, Requests, Result
 from meshnet.ipam.reclaim import Reclaimer, Removed
 from meshnet.ipam.ring import Ring
@@ -44,6 +44,7 @@ class Engine:
     space: Space  # the addresses handed out here
     reclaim: Reclaimer  # rmpeer targets and their confirmation round
     gone: Removed  # peers removed with rmpeer, here or anywhere
+    tombstoned: bool  # this peer is one of them: it must reset before it allocates
     reachable: set[bytes]
     topology_known: bool  # no rmpeer confirmation may finish before we know who is there
     requests: Requests  # waiting allocations and claims, and outcomes not yet collected
@@ -80,9 +81,11 @@ class Engine:
             self._merge_ring(src, msg.ring)
         if msg.paxos is not None and self.ring is None:
             self.boot.merge(src, msg.paxos)
-        news = [p for p in msg.gone if p not in self.gone and p not in self.reachable and p != self.name]
+        news = [p for p in msg.gone if p not in self.gone and p != self.name]
         if news:
             self._forget(news, durable=False)  # anyone who has it gossips it again
+        if self.name in msg.gone and not self.tombstoned:
+            self._tombstone(src)
         if msg.re is not None:
             self.reclaim.answered(src, msg.re)
             self.seeker.answered(src, msg.re)
@@ -110,7 +113,19 @@ class Engine:
             self._apply_ring(Changes(ring={t: data.entries[t] for t in merged.changed}))
             self._check_allocations()
 
+    def _tombstone(self, src: bytes) -> None:
+        """Peer `src` says we were removed with rmpeer: our space is others' now. Refuse to
+        allocate until reset (the state dir goes, and with it this peer's name)."""
+        self._store.commit(Changes(meta={"tombstone": b"1"}))
+        self.tombstoned = True
+        self._conflict(f"this peer was removed with rmpeer (peer {src.hex()} says so); run `meshnet reset` before it allocates")
+        for req in self.requests:
+            self.requests.finish(req, Tombstoned("this peer was removed with rmpeer; run `meshnet reset`"))
+
     def _on_want(self, src: bytes, want: Want) -> None:
+        if src in self.gone:  # removed with rmpeer: it gets nothing until it resets
+            self._out.append(("unicast", src, encode_deny(Deny(self.universe.cidr, want.id))))
+            return
         block = None if self.ring is None else donation.carve(self.ring, self.space, self.name, want.lo, want.hi)
         if block is None:
             self._out.append(("unicast", src, encode_deny(Deny(self.universe.cidr, want.id))))

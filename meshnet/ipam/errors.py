@@ -47,6 +47,10 @@ class PeerReachable(IpamError, Conflict):
     """rmpeer refused: the peer is reachable, so it is not gone."""
 
 
+class Tombstoned(IpamError, Conflict):
+    """This peer was removed with rmpeer (its space is someone else's): it must reset first."""
+
+
 class NoHeir(IpamError, Unavailable):
     """reset refused: no reachable peer can take this peer's ranges."""
 

@@ -177,12 +177,10 @@ class Removed:
         while len(self._peers) > MAX_GONE:
             del self._peers[next(iter(self._peers))]
 
-    def back(self, reachable: set[bytes]) -> bool:
-        """Forget the removed peers that are reachable again; whether there were any."""
-        back = [p for p in self._peers if p in reachable]
-        for p in back:
-            del self._peers[p]
-        return bool(back)
+    def back(self, reachable: set[bytes]) -> set[bytes]:
+        """The removed peers that are reachable again. They stay removed (a tombstone): such
+        a peer must reset before it may allocate, and every router reports it until then."""
+        return {p for p in self._peers if p in reachable}
 
     def meta(self) -> bytes | None:
         """What the store keeps under "gone"."""

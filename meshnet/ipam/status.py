@@ -14,7 +14,9 @@ the metrics (the keys below are what they read):
      "unreachable_owners": [hex],          # own space but cannot be reached: rmpeer if gone
      "reclaiming": {"peers": [hex],        # rmpeer targets being confirmed here
                     "waiting_for": [hex],  # peers whose answer the confirmation needs
-                    "removed": [hex]},     # peers removed with rmpeer, here or elsewhere
+                    "removed": [hex],      # peers removed with rmpeer, here or elsewhere
+                    "returned": [hex]},    # ... that are reachable again: each must reset
+     "tombstoned": bool,                   # this peer was removed with rmpeer: reset it
      "conflicts": [str]}                   # things that must not happen; empty when healthy
 """
 
@@ -57,6 +59,8 @@ class IpamView:
     waiting_for: frozenset[bytes]  # peers whose answer that confirmation needs
     removed: tuple[bytes, ...]  # peers removed with rmpeer, here or elsewhere, most recent last
     conflicts: tuple[str, ...]  # oldest first
+    returned: frozenset[bytes] = frozenset()  # removed peers that are reachable again
+    tombstoned: bool = False  # this peer was removed with rmpeer
 
 
 def build(v: IpamView) -> dict[str, Any]:
@@ -75,7 +79,9 @@ def build(v: IpamView) -> dict[str, Any]:
             "peers": sorted(p.hex() for p in v.reclaiming),
             "waiting_for": sorted(p.hex() for p in v.waiting_for),
             "removed": sorted(p.hex() for p in v.removed),
+            "returned": sorted(p.hex() for p in v.returned),
         },
+        "tombstoned": v.tombstoned,
         "conflicts": list(v.conflicts),
     }
     if v.ranges is None:
@@ -103,6 +109,8 @@ def build(v: IpamView) -> dict[str, Any]:
 
 
 def _state(v: IpamView) -> str:
+    if v.tombstoned:
+        return "removed with rmpeer: run `meshnet reset` before this peer allocates"
     if v.ranges is not None:
         if v.conflicts:
             return "conflict"

@@ -34,6 +34,7 @@ TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100  # each open of the TAP is one more queue (one per pump thread)
+TUNSETPERSIST = 0x400454CB  # the TAP outlives our fd: its bridge port and FDB entries stay
 IFNAMSIZ = 16
 IFA_F_NOPREFIXROUTE = 0x200  # include/uapi/linux/if_addr.h
 
@@ -120,23 +121,34 @@ class Links:
         """Create (or take over) TAP `name` on the bridge with `queues` queues
         (IFF_MULTI_QUEUE when more than one: the kernel hashes each flow to one queue);
         return a non-blocking fd per queue. A kernel that refuses several queues gives one,
-        one without IFF_VNET_HDR plain frames (no offloads)."""
+        one without IFF_VNET_HDR plain frames (no offloads).
+
+        The TAP is persistent: when the router stops or dies it stays a port of the bridge
+        with its FDB entries, and the next router reopens it (hitless restarts). One left
+        with other flags (another --pump-threads) cannot be reopened; it is made again."""
         fds: list[int] = []
         base = IFF_TAP | IFF_NO_PI
         try:
             wanted = [base | IFF_VNET_HDR | IFF_MULTI_QUEUE] if queues > 1 else []
-            for flags in wanted + [base | IFF_VNET_HDR, base]:
-                try:
-                    fds.append(_tun_queue(name, flags))
+            for attempt in (1, 2):
+                for flags in wanted + [base | IFF_VNET_HDR, base]:
+                    try:
+                        fds.append(_tun_queue(name, flags))
+                        break
+                    except OSError:
+                        pass
+                if fds:
                     break
-                except OSError:
-                    if flags == base:
-                        raise
+                index = self._index(name)
+                if attempt == 2 or index is None:
+                    raise OSError(errno.EBUSY, f"cannot open TAP {name}")
+                self.ipr.link("del", index=index)  # ours, persisted by a run with other flags
             while flags & IFF_MULTI_QUEUE and len(fds) < queues:
                 try:
                     fds.append(_tun_queue(name, flags))
                 except OSError:
                     break  # the queues so far are what there is
+            fcntl.ioctl(fds[0], TUNSETPERSIST, 1)
             index = self._index(name)
             self.ipr.link("set", index=index, master=self._index(bridge), mtu=mtu, state="up")
             self._isolate(index)
@@ -203,6 +215,18 @@ class Links:
         if self._index(host) is not None:
             raise KernelError(errno.EEXIST, f"namespace {netns!r} is already attached (veth {host})")
         return self.add_pod_veth(path, host_if=host, ifname=ifname, bridge=bridge, cidrs=cidrs, mtu=mtu)
+
+    def attachment(self, netns: str, *, bridge: str, ifname: str) -> Attachment | None:
+        """The attachment `attach` made for this namespace, if both ends are still there
+        (an attach cut short after its veth was made is found again this way)."""
+        path = netns_path(netns)
+        host = veth_name(path)
+        if self.master_of(host) != bridge:
+            return None
+        inner = self.pod_interface(path, ifname)
+        if inner is None:
+            return None
+        return Attachment(path, host, ifname, inner["mac"], tuple(inner["cidrs"]))
 
     def detach(self, netns: str) -> bool:
         """Remove a namespace's veth (both ends go); False if it was not attached."""
@@ -291,6 +315,17 @@ class Links:
                 raise KernelError(code, f"{netns!r} already has an interface named {ifname}") from None
             raise KernelError(code, f"cannot attach {ifname} in {netns!r}: {exc}") from None
         return Attachment(path, host_if, ifname, mac, tuple(str(a) for a in addresses))
+
+    def set_up(self, ifname: str, up: bool) -> bool:
+        """Set a link up or down (a refused endpoint's veth goes down); False if it is absent."""
+        index = self._index(ifname)
+        if index is None:
+            return False
+        try:
+            self.ipr.link("set", index=index, state="up" if up else "down")
+        except NetlinkError as exc:
+            raise KernelError(exc.code, f"cannot set {ifname} {'up' if up else 'down'}: {exc}") from None
+        return True
 
     def pod_interface(self, netns: str, ifname: str) -> dict | None:
         """`{"mac", "mtu", "cidrs", "routes": [(dst, gw)]}` of `ifname` inside `netns`, None if absent.

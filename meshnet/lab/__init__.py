@@ -11,7 +11,7 @@ local API (`meshnet.api.client`). Nothing in the router (runtime/, docker/, cni/
 ...) imports it; tests/unit/test_lab_layers.py holds both directions.
 """
 
-from meshnet.lab.checks import block, in_ns, ping, transfer, unblock, wait_for
+from meshnet.lab.checks import Pinger, arp_macs, arp_table, block, in_ns, ping, transfer, unblock, wait_for
 from meshnet.lab.dockerd import IMAGE, DockerLab, busybox_rootfs, running_lab
 from meshnet.lab.hosts import LAB_RUN, LAB_STATE, UNDERLAY, Lab, netns_exists
 
@@ -19,8 +19,11 @@ __all__ = [
     "IMAGE",
     "LAB_RUN",
     "LAB_STATE",
+    "Pinger",
     "UNDERLAY",
     "DockerLab",
+    "arp_macs",
+    "arp_table",
     "Lab",
     "block",
     "busybox_rootfs",

@@ -29,6 +29,7 @@ from typing import Iterable
 
 from meshnet.api.client import ApiClient
 from meshnet.errors import MeshnetError
+from meshnet.lab.procs import alive
 
 UNDERLAY = "192.168.90"
 LAB_RUN = "/run/meshnet-lab"
@@ -106,11 +107,12 @@ class Lab:
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     def start_router(
-        self, i: int, *, seed: bool = True, peers: list[str] | None = None, password: str | None = None
+        self, i: int, *, seed: bool = True, peers: list[str] | None = None, password: str | None = None, env: dict[str, str] | None = None, cwd: str | None = None
     ) -> None:
         """Launch host i's router, seeded with h1 unless seed=False or other peers are given.
 
-        `password` overrides the lab's (to test a wrong one).
+        `password` overrides the lab's (to test a wrong one); `env` adds to the environment and
+        `cwd` is where it runs (both naming another copy of meshnet: an upgrade to another build).
         """
         if peers is None:
             peers = [self.host_ip(1)] if i > 1 and seed else []
@@ -119,11 +121,11 @@ class Lab:
         launch = self.meshnet(i, "launch", "--docker-socket=none", "--state-dir", self.state_dir(i))
         cmd = ["ip", "netns", "exec", self.host_ns(i), *launch]
         cmd += ["--nickname", f"{self.prefix}-h{i}", "--ipalloc-init", f"consensus={self.hosts}", *self.extra_flags, *peers]
-        env = dict(os.environ)
-        env.pop("MESHNET_PASSWORD", None)
+        environ = {**os.environ, **(env or {})}
+        environ.pop("MESHNET_PASSWORD", None)
         if password or self.password:
-            env["MESHNET_PASSWORD"] = password or self.password
-        result = subprocess.run(cmd, text=True, capture_output=True, timeout=60, env=env)
+            environ["MESHNET_PASSWORD"] = password or self.password
+        result = subprocess.run(cmd, text=True, capture_output=True, timeout=60, env=environ, cwd=cwd)
         if result.returncode != 0:
             raise RuntimeError(f"router on h{i} did not start: {result.stderr.strip()}")
 
@@ -135,12 +137,10 @@ class Lab:
         with open(f"{self.run_dir(i)}/meshnet.pid") as f:
             pid = int(f.read())
         os.kill(pid, sig)
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        for _ in range(200):
+            if not alive(pid):  # a zombie has exited: waiting for its reaping would add seconds
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     def add_container(self, i: int, j: int, address: str | None = None) -> tuple[str, str]:
         """A namespace attached to host i's router, addressed by IPAM unless given; (ns, ip)."""

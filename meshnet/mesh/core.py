@@ -25,6 +25,9 @@ so `receive` never raises; a message that is wrong only here (a HELLO on an esta
 connection) is a `Close` with `Refusal.PROTOCOL_ERROR`. What is stored of an entry is
 decided by `quota.Quota` (peer table, per-peer endpoint share), and who holds each MAC and
 IP address by `claims.Claims` (conflicts: the earlier claim keeps it).
+
+A directly connected peer that becomes unreachable is kept in `departed` (`departed.py`)
+for `departed_grace` s with its underlay address: its kernel may forward while it restarts.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 from meshnet.errors import Refusal
 from meshnet.mesh.bounds import MAX_ENTRY_BYTES, MAX_FRAME, MAX_JUMP
 from meshnet.mesh.claims import Claims
+from meshnet.mesh.departed import DepartedPeers
 from meshnet.mesh.quota import Limits, Quota
 from meshnet.mesh.targets import normalize
 from meshnet.mesh.topology import Link, PeerEntry, Topology
@@ -115,6 +119,7 @@ class MeshCore:
         timeout: float = 9.0,
         gossip_interval: float = 5.0,
         gc_after: float = 60.0,
+        departed_grace: float = 0.0,
         rng: random.Random | None = None,
         limits: Limits = Limits(),
     ):
@@ -135,6 +140,8 @@ class MeshCore:
         self._unreachable_since: dict[bytes, float] = {}
         self.quota = Quota(limits)
         self.claims = Claims(name)
+        self.departed = DepartedPeers(departed_grace)
+        self._direct_ip: dict[bytes, str] = {}  # last underlay address of a direct connection, per peer
         self.counters = {"messages_in": 0, "messages_out": 0, "relayed": 0, "no_route": 0, "refused": 0, "oversize_entries": 0}
 
     # -- connections -------------------------------------------------------------------
@@ -183,6 +190,7 @@ class MeshCore:
             now,
             remote.get("features", {}) or {},
         )
+        self._direct_ip[peer] = ip
         events += self._publish_links(now)
         events.append(self._send(conn, Msg.DIGEST, self.quota.digest(self.topology), now=now))
         return None, events
@@ -394,7 +402,11 @@ class MeshCore:
             self.quota.forget(name)
             self.claims.remove(name)
             del self._unreachable_since[name]
-        if forgotten:
+        connected = self.by_peer()
+        for name in [n for n in self._direct_ip if n not in self.topology.entries and n not in connected]:
+            del self._direct_ip[name]  # bounded by the topology and the connections
+        expired = self.departed.expire(now)  # the data path stops keeping them
+        if forgotten or expired:
             events.append(Changed())
         return events
 
@@ -414,15 +426,27 @@ class MeshCore:
         for c in self.conns.values():
             times += [c.last_rx + self.timeout, c.last_tx + self.heartbeat]
         times += [since + self.gc_after for since in self._unreachable_since.values()]
+        departed = self.departed.next_deadline()
+        if departed is not None:
+            times.append(departed)
         return min(times)
 
     def _track_reachability(self, now: float) -> None:
         reachable = self.topology.reachable()
-        for name in self.topology.entries:
+        entries = self.topology.entries
+        for name, entry in entries.items():
             if name == self.name or name in reachable:
                 self._unreachable_since.pop(name, None)
-            else:
-                self._unreachable_since.setdefault(name, now)
+                self.departed.back(name)
+            elif name not in self._unreachable_since:
+                self._unreachable_since[name] = now
+                ip = self._direct_ip.get(name)
+                if ip is not None:
+                    self.departed.left(entry, ip, now)
+
+    def forget_departed(self, names: set[bytes]) -> list[Event]:
+        """These peers are gone for good (rmpeer): stop keeping their data path."""
+        return [Changed()] if self.departed.forget(names) else []
 
     # -- views -------------------------------------------------------------------------
 

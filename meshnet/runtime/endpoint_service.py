@@ -6,6 +6,11 @@ addresses and gives them back, and makes the veths through `Plumbing`. Integrati
 handed this object (see `meshnet/daemon.py`); they never reach the router's internals or
 its HTTP routes.
 
+Only endpoints whose addresses this peer owns are on the overlay (`endpoint_guard.py`):
+the others are refused, taken down and not gossiped. `attach` is idempotent: asked again
+for a namespace it attached (or half attached before the router died), it says what it
+found instead of failing.
+
 Everything runs on the asyncio loop. Errors are meshnet's own (`UsageError`, `Conflict`,
 `NotFound`, `Unavailable`) or a `KernelError`.
 """
@@ -15,14 +20,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from meshnet.errors import Conflict, MeshnetError, NotFound, Unavailable, UsageError
 from meshnet.ipam.outcome import Result
-from meshnet.kernel.links import netns_path, parse_cidrs
+from meshnet.kernel.links import Attachment, netns_path, parse_cidrs
 from meshnet.mesh.bounds import MAX_ENTRY_BYTES
 from meshnet.mesh.claims import Claims, address_of
 from meshnet.mesh.topology import Topology
+from meshnet.runtime.endpoint_guard import EndpointGuard
 from meshnet.runtime.endpoints import Endpoint, EndpointRegistry
 from meshnet.runtime.ipam_service import DEFAULT_WAIT, IpamService
 from meshnet.runtime.plumbing import Plumbing
@@ -49,8 +55,12 @@ class EndpointService:
         publish: Callable[[list[list[Any]]], None],
         publish_names: Callable[[list[list[Any]]], None] = lambda names: None,
         claims: Callable[[], Claims | None] = lambda: None,
+        guard: EndpointGuard | None = None,
+        spawn: Callable[[Awaitable[Any]], None] | None = None,
     ):
         self.registry = registry
+        self.guard = guard
+        self._spawn = spawn
         self.ipam = ipam
         self.plumbing = plumbing
         self.universe = ipaddress.ip_network(universe)
@@ -121,6 +131,7 @@ class EndpointService:
             raise Unavailable(f"this host's endpoints would not fit in one gossip entry ({MAX_ENTRY_BYTES} bytes)")
         self.registry.add(ep)
         self.publish()
+        self.check()  # an integration's endpoint is held to the same rule
 
     def check_room(self, ep_id: str) -> None:
         """Raises Unavailable if a new endpoint would be one too many (--max-peer-endpoints)."""
@@ -131,6 +142,8 @@ class EndpointService:
     def remove(self, ep_id: str) -> Endpoint | None:
         ep = self.registry.remove(ep_id)
         if ep is not None:
+            if self.guard is not None:
+                self.guard.forget(ep_id, ep.host_if)
             self.publish()
         return ep
 
@@ -141,7 +154,19 @@ class EndpointService:
         return self.registry.all()
 
     def publish(self) -> None:
-        self._publish(self.registry.gossip())
+        """Gossip our endpoints: those the guard allows (their addresses are ours)."""
+        eps = self.registry.all()
+        blocked = self.guard.blocked(eps) if self.guard is not None else set()
+        self._publish([ep.gossip() for ep in eps if ep.id not in blocked])
+
+    def check(self) -> None:
+        """IPAM moved: refuse (or let back) endpoints whose standing changed. Cheap when nothing did."""
+        if self.guard is not None and self._spawn is not None and self.guard.stale(self.registry.all()):
+            self._spawn(self.reconcile())
+
+    async def reconcile(self) -> None:
+        if self.guard is not None and await self.guard.reconcile(self.registry.all()):
+            self.publish()
 
     def mesh(self) -> list[dict[str, Any]]:
         """Every reachable peer's gossiped endpoints, ours included. An endpoint whose MAC
@@ -180,11 +205,34 @@ class EndpointService:
         reachable = topo.reachable() | {topo.local.name}
         return [e.data.get("dns") for e in topo.entries.values() if e.name in reachable and "dns" in e.data]
 
-    async def restore(self) -> None:
-        """At start: drop endpoints whose veth vanished while the router was down; publish."""
-        for ep in self.registry.keep_only(await self.plumbing.ports()):
+    async def restore(self, own_ports: set[str] = frozenset()) -> None:
+        """At start: drop endpoints whose veth vanished while the router was down, refuse
+        those whose addresses are not ours (and ports no endpoint names); publish."""
+        ports = await self.plumbing.ports()
+        for ep in self.registry.keep_only(ports):
             log.info("endpoint %s vanished while the router was down; dropped", ep.id)
+        if self.guard is not None:
+            await self.guard.reconcile(self.registry.all())
+            await self.guard.isolate_orphans(ports, set(own_ports), self.registry.all())
         self.publish()
+
+    def refused(self) -> dict[str, str]:
+        """{endpoint id, or "orphan:PORT": why it is off the overlay}."""
+        return dict(self.guard.refused) if self.guard is not None else {}
+
+    async def detach_all(self) -> list[str]:
+        """Take every endpoint off the bridge and release its addresses (reset --release)."""
+        detached = []
+        for ep in self.registry.all():
+            if ep.host_if:
+                await self.plumbing.delete_link(ep.host_if)
+            self.registry.remove(ep.id)
+            self.ipam.release(ep.id)
+            if self.guard is not None:
+                self.guard.forget(ep.id, ep.host_if)
+            detached.append(ep.id)
+        self.publish()
+        return detached
 
     # -- namespaces --------------------------------------------------------------------
 
@@ -195,15 +243,25 @@ class EndpointService:
         if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
             raise UsageError("cidrs must be a list of IP/CIDR")
         ep_id = ep_id or netns_endpoint_id(netns)
-        if self.registry.get(ep_id) is not None:
-            raise Conflict(f"{netns!r} is already attached")
         try:
             parse_cidrs(cidrs)
-            netns_path(netns)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        known = self.registry.get(ep_id)
+        if known is not None:  # asked again (an interrupted CLI checks back): say so
+            if cidrs and sorted(cidrs) != sorted(known.ips):
+                raise Conflict(f"{netns!r} is already attached, with {', '.join(known.ips)}")
+            return self._attached(ep_id, netns, ifname, known.mac, known.ips, "already attached")
+        try:
+            netns_path(netns)
         except OSError as exc:
             raise NotFound(exc.strerror or str(exc)) from None
+        found = await self.plumbing.attachment(netns, ifname=ifname)
+        if found is not None:
+            if self._completed_earlier(ep_id, found, cidrs):
+                self.add(Endpoint(ep_id, found.mac, found.cidrs, name, found.host_if))
+                return self._attached(ep_id, netns, ifname, found.mac, found.cidrs, "completed earlier")
+            await self.plumbing.delete_link(found.host_if)  # a half-made or foreign one: start afresh
         self.check_room(ep_id)
         claimed = await self.claim(ep_id, cidrs)
         try:
@@ -220,7 +278,20 @@ class EndpointService:
             await self.plumbing.delete_link(att.host_if)
             self.ipam.release(ep_id)
             raise
-        return {"id": ep_id, "netns": att.netns, "ifname": att.ifname, "mac": att.mac, "cidrs": list(att.cidrs), "mtu": self.plumbing.mtu}
+        return self._attached(ep_id, att.netns, att.ifname, att.mac, att.cidrs, "attached")
+
+    def _completed_earlier(self, ep_id: str, found: Attachment, cidrs: list[str]) -> bool:
+        """An attach that made the veth and addresses but died before it registered them:
+        IPAM must hold every address for this very endpoint (and they match any asked for)."""
+        if not found.cidrs or (cidrs and sorted(cidrs) != sorted(found.cidrs)):
+            return False
+        held = set(self.ipam.addresses(ep_id))
+        inside = [c.split("/")[0] for c in found.cidrs if ipaddress.ip_interface(c).ip in self.universe]
+        return all(ip in held for ip in inside)
+
+    def _attached(self, ep_id: str, netns: str, ifname: str, mac: str, cidrs: tuple[str, ...], state: str) -> dict[str, Any]:
+        path = netns if "/" in netns else f"/run/netns/{netns}"
+        return {"id": ep_id, "netns": path, "ifname": ifname, "mac": mac, "cidrs": list(cidrs), "mtu": self.plumbing.mtu, "state": state}
 
     async def detach(self, *, netns: str | None = None, ep_id: str | None = None) -> dict[str, Any]:
         """Take a namespace (or an endpoint id) off the bridge and release its addresses."""
@@ -234,6 +305,8 @@ class EndpointService:
         elif netns:
             removed = await self.plumbing.detach_netns(netns)
         self.registry.remove(ep_id)
+        if self.guard is not None:
+            self.guard.forget(ep_id, ep.host_if if ep is not None else "")
         released = self.ipam.release(ep_id)
         self.publish()
         if not (removed or ep is not None or released):

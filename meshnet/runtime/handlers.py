@@ -135,7 +135,7 @@ class RouterHandlers:
 
     async def endpoint_list(self, body: dict[str, Any]) -> dict[str, Any]:
         service = self.router.endpoints
-        return {"local": [asdict(e) for e in service.local_endpoints()], "mesh": service.mesh()}
+        return {"local": [asdict(e) for e in service.local_endpoints()], "mesh": service.mesh(), "refused": service.refused()}
 
     # -- IPAM --------------------------------------------------------------------------
 
@@ -177,8 +177,11 @@ class RouterHandlers:
         return {"peer": peer.hex(), "reclaimed": reclaimed, "already_removed": known == "removed" and not reclaimed}
 
     async def ipam_reset(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.router.ipam.reset()
-        return {"handed_off": True}
+        """Refused (Conflict) while addresses of this peer are in use, unless `release`."""
+        release = body.get("release", False)
+        if not isinstance(release, bool):
+            raise UsageError(f"'release' must be true or false, got {release!r}")
+        return await self.router.reset(release=release)
 
     def peer_by_name_or_nick(self, name: str) -> bytes:
         """A peer the topology or the address ring knows, by nickname or 32-hex-digit name.

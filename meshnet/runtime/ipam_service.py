@@ -56,6 +56,7 @@ class IpamService:
         self.journal = Journal(state_dir)
         self.allocator = Allocator(name=name, universe=universe, init=init, store=self.store, now=now)
         self._send = send
+        self.on_changed: Callable[[], None] = lambda: None  # after anything moved the allocator
         self._waiting: dict[int, asyncio.Future[Result]] = {}
         self._next_full_state = now
         self._neighbours: set[bytes] = set()
@@ -85,6 +86,7 @@ class IpamService:
                 future.set_result(outcome)
             else:
                 future.set_exception(outcome)
+        self.on_changed()
 
     def on_message(self, src: bytes, payload: bytes, *, unicast: bool) -> None:
         handler = self.allocator.on_unicast if unicast else self.allocator.on_broadcast
@@ -169,6 +171,17 @@ class IpamService:
     def owners(self) -> dict[str, list[str]]:
         return self.allocator.owners()
 
+    def addresses(self, owner: str) -> list[str]:
+        return self.allocator.addresses(owner)
+
+    def standing(self, address: str) -> str | None:
+        """Why an endpoint here may not use `address` (None: it may); `Allocator.standing`."""
+        return self.allocator.standing(address)
+
+    def removed(self) -> frozenset[bytes]:
+        """Peers removed with rmpeer, here or anywhere: the data path leaves them out."""
+        return frozenset(self.allocator.gone)
+
     def status(self) -> dict[str, Any]:
         return self.allocator.status()
 
@@ -179,6 +192,10 @@ class IpamService:
         count, out = self.allocator.rmpeer(peer, now=time.monotonic())
         self._flush(out)
         return count
+
+    def check_reset(self) -> None:
+        """Raise what `reset` would, changing nothing."""
+        self.allocator.check_reset()
 
     def reset(self) -> None:
         self._flush(self.allocator.reset(now=time.monotonic()))

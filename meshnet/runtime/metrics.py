@@ -275,6 +275,9 @@ def _ipam_families(ipam: dict[str, Any] | None) -> list[Metric]:
     out.append(addrs)
     out.append(GaugeMetricFamily("meshnet_ipam_pending_requests", "Allocations waiting for space", value=float(ipam.get("pending", 0))))
     out.append(GaugeMetricFamily("meshnet_ipam_conflicts", "IPAM conflicts (must be 0)", value=float(len(ipam.get("conflicts") or []))))
+    returned = (ipam.get("reclaiming") or {}).get("returned") or []
+    out.append(GaugeMetricFamily("meshnet_ipam_removed_peers_back", "Peers removed with rmpeer that are reachable again (must be 0: each must reset)", value=float(len(returned))))
+    out.append(GaugeMetricFamily("meshnet_ipam_tombstoned", "1 when this peer was removed with rmpeer and must reset", value=float(bool(ipam.get("tombstoned")))))
     peer_size = GaugeMetricFamily("meshnet_ipam_peer_addresses", "Allocation space per owning peer, by state", labels=["peer", "state"])
     peer_ranges = GaugeMetricFamily("meshnet_ipam_peer_ranges", "Ranges per owning peer", labels=["peer", "reachable"])
     for name, p in sorted((ipam.get("peers") or {}).items()):

@@ -49,6 +49,14 @@ class Plumbing:
         """A veth from the bridge into a namespace (name or path), with addresses."""
         return await self._kernel.call(self._links.attach, netns, bridge=self.bridge, cidrs=cidrs, mtu=self.mtu, ifname=ifname)
 
+    async def attachment(self, netns: str, *, ifname: str) -> Attachment | None:
+        """What an earlier `attach_netns` left for this namespace, if both ends remain."""
+        return await self._kernel.call(self._links.attachment, netns, bridge=self.bridge, ifname=ifname)
+
+    async def set_up(self, name: str, up: bool) -> bool:
+        """A port up or down (a refused endpoint is taken off the overlay this way)."""
+        return await self._kernel.call(self._links.set_up, name, up)
+
     async def detach_netns(self, netns: str) -> bool:
         return await self._kernel.call(self._links.detach, netns)
 

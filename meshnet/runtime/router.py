@@ -14,11 +14,16 @@ updates, the timer) runs under `self.supervisor`, which logs and counts what esc
 and restarts the timer; what escapes callbacks and threads is caught by the loop's
 exception handler and `threading.excepthook` it installs.
 
-Start order: run-dir lock and pid file, state-dir lock (a second router on the same run or
-state dir stops here and touches nothing of the first one's), bridge
+Start order: run-dir lock and pid file, state-dir lock, network-namespace lock (a second
+router on the same run or state dir, or in the same namespace, stops here and touches
+nothing of the first one's), bridge
 and TAP, sleeve socket and pump thread, mesh core, TCP listener, API socket, endpoints,
-then the timer (dialling starts there). Stop runs it backwards; the bridge and attached
-containers stay, so a restart picks them up.
+then the timer (dialling starts there). Stop runs it backwards; the bridge, TAP, VXLAN
+device, FDB and attached containers stay, so the kernel forwards while no router runs and a
+restart adopts them (docs/concepts.md, "Restarts and upgrades").
+
+Peers removed with rmpeer (IPAM's `removed()`) are left out of the data path on every
+router: such a peer must reset before its endpoints are served again.
 """
 
 from __future__ import annotations
@@ -34,16 +39,19 @@ from typing import Any, Awaitable, Callable
 from meshnet.api.server import ApiServer
 from meshnet.config import RouterConfig
 from meshnet.dataplane import layout, sleeve_plan
-from meshnet.errors import UsageError
+from meshnet.errors import Conflict, UsageError
 from meshnet.kernel.links import Links
+from meshnet.kernel.netns_lock import NetnsLock
 from meshnet.mesh.core import Deliver, MeshCore
+from meshnet.mesh.departed import Departed
 from meshnet.mesh.quota import Limits
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.control import ControlPlane
 from meshnet.runtime.dial_book import DialBook
+from meshnet.runtime.endpoint_guard import EndpointGuard
 from meshnet.runtime.endpoint_service import EndpointService
 from meshnet.runtime.endpoints import EndpointRegistry
-from meshnet.runtime.fastdp_driver import FastdpDriver
+from meshnet.runtime.fastdp_driver import VXLAN_DEVICE, FastdpDriver
 from meshnet.runtime.handlers import RouterHandlers
 from meshnet.runtime.ipam_service import CHANNEL as IPAM_CHANNEL
 from meshnet.runtime.ipam_service import IpamService, default_init
@@ -68,6 +76,7 @@ class Router:
         self.started = time.time()
         self.kernel = KernelThread()
         self.run_dir = RunDir(config.run_dir)
+        self.netns_lock = NetnsLock()
         self.state: StateDir | None = None
         self._links: Links | None = None
         self._tap_fds: list[int] = []
@@ -89,6 +98,7 @@ class Router:
         self.endpoints: EndpointService
         self.plumbing: Plumbing
         self.mtu = 0
+        self._removed: frozenset[bytes] = frozenset()  # peers IPAM says were removed with rmpeer
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -97,7 +107,11 @@ class Router:
         self.run_dir.acquire()  # first: nothing in a run dir another router holds is touched
         try:
             self.state = StateDir(self.config.state_dir)
+            self.netns_lock.acquire()  # before the kernel: the namespace's data path is one router's
         except BaseException:
+            if self.state is not None:
+                self.state.close()
+                self.state = None
             self.run_dir.release()
             raise
         try:
@@ -130,6 +144,7 @@ class Router:
             mtu=self.mtu,
             no_fastdp=cfg.no_fastdp,
             encrypted=self.encrypted,
+            grace_period=cfg.restart_grace,
         )
         self.fastdp.on_modes_changed = self._program_sleeve
         underlay_ip = cfg.host if cfg.host not in ("0.0.0.0", "") else await self.kernel.call(self._links.underlay_ip)
@@ -156,6 +171,7 @@ class Router:
             now=now,
             conn_limit=cfg.conn_limit,
             limits=Limits(cfg.max_peers, cfg.max_endpoints, cfg.max_peer_endpoints),
+            departed_grace=cfg.restart_grace,
         )
         targets = Targets()
         self.dial_book = DialBook(self.state, targets, wake=self.timer.wake)
@@ -197,8 +213,12 @@ class Router:
             publish=self._publish_endpoints,
             publish_names=lambda names: self.control.handle(self.core.set_data("dns", names, now=time.monotonic())),
             claims=lambda: self.core.claims,
+            guard=EndpointGuard(self.state, self.plumbing, self.ipam.standing),
+            spawn=self.spawn,
         )
-        await self.endpoints.restore()
+        self._removed = self.ipam.removed()
+        self.ipam.on_changed = self._ipam_changed
+        await self.endpoints.restore(own_ports={cfg.tap, VXLAN_DEVICE})
         self.timer.add(Job("mesh", lambda now: self.control.tick(now=now), self.core.next_deadline))
         self.timer.add(Job("dial", lambda now: self.control.dial_due(now=now), self.control.next_deadline))
         self.timer.add(Job("fastdp", lambda now: self.fastdp.tick(), self.fastdp.next_deadline))
@@ -249,6 +269,7 @@ class Router:
         if self.state is not None:
             self.state.close()
             self.state = None
+        self.netns_lock.release()
         self.run_dir.release()
         self.supervisor.uninstall()
         log.info("router stopped")
@@ -291,7 +312,13 @@ class Router:
     def _topology_changed(self) -> None:
         self._program_sleeve()
         self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), self._fastdp_off()), "fastdp-update")
+        removed = {layout.peer_id(p) for p in self._removed}
+        self.spawn(
+            self.fastdp.update(
+                self._direct_ips(), self._remote_endpoints(), peers_off=self._fastdp_off(), departed=self._departed_ips(), removed=removed
+            ),
+            "fastdp-update",
+        )
         self.dial_book.follow_topology()
         self._log_conflicts()
 
@@ -305,27 +332,78 @@ class Router:
                 c.kind.upper(), c.address, nick(c.owner), nick(c.other), nick(c.owner),
             )
 
+    def _ipam_changed(self) -> None:
+        """IPAM moved: peers removed with rmpeer leave the data path; endpoints whose
+        addresses are no longer ours are refused."""
+        removed = self.ipam.removed()
+        if removed != self._removed:
+            self._removed = removed
+            self.core.forget_departed(set(removed))
+            self._topology_changed()
+        self.endpoints.check()
+
+    def _data_peers(self) -> set[bytes]:
+        """Reachable peers the data path serves: not those removed with rmpeer."""
+        return self.core.topology.reachable() - self._removed
+
+    def _departed(self) -> list[Departed]:
+        """Peers that left within the grace period (not removed): their kernel may forward."""
+        return [d for d in self.core.departed if d.entry.name not in self._removed]
+
     def _direct_ips(self) -> dict[int, str | None]:
         """Every reachable peer's id, with its underlay IP when we connect to it directly."""
         direct = {c.peer: c.ip for c in self.core.conns.values()}
-        return {layout.peer_id(p): direct.get(p) for p in self.core.topology.reachable()}
+        return {layout.peer_id(p): direct.get(p) for p in self._data_peers()}
+
+    def _departed_ips(self) -> dict[int, str]:
+        return {layout.peer_id(d.entry.name): d.ip for d in self._departed()}
 
     def _fastdp_off(self) -> set[int]:
         """Directly connected peers whose FEATURES say they run without fastdp."""
         return {layout.peer_id(c.peer) for c in self.core.conns.values() if isinstance(c.features, dict) and c.features.get("fastdp") == 0}
 
     def _remote_endpoints(self) -> dict[str, int]:
-        """{MAC: peer id} of every reachable peer's gossiped endpoints: the one place the pump
-        and FDB planners read them from. A MAC two peers claim goes to its owner (the
-        earlier claim, `mesh/claims.py`); our own MACs never go to another peer."""
-        reachable = self.core.topology.reachable()
-        return {mac: layout.peer_id(peer) for mac, peer in self.core.claims.owners("mac") if peer in reachable}
+        """{MAC: peer id} of every served peer's gossiped endpoints, and the last ones of
+        departed peers: the one place the pump and FDB planners read them from. A MAC two
+        peers claim goes to its owner (the earlier claim, `mesh/claims.py`); our own MACs
+        never go to another peer."""
+        claims = self.core.claims
+        eps: dict[str, int] = {}
+        for d in self._departed():
+            for mac, *_ in d.entry.data.get("eps", []):
+                if claims.owner("mac", mac) in (None, d.entry.name):
+                    eps[mac] = layout.peer_id(d.entry.name)
+        served = self._data_peers()
+        eps.update({mac: layout.peer_id(peer) for mac, peer in claims.owners("mac") if peer in served})
+        return eps
+
+    async def reset(self, *, release: bool) -> dict[str, Any]:
+        """Hand this peer's address space to a reachable peer before it leaves for good.
+
+        Raises:
+            Conflict: addresses of this peer are in use and `release` was not given.
+            IpamError: no peer can take the space, or an rmpeer is being confirmed.
+        """
+        in_use = self.ipam.owners()
+        if in_use and not release:
+            held = sum(len(a) for a in in_use.values())
+            names = ", ".join(sorted(in_use)[:5]) + (", ..." if len(in_use) > 5 else "")
+            raise Conflict(
+                f"{held} address(es) of this peer are in use ({names}): handing them to another peer would "
+                "duplicate them; detach those first, or reset --release to detach them now"
+            )
+        self.ipam.check_reset()
+        detached = await self.endpoints.detach_all() if release else []
+        self.ipam.reset()
+        await self.fastdp.leave()  # peers stop forwarding to this host's kernel at once
+        return {"handed_off": True, "detached": detached, "released": sum(len(a) for a in in_use.values())}
 
     def _program_sleeve(self) -> None:
         """Mirror reachability, routes, keys and gossiped endpoints into the pump's tables."""
+        removed = self._removed
         want = sleeve_plan.plan(
             local=self.core.name,
-            routes=self.core.topology.routes(),
+            routes={p: hop for p, hop in self.core.topology.routes().items() if p not in removed},
             direct=self.control.direct(),
             fastdp=self.fastdp.fastdp_peers(),
             endpoints=self._remote_endpoints(),

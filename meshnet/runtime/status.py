@@ -91,6 +91,23 @@ def conflicts(router: Router) -> dict[str, Any]:
     return {"current": claims.contested, "detected": claims.detected, "list": claims.conflicts()}
 
 
+def departed(router: Router, now: float) -> list[dict[str, Any]]:
+    """Peers that left within the grace period: the data path forwards to their kernel
+    while it answers probes (`mode` says whether it does)."""
+    grace = router.core.departed.grace
+    return [
+        {
+            "name": d.entry.name.hex(),
+            "nick": d.entry.nick,
+            "address": d.ip,
+            "endpoints": len(d.entry.data.get("eps", [])),
+            "grace_left_s": round(max(0.0, d.since + grace - now), 1),
+            **dict(zip(("mode", "mode_reason"), router.fastdp.health.mode(layout.peer_id(d.entry.name)))),
+        }
+        for d in router.core.departed
+    ]
+
+
 def status(router: Router) -> dict[str, Any]:
     core = router.core
     topo = core.topology
@@ -157,6 +174,7 @@ def status(router: Router) -> dict[str, Any]:
             "stats": sleeve.stats(),
         },
         "peers": peers,
+        "departed": departed(router, now),
         "connections": conns + pending,
         "targets": targets,
         "refusals": list(router.control.refusals),

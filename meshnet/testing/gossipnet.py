@@ -32,6 +32,7 @@ class GossipNet:
     dup: float = 0.0
     reorder: bool = False
     conn_limit: int = 100
+    departed_grace: float = 0.0  # MeshCore's: how long a peer that left is kept
     now: float = 1000.0
     cores: list[MeshCore] = field(default_factory=list)
     bytes_sent: int = 0  # every control message
@@ -60,6 +61,7 @@ class GossipNet:
                 udp_port=6783,
                 now=self.now,
                 conn_limit=self.conn_limit,
+                departed_grace=self.departed_grace,
                 rng=random.Random(self.rng.getrandbits(32)),
             )
         )

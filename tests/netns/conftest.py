@@ -1,4 +1,4 @@
-"""Shared fixtures of the netns tests: `docker_lab`, 3 simulated Docker hosts.
+"""Shared fixtures of the netns tests: `docker_lab`, 3 simulated Docker hosts; `upgrade_build`.
 
 A test that asks for `docker_lab` gets the markers that lab needs (netns, slow, root,
 docker.io and busybox-static) added at collection, so `-m` selection and the skips work
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
+import meshnet
 from meshnet.lab import running_lab
+
+UPGRADE_VERSION = "99.0.0+upgrade"
 
 DOCKER_LAB_MARKS = (
     pytest.mark.netns,
@@ -34,3 +38,21 @@ def docker_lab():
     torn down after the test, even a failed one (MNDK_KEEP=1 keeps it)."""
     with running_lab(3) as lab:
         yield lab
+
+
+@pytest.fixture(scope="module")
+def upgrade_build():
+    """Another build of meshnet, as `Lab.start_router` keywords: a copy of the package with
+    another version, run from another path (an upgrade without a second checkout)."""
+    root = tempfile.mkdtemp(prefix="mnr-upgrade-")
+    try:
+        src = os.path.dirname(meshnet.__file__)
+        shutil.copytree(src, os.path.join(root, "meshnet"), ignore=shutil.ignore_patterns("__pycache__"))
+        init = os.path.join(root, "meshnet", "__init__.py")
+        text = open(init).read().replace(f'__version__ = "{meshnet.__version__}"', f'__version__ = "{UPGRADE_VERSION}"')
+        assert UPGRADE_VERSION in text
+        with open(init, "w") as f:
+            f.write(text)
+        yield {"env": {"PYTHONPATH": root}, "cwd": root}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -293,6 +293,30 @@ def test_garbage_collection_after_grace():
     run(main())
 
 
+def test_the_gateway_is_never_collected_while_its_network_exists():
+    """Docker lists no gateway in the IPAM config of a network created with a subnet (the
+    router's own network is), so Docker's in-use set lacks it; the driver keeps the gateway
+    CreateNetwork named until the network is gone, and never gives it to a container."""
+
+    async def main():
+        rig = Rig()
+        pool_id, _, gw = await rig.create_network()
+        gw_ip = gw.split("/")[0]
+        address = await rig.run_container(pool_id)
+        in_use = {address.split("/")[0]}  # what Docker reports: containers only
+        rig.now += 1000
+        assert await rig.driver.collect_garbage(in_use, networks={NID}) == []
+        assert await rig.driver.collect_garbage(in_use) == []  # without Docker's list: every network we know
+        assert rig.router.held[gw_ip].startswith("docker-gw:")
+        second = await rig.run_container(pool_id, eid=EID2)
+        assert second.split("/")[0] != gw_ip
+        # the network went away while we were not told (dockerd killed): now it is garbage
+        assert await rig.driver.collect_garbage(in_use | {second.split("/")[0]}, networks=set()) == [gw_ip]
+        assert gw_ip not in rig.router.held
+
+    run(main())
+
+
 def test_request_pool_loop_is_broken_with_advice():
     """libnetwork re-asks forever while the default pool overlaps a host route."""
 

@@ -6,6 +6,7 @@ import pytest
 
 from ipam_sim import Net, peer_name
 from meshnet.ipam import IpamBadRequest, IpamError, Pending, PeerReachable, RangeExhausted, Result
+from meshnet.ipam.errors import Tombstoned
 from meshnet.ipam.paxos import GRACE
 
 P0, P1, P2, P3, P4 = (peer_name(i) for i in range(5))
@@ -190,7 +191,7 @@ def test_rmpeer_confirmation_survives_a_restart() -> None:
     assert net.peers[P0].alloc.status()["reclaiming"]["peers"] == [P3.hex()]
     net.settle()
     assert owners(net) == {P0, P1, P2}
-    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": [], "removed": [P3.hex()]}
+    assert net.peers[P0].alloc.status()["reclaiming"] == {"peers": [], "waiting_for": [], "removed": [P3.hex()], "returned": []}
 
 
 def test_rmpeer_loses_to_a_change_the_dead_peer_made_that_we_had_not_seen() -> None:
@@ -295,3 +296,55 @@ def test_a_reclaim_waiting_for_a_peer_that_died_finishes_once_that_peer_is_remov
     net.settle()
     assert owners(net) <= {P0, P1, P2}
     net.check_converged()
+
+
+def test_a_removed_peer_that_comes_back_must_reset_and_every_peer_says_so() -> None:
+    """rmpeer of a peer that was only cut off (a VM restored from a snapshot comes back):
+    it is recognised by its tombstone, refuses to allocate, gets no donation, and every
+    peer reports it; the addresses it still holds are not its own any more."""
+    net = Net("10.32.0.0/24", ["consensus=4"] * 4)
+    net.settle()
+    kept = net.allocate(P3, "c3")
+    assert isinstance(kept, Result)
+    net.group[P3] = 1  # cut off: to the others it is gone
+    net.topology_changed()
+    assert net.rmpeer(P0, P3) == 64
+    for _ in range(20):
+        net.deliver()
+        net.gossip()
+        net.deliver()
+        net.advance(1.0)
+    assert P3 not in {e.owner for _, _, e in net.peers[P0].alloc.ring.ranges()}
+    net.heal()  # it comes back
+    for _ in range(10):
+        net.deliver()
+        net.gossip()
+        net.deliver()
+        net.advance(1.0)
+    back = net.peers[P3].alloc
+    assert back.tombstoned and back.status()["tombstoned"] and "meshnet reset" in back.status()["state"]
+    assert isinstance(net.allocate(P3, "new"), Tombstoned)
+    assert back.standing(kept.address) is not None  # its container's address is not its own
+    for name in (P0, P1, P2):
+        status = net.peers[name].alloc.status()
+        assert status["reclaiming"]["returned"] == [P3.hex()]
+        assert any(P3.hex() in c and "reset" in c for c in status["conflicts"])
+    # it asks for space: denied by every donor
+    assert isinstance(net.allocate(P3, "again"), Tombstoned)
+    assert not any(p.alloc.ring.owned(P3) for p in net.peers.values())
+    net.restart(P3)  # the tombstone is persisted
+    assert net.peers[P3].alloc.tombstoned
+
+
+def test_a_peers_own_addresses_have_standing_others_do_not() -> None:
+    net = Net("10.32.0.0/24", ["consensus=2"] * 2)
+    net.settle()
+    mine = net.allocate(P0, "c0")
+    theirs = net.allocate(P1, "c1")
+    assert isinstance(mine, Result) and isinstance(theirs, Result)
+    a = net.peers[P0].alloc
+    assert a.standing(mine.address) is None
+    assert "not allocated on this peer" in a.standing(theirs.address)
+    assert a.standing("192.168.1.1") is None  # outside the range: not IPAM's
+    free = next(f"10.32.0.{i}" for i in range(1, 255) if f"10.32.0.{i}" not in (mine.address, theirs.address))
+    assert a.standing(free) is not None

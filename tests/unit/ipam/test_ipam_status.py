@@ -15,7 +15,7 @@ from meshnet.testing.ipam_store import MemoryStore
 A, B, C = bytes([1]) * 16, bytes([2]) * 16, bytes([3]) * 16
 U = parse_universe("10.32.0.0/24")
 
-KEYS = {"name", "range", "init", "state", "waiting", "pending", "local", "peers", "unreachable_owners", "reclaiming", "conflicts"}
+KEYS = {"name", "range", "init", "state", "waiting", "pending", "local", "peers", "unreachable_owners", "reclaiming", "tombstoned", "conflicts"}
 
 
 def view(**changes: object) -> IpamView:
@@ -68,8 +68,11 @@ def test_the_state_while_there_is_no_ring() -> None:
 
 
 def test_reclaiming_is_reported_sorted() -> None:
-    report = status.build(view(reclaiming=frozenset({C}), waiting_for=frozenset({C, B}), removed=(C, B)))
-    assert report["reclaiming"] == {"peers": [C.hex()], "waiting_for": [B.hex(), C.hex()], "removed": [B.hex(), C.hex()]}
+    report = status.build(view(reclaiming=frozenset({C}), waiting_for=frozenset({C, B}), removed=(C, B), returned=frozenset({B})))
+    assert report["reclaiming"] == {
+        "peers": [C.hex()], "waiting_for": [B.hex(), C.hex()], "removed": [B.hex(), C.hex()], "returned": [B.hex()]
+    }
+    assert report["tombstoned"] is False
 
 
 def test_status_does_not_import_the_allocator() -> None:
