@@ -192,6 +192,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("password", None, "shared secret: encrypts and authenticates the mesh", secret=True),
     Option("password_file", None, "read the shared secret from this file"),
     Option("conn_limit", 100, "most control connections", _int_in(1, 10000)),
+    Option(
+        "full_mesh_limit",
+        64,
+        "up to this many peers every router connects to every other; beyond, each keeps MESH_DEGREE chosen connections (the data path stays direct)",
+        _int_in(2, 100000),
+    ),
+    Option("mesh_degree", 4, "control connections each router chooses in a mesh bigger than FULL_MESH_LIMIT", _int_in(2, 64)),
     Option("ipalloc_range", "10.32.0.0/12", "the address range IPAM hands out, cluster-wide", _range, group="ipam"),
     Option("ipalloc_init", "", "how the range is first split: consensus=N, seed=PEER,... or observer (default consensus=1+number of PEERs)", _init, group="ipam"),
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),

@@ -16,9 +16,11 @@ Gossip, in three parts:
 Trees are computed from each peer's own view; while views differ a delta may miss
 someone, and anti-entropy repairs it.
 
-Liveness: a HEARTBEAT goes out on every connection that sent nothing for `heartbeat`
-seconds; a connection that received nothing for `timeout` seconds is closed. Peers that
-stay unreachable for `gc_after` seconds are forgotten.
+Liveness (`liveness.py`): one round per `heartbeat` interval heartbeats idle connections
+and closes dead ones, judged on what the runtime reports of the kernel (`heard`, `acked`):
+a slow but alive peer is not a dead one. Peers that stay unreachable for `gc_after`
+seconds are forgotten. Changes to our own entry act locally at once (`Changed`) but are
+gossiped at most once per `publish_batch` seconds (99 new connections: one flood).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshnet.errors import Refusal, RemoteProtocolError
-from meshnet.mesh.targets import normalize
+from meshnet.mesh import liveness
 from meshnet.mesh.topology import Link, PeerEntry, Topology
 from meshnet.mesh.wire import MAX_FRAME, Message, Msg
 
@@ -89,6 +91,7 @@ class Conn:
     last_rx: float
     last_tx: float
     features: dict[str, Any]
+    last_ack: float = float("-inf")  # the peer's kernel last acknowledged our data
 
 
 def _approx_size(entry: PeerEntry) -> int:
@@ -106,10 +109,11 @@ class MeshCore:
         udp_port: int,
         now: float,
         conn_limit: int = 100,
-        heartbeat: float = 3.0,
-        timeout: float = 9.0,
-        gossip_interval: float = 5.0,
-        gc_after: float = 60.0,
+        heartbeat: float = liveness.HEARTBEAT,
+        timeout: float = liveness.TIMEOUT,
+        gossip_interval: float = liveness.GOSSIP_INTERVAL,
+        gc_after: float = liveness.GC_AFTER,
+        publish_batch: float = liveness.PUBLISH_BATCH,
         rng: random.Random | None = None,
     ):
         local = PeerEntry(name, nick, uid, int(now * 1000), port, udp_port)
@@ -117,12 +121,14 @@ class MeshCore:
         self.topology = Topology(local)
         self.conns: dict[int, Conn] = {}
         self.conn_limit = conn_limit
-        self.heartbeat = heartbeat
-        self.timeout = timeout
         self.gossip_interval = gossip_interval
         self.gc_after = gc_after
         self._rng = rng or random.Random()
         self._next_gossip = now + gossip_interval * self._rng.uniform(0.5, 1.0)
+        self.liveness = liveness.Liveness(heartbeat, timeout, next_round=now + heartbeat * self._rng.uniform(0.5, 1.0))
+        self.publish_batch = publish_batch
+        self._publish_at: float | None = None  # our changed entry is gossiped then
+        self._published_at = float("-inf")
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
@@ -179,6 +185,16 @@ class MeshCore:
         events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
         return None, events
 
+    def heard(self, conn: int, at: float) -> None:
+        """The peer's bytes reached our socket at `at` (the kernel's time, read or not)."""
+        if (c := self.conns.get(conn)) is not None:
+            c.last_rx = max(c.last_rx, at)
+
+    def acked(self, conn: int, at: float) -> None:
+        """The peer's kernel acknowledged our data at `at` (now: nothing is in flight)."""
+        if (c := self.conns.get(conn)) is not None:
+            c.last_ack = max(c.last_ack, at)
+
     def _refused(self, refusal: Refusal, reason: str) -> tuple[Refused, list[Event]]:
         self.counters["refused"] += 1
         return Refused(refusal, reason), []
@@ -203,10 +219,17 @@ class MeshCore:
         return self._publish_local(now)
 
     def _publish_local(self, now: float) -> list[Event]:
-        events = self._down_tree(self.name, [self.topology.local], exclude=None, now=now)
-        events.append(Changed())
+        """Our entry changed: act on it here at once; gossip it now or with the next batch."""
         self._track_reachability(now)
-        return events
+        if self._publish_at is None:
+            self._publish_at = max(now, self._published_at + self.publish_batch)
+        return [*self._flush_publish(now), Changed()]
+
+    def _flush_publish(self, now: float) -> list[Event]:
+        if self._publish_at is None or now < self._publish_at:
+            return []
+        self._publish_at, self._published_at = None, now
+        return self._down_tree(self.name, [self.topology.local], exclude=None, now=now)
 
     # -- messages ----------------------------------------------------------------------
 
@@ -366,12 +389,11 @@ class MeshCore:
     # -- time --------------------------------------------------------------------------
 
     def tick(self, *, now: float) -> list[Event]:
-        events: list[Event] = []
-        for conn, c in list(self.conns.items()):
-            if now - c.last_rx >= self.timeout:
-                events.append(Close(conn, f"no message from {c.nick!r} for {now - c.last_rx:.1f}s"))
-            elif now - c.last_tx >= self.heartbeat:
-                events.append(self._send(conn, Msg.HEARTBEAT, (), now=now))
+        events = self._flush_publish(now)
+        if now >= self.liveness.next_round:
+            dead, idle = self.liveness.round(self.conns, now, self._rng.uniform(0.9, 1.1))
+            events += [Close(conn, why) for conn, why in dead]
+            events += [self._send(conn, Msg.HEARTBEAT, (), now=now) for conn in idle]
         if now >= self._next_gossip:
             self._next_gossip = now + self.gossip_interval * self._rng.uniform(0.75, 1.25)
             if self.conns:
@@ -396,10 +418,11 @@ class MeshCore:
         return self._gossip_round.pop()
 
     def next_deadline(self) -> float:
-        times = [self._next_gossip]
-        for c in self.conns.values():
-            times += [c.last_rx + self.timeout, c.last_tx + self.heartbeat]
-        times += [since + self.gc_after for since in self._unreachable_since.values()]
+        times = [self._next_gossip, self.liveness.next_round]
+        if self._publish_at is not None:
+            times.append(self._publish_at)
+        if self._unreachable_since:
+            times.append(min(self._unreachable_since.values()) + self.gc_after)
         return min(times)
 
     def _track_reachability(self, now: float) -> None:
@@ -409,17 +432,3 @@ class MeshCore:
                 self._unreachable_since.pop(name, None)
             else:
                 self._unreachable_since.setdefault(name, now)
-
-    # -- views -------------------------------------------------------------------------
-
-    def discovered_targets(self) -> dict[str, bytes]:
-        """{"ip:port": peer} for reachable peers we have no connection to."""
-        connected = set(self.by_peer())
-        reachable = self.topology.reachable()
-        out: dict[str, bytes] = {}
-        for entry in self.topology.entries.values():
-            for link in entry.links:
-                target = self.topology.entries.get(link.peer)
-                if link.peer in reachable and link.peer not in connected and target is not None:
-                    out.setdefault(normalize(f"{link.ip}:{target.port}"), link.peer)
-        return out

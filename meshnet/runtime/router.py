@@ -32,7 +32,9 @@ from meshnet.dataplane import layout, sleeve_plan
 from meshnet.errors import UsageError
 from meshnet.kernel.links import Links
 from meshnet.mesh.core import Deliver, MeshCore
+from meshnet.mesh.policy import ConnectionPolicy, peer_addresses
 from meshnet.mesh.targets import Targets
+from meshnet.runtime.coalesce import Coalescer
 from meshnet.runtime.control import ControlPlane
 from meshnet.runtime.dial_book import DialBook
 from meshnet.runtime.endpoint_service import EndpointService
@@ -51,6 +53,8 @@ from meshnet.state.statedir import StateDir
 
 log = logging.getLogger("meshnet.router")
 
+REPLAN_GAP = 0.1  # seconds between two runs of the data paths' re-planning, at the least
+
 
 class Router:
     def __init__(self, config: RouterConfig):
@@ -68,6 +72,9 @@ class Router:
         self._stopping = asyncio.Event()
         self.api = ApiServer(config.socket)
         self.timer = TimerLoop([])
+        self.policy = ConnectionPolicy(full_mesh_limit=config.full_mesh_limit, degree=config.mesh_degree)
+        # A burst of topology changes (a join changes many entries) re-plans the data paths once.
+        self.replan = Coalescer("data path re-planning", self._replan, spawn=self.spawn, min_gap=REPLAN_GAP)
         # Built in start(); typed here for readers.
         self.core: MeshCore
         self.control: ControlPlane
@@ -115,8 +122,9 @@ class Router:
             mtu=self.mtu,
             no_fastdp=cfg.no_fastdp,
             encrypted=self.encrypted,
+            spawn=self.spawn,
         )
-        self.fastdp.on_modes_changed = self._program_sleeve
+        self.fastdp.on_modes_changed = self.replan.request
         underlay_ip = cfg.host if cfg.host not in ("0.0.0.0", "") else await self.kernel.call(self._links.underlay_ip)
         await self.fastdp.start(underlay_ip)
         self.sleeve = SleeveDriver(
@@ -272,15 +280,26 @@ class Router:
         self.control.handle(self.core.set_data("eps", eps, now=time.monotonic()))
 
     def _topology_changed(self) -> None:
+        self.replan.request()
+
+    async def _replan(self) -> None:
+        """Make the data paths, IPAM and the dialler follow the mesh (coalesced: `replan`)."""
         self._program_sleeve()
         self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        self.spawn(self.fastdp.update(self._direct_ips(), self._remote_endpoints(), self._fastdp_off()))
-        self.dial_book.follow_topology()
+        topo = self.core.topology
+        eps = {layout.peer_id(p): topo.entries[p].data.get("eps") for p in topo.reachable()}
+        self.fastdp.update(self._peer_ips(), eps, self._fastdp_off())
+        connected = {c.peer: (c.outbound, c.since) for c in self.core.conns.values()}
+        plan = self.policy.plan(topo, connected=connected, now=time.monotonic(), failing=self.control.targets.failing())
+        self.control.follow(plan)
+        self.dial_book.remember(plan)
 
-    def _direct_ips(self) -> dict[int, str | None]:
-        """Every reachable peer's id, with its underlay IP when we connect to it directly."""
-        direct = {c.peer: c.ip for c in self.core.conns.values()}
-        return {layout.peer_id(p): direct.get(p) for p in self.core.topology.reachable()}
+    def _peer_ips(self) -> dict[int, str | None]:
+        """Every reachable peer's id and underlay IP: the connection's when we hold one,
+        else as its neighbours see it (gossiped); None when nobody says."""
+        ips: dict[bytes, str] = {c.peer: c.ip for c in self.core.conns.values()}
+        seen = peer_addresses(self.core.topology)
+        return {layout.peer_id(p): ips.get(p) or seen.get(p) for p in self.core.topology.reachable()}
 
     def _fastdp_off(self) -> set[int]:
         """Directly connected peers whose FEATURES say they run without fastdp."""

@@ -10,9 +10,9 @@ from meshnet.dataplane.fastdp import (
     REASON_NO_FASTDP,
     REASON_UNVERIFIED,
     SLEEVE,
-    PathHealth,
     fastdp_disabled_reason,
 )
+from meshnet.dataplane.path_health import PathHealth
 
 
 class Net:
