@@ -67,7 +67,8 @@ class PathHealth:
         self._peers: dict[int, _Peer] = {}
         self._probes: list[tuple[float, int]] = []  # (next probe, peer); stale rows are skipped
         self._checks: list[tuple[float, int]] = []  # (when to look at the peer again, peer)
-        self._tokens = max_rate
+        self._burst = max(2.0, max_rate / 5)  # small: after a quiet spell, no clump of probes
+        self._tokens = self._burst
         self._refilled = now
         self.set_peers(peer_ids, now)
 
@@ -115,8 +116,9 @@ class PathHealth:
             self._tokens -= 1
             self._seq = (self._seq + 1) & 0xFFFFFFFF
             p.outstanding[self._seq] = now
-            # Keep the cadence but never burst to catch up after a stall.
-            p.next_probe = max(at + period, now + period / 2)
+            # From the send, not the schedule: a stall or the bucket never causes a burst
+            # later, and peers the bucket spread out stay spread out.
+            p.next_probe = now + period
             heapq.heappush(self._probes, (p.next_probe, pid))
             heapq.heappush(self._checks, (now + self.interval, pid))  # when this probe counts as missed
             due.append((pid, self._seq))
@@ -186,5 +188,5 @@ class PathHealth:
 
     def _refill(self, now: float) -> None:
         if now > self._refilled:
-            self._tokens = min(self.max_rate, self._tokens + (now - self._refilled) * self.max_rate)
+            self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.max_rate)
             self._refilled = now

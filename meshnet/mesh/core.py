@@ -225,6 +225,11 @@ class MeshCore:
             self._publish_at = max(now, self._published_at + self.publish_batch)
         return [*self._flush_publish(now), Changed()]
 
+    @property
+    def publish_due(self) -> float | None:
+        """When our changed entry is gossiped next (None: nothing waits)."""
+        return self._publish_at
+
     def _flush_publish(self, now: float) -> list[Event]:
         if self._publish_at is None or now < self._publish_at:
             return []

@@ -4,8 +4,10 @@ A topology change asks the data paths to follow it. Under load changes come in b
 (a join changes every peer's entry), and doing the work once per change feeds the load:
 each run is slower, more changes queue behind it. A `Coalescer` runs its work at most once
 at a time; requests that arrive while it runs make exactly one more run, after a gap of
-at least `min_gap` seconds and at least `duty` times the last run's duration (so the work
-never takes more than about 1/(1+duty) of the time, however fast changes come).
+at least `min_gap` seconds and at least `duty` times the last run's duration, up to
+`max_gap` (so under a stream of changes the work takes at most about 1/(1+duty) of the
+time, and one huge run, such as the first sync of a big mesh, delays the next by a second
+at most).
 
 An exception from the work is logged (rate limited) and counted; the next request runs it
 again. Runs on the asyncio loop; the work itself decides what goes off the loop.
@@ -32,6 +34,7 @@ class Coalescer:
         spawn: Callable[[Any], Any],
         min_gap: float = 0.1,
         duty: float = 1.0,
+        max_gap: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.name = name
@@ -39,6 +42,7 @@ class Coalescer:
         self._spawn = spawn
         self.min_gap = min_gap
         self.duty = duty
+        self.max_gap = max(max_gap, min_gap)
         self._clock = clock
         self._dirty = False
         self._running = False
@@ -86,7 +90,7 @@ class Coalescer:
                 self.stats["runs"] += 1
                 self.stats["last_run_s"] = round(took, 4)
                 self.stats["max_run_s"] = round(max(self.stats["max_run_s"], took), 4)
-                self._not_before = self._clock() + max(self.min_gap, self.duty * took)
+                self._not_before = self._clock() + min(self.max_gap, max(self.min_gap, self.duty * took))
         finally:  # done, or cancelled (the router stops): a later request starts afresh
             self._running = False
             self._done.set()

@@ -150,11 +150,18 @@ class GossipNet:
         return delivered
 
     def settle(self, max_steps: int = 1000) -> int:
-        """Step until nothing is in flight; return the number of steps (rounds)."""
+        """Step until nothing is in flight and no core holds back a change of its entry
+        (publish batching: the clock moves on to the batch); return the steps (rounds)."""
         steps = 0
-        while self._queue and steps < max_steps:
-            self.step()
-            steps += 1
+        while steps < max_steps:
+            if self._queue:
+                self.step()
+                steps += 1
+                continue
+            due = [c.publish_due for c in self.cores if c.publish_due is not None]
+            if not due:
+                break
+            self.advance(max(0.0, min(due) - self.now))
         return steps
 
     def advance(self, dt: float) -> None:
