@@ -7,6 +7,13 @@ broadcasts or unicasts; waiting requests become futures resolved from
 The allocator does no I/O: this service opens its store (`meshnet/state/ipam_store.py`) and
 drains the CNI release journal (`meshnet/state/journal.py`) into it, at start, on every tick
 and before each allocation.
+
+Anti-entropy costs the same whatever the mesh size: every ANTI_ENTROPY seconds one
+neighbour (each in turn) gets a 16-byte hash of our ring; only a neighbour whose ring
+differs answers, and then both exchange their whole state. (Every change is broadcast at
+once by the allocator; new neighbours get our whole state.) A full-state broadcast from
+every peer every 30 s, as before, cost each router O(peers x ring) bytes: about 1 MB/s
+at 1,000 peers.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from meshnet.state.journal import Journal, Release
 log = logging.getLogger("meshnet.ipam")
 
 CHANNEL = "ipam"
-ANTI_ENTROPY = 30.0  # s between full-state broadcasts
+ANTI_ENTROPY = 10.0  # s between two summaries (a hash of our ring) to one neighbour each
 DEFAULT_WAIT = 30.0  # s an allocation may wait for space before the caller gets a 503
 
 
@@ -56,8 +63,9 @@ class IpamService:
         self.allocator = Allocator(name=name, universe=universe, init=init, store=self.store, now=now)
         self._send = send
         self._waiting: dict[int, asyncio.Future[Result]] = {}
-        self._next_full_state = now
+        self._next_summary = now + ANTI_ENTROPY
         self._neighbours: set[bytes] = set()
+        self._partners: list[bytes] = []  # neighbours left in this round of summaries
         # Before anything is served. What the releases make the allocator say waits for
         # the first flush (the router's first peers_changed), as it always has.
         self._unsent: list[Any] = self._drain_journal(now)
@@ -103,10 +111,20 @@ class IpamService:
         now = time.monotonic()
         self._replay_journal(now)
         out = self.allocator.tick(now=now)
-        if now >= self._next_full_state:
-            self._next_full_state = now + ANTI_ENTROPY
-            out.append(("broadcast", self.allocator.full_state()))
+        if now >= self._next_summary:
+            self._next_summary = now + ANTI_ENTROPY
+            partner = self._next_partner()
+            if partner is not None:
+                out.append(("unicast", partner, self.allocator.summary()))
         self._flush(out)
+
+    def _next_partner(self) -> bytes | None:
+        while self._partners:
+            peer = self._partners.pop()
+            if peer in self._neighbours:
+                return peer
+        self._partners = sorted(self._neighbours, reverse=True)
+        return self._partners.pop() if self._partners else None
 
     def _replay_journal(self, now: float) -> None:
         """Apply releases journalled by a CNI DEL that could not reach us."""
@@ -126,7 +144,7 @@ class IpamService:
 
     def next_deadline(self) -> float:
         deadline = self.allocator.next_deadline()
-        return min(self._next_full_state, deadline) if deadline is not None else self._next_full_state
+        return min(self._next_summary, deadline) if deadline is not None else self._next_summary
 
     # -- API ---------------------------------------------------------------------------
 
