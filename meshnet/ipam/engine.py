@@ -340,10 +340,17 @@ class Engine:
         return State(self.universe.cidr, ring, paxos, ask, re, tuple(self.gone))
 
     def _digest(self) -> bytes:
-        """A hash of what anti-entropy compares: the ring and the gone list (16 bytes)."""
+        """A hash of what anti-entropy compares: the ring and the gone list (16 bytes).
+        Cached while the ring (its `version`) and the gone list stay the same."""
+        gone = tuple(sorted(self.gone))
+        key = (id(self.ring), self.ring.version, gone) if self.ring is not None else None
+        cached = getattr(self, "_digest_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         state = self._state()
-        canonical = State(state.universe, state.ring, state.paxos, gone=tuple(sorted(state.gone)))
-        return hashlib.blake2b(encode_state(canonical), digest_size=16).digest()
+        digest = hashlib.blake2b(encode_state(State(state.universe, state.ring, state.paxos, gone=gone)), digest_size=16).digest()
+        self._digest_cache = (key, digest)
+        return digest
 
     def summary(self) -> bytes:
         """Our `sum` payload: a neighbour with another state answers with its own."""

@@ -77,7 +77,7 @@ class PyrouteRtnl:
     """`Rtnl` over pyroute2's IPRoute, in the current or a named network namespace."""
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute  # imported here so unit tests never need it
+        from meshnet.kernel.pyroute import IPRoute  # imported here so unit tests never need it
 
         try:
             # flags=0: never create a missing netns (pyroute2's default would);
@@ -92,7 +92,7 @@ class PyrouteRtnl:
             raise
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from pyroute2.netlink.exceptions import NetlinkError
+        from meshnet.kernel.pyroute import NetlinkError
 
         try:
             return fn(*args, **kwargs)

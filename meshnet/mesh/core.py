@@ -12,7 +12,8 @@ Gossip, in three parts:
 2. Anti-entropy. Every `gossip_interval` we send one neighbour (each in turn, in a
    shuffled round) a 16-byte hash of our digest; if theirs differs they answer with their digest, and each side sends
    what the other lacks (REQUEST / TOPOLOGY). In sync, that is 16 bytes per interval.
-3. New connections exchange digests at once, so a joining peer learns everything.
+3. New connections exchange summaries at once: a joining peer's first one differs, so the
+   two exchange digests and the joiner learns everything; later ones usually match.
 Trees are computed from each peer's own view; while views differ a delta may miss
 someone, and anti-entropy repairs it.
 
@@ -129,6 +130,7 @@ class MeshCore:
         self.publish_batch = publish_batch
         self._publish_at: float | None = None  # our changed entry is gossiped then
         self._published_at = float("-inf")
+        self._summary_cache: tuple[int, bytes] = (-1, b"")
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
@@ -182,7 +184,9 @@ class MeshCore:
             remote.get("features", {}) or {},
         )
         events += self._publish_links(now)
-        events.append(self._send(conn, Msg.DIGEST, self.topology.digest(), now=now))
+        # A summary, not the digest: a router that joined through another peer already
+        # holds what this one would send, and a digest costs O(peers) (a mismatch asks).
+        events.append(self._send(conn, Msg.SUMMARY, self._summary(), now=now))
         return None, events
 
     def heard(self, conn: int, at: float) -> None:
@@ -386,10 +390,13 @@ class MeshCore:
         return Send(conn, kind, tuple(fields))
 
     def _summary(self) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        for name, version in self.topology.digest():
-            h.update(name + version.to_bytes(8, "big", signed=True))
-        return h.digest()
+        """A hash of our digest, cached while the topology does not change."""
+        if self._summary_cache[0] != self.topology.generation:
+            h = hashlib.blake2b(digest_size=16)
+            for name, version in self.topology.digest():
+                h.update(name + version.to_bytes(8, "big", signed=True))
+            self._summary_cache = (self.topology.generation, h.digest())
+        return self._summary_cache[1]
 
     # -- time --------------------------------------------------------------------------
 

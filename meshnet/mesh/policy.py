@@ -4,11 +4,13 @@ Up to `full_mesh_limit` peers (us included) every router connects to every other
 Weave did. Beyond it each router *chooses* `degree` peers and keeps a connection to each,
 plus every connection someone else chose (it never closes what another peer dialled).
 The choice is rendezvous hashing: peer p ranks every other reachable peer q by
-`H(p || q)` and chooses the lowest `degree` it can reach (a peer whose dial keeps failing
-is passed over for the next one: repair). Every router computes the same choices from the
-same topology, so the graph is a function of the peer set: a random `degree`-out graph,
-connected and of diameter about log(N)/log(2 x degree) with high probability, whose
-degrees stay near 2 x degree. A join changes about `degree` choices in the whole mesh.
+`H(p || q)` and chooses the best `degree` it can reach (a peer whose dial keeps failing
+is passed over for the next one: repair). Choices are sticky: a connection we dialled
+stays one of our choices while its peer ranks among our best 2 x `degree`, so a newcomer
+that ranks high does not make us drop a working connection for it. The graph is a random
+`degree`-out graph: connected and of diameter about log(N)/log(2 x degree) with high
+probability, degrees near 2 x `degree`. A join costs the joiner's own `degree`
+connections and its seed's, nothing elsewhere.
 
 A connection neither end chooses any more (we dialled it: a seed, a choice since
 replaced, the full mesh of a mesh that outgrew the limit) is closed by the end that
@@ -45,6 +47,7 @@ class Plan:
     prune: list[bytes]  # peers whose connection (we dialled) nobody needs any more
     wanted: frozenset[bytes]  # the peers we choose (everyone in a full mesh)
     full_mesh: bool
+    recheck: float | None = None  # plan again then: a connection becomes old enough to prune
 
 
 class ConnectionPolicy:
@@ -57,13 +60,25 @@ class ConnectionPolicy:
     def full_mesh(self, topology: Topology) -> bool:
         return len(topology.reachable()) + 1 <= self.full_mesh_limit
 
-    def choices(self, owner: bytes, peers: Iterable[bytes], *, failing: frozenset[bytes] = frozenset()) -> list[bytes]:
-        """The `degree` peers `owner` chooses among `peers` (those it failed to reach last)."""
+    def choices(
+        self,
+        owner: bytes,
+        peers: Iterable[bytes],
+        *,
+        failing: frozenset[bytes] = frozenset(),
+        dialled: frozenset[bytes] = frozenset(),
+    ) -> list[bytes]:
+        """The `degree` peers `owner` chooses among `peers`: those it `dialled` that still
+        rank among its best 2 x degree first, then the best of the rest; peers it `failing`
+        to reach come last."""
         ranked = rank(owner, [p for p in peers if p != owner])
-        usable = [p for p in ranked if p not in failing]
-        chosen = usable[: self.degree]
-        if len(chosen) < self.degree:  # everyone is failing: keep trying the best ones anyway
-            chosen += [p for p in ranked if p not in chosen][: self.degree - len(chosen)]
+        ranked = [p for p in ranked if p not in failing] + [p for p in ranked if p in failing]
+        chosen = [p for p in ranked[: 2 * self.degree] if p in dialled][: self.degree]
+        for p in ranked:
+            if len(chosen) >= self.degree:
+                break
+            if p not in chosen:
+                chosen.append(p)
         return chosen
 
     def plan(
@@ -83,21 +98,25 @@ class ConnectionPolicy:
         me = topology.local_name
         reachable = topology.reachable()
         addresses = peer_addresses(topology)
+        recheck = None
         if len(reachable) + 1 <= self.full_mesh_limit:
             wanted = frozenset(reachable)
             prune: list[bytes] = []
             full = True
         else:
-            wanted = frozenset(self.choices(me, reachable, failing=failing))
+            dialled = frozenset(p for p, (outbound, _) in connected.items() if outbound)
+            wanted = frozenset(self.choices(me, reachable, failing=failing, dialled=dialled))
             prune = self._prunable(me, reachable, wanted, connected, now)
             full = False
+            young = [since + self.prune_after for p, (outbound, since) in connected.items() if outbound and p not in wanted and since + self.prune_after > now]
+            recheck = min(young, default=None)
         dial = {}
         for peer in sorted(wanted - connected.keys()):
             ip = addresses.get(peer)
             entry = topology.entries.get(peer)
             if ip is not None and entry is not None:
                 dial[normalize(f"{ip}:{entry.port}")] = peer
-        return Plan(dial, prune, wanted, full)
+        return Plan(dial, prune, wanted, full, recheck)
 
     def _prunable(
         self, me: bytes, reachable: set[bytes], wanted: frozenset[bytes], connected: dict[bytes, tuple[bool, float]], now: float

@@ -81,6 +81,7 @@ class ControlPlane:
         self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
         self.counters = {"handshake_failures": 0, "wrong_password": 0, "pruned": 0}
         self.satisfied: frozenset[bytes] = frozenset()  # reachable peers the policy needs no connection to
+        self.plan: Plan | None = None  # the connection policy's latest
 
     # -- views -------------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class ControlPlane:
 
     def follow(self, plan: Plan) -> None:
         """Dial what the connection policy wants; close what nobody needs (we dialled it)."""
+        self.plan = plan
         self.targets.set_discovered(plan.dial)
         self.satisfied = frozenset() if plan.full_mesh else frozenset(self.core.topology.reachable() - plan.wanted)
         if plan.prune:
@@ -291,6 +293,18 @@ class ControlPlane:
             self._on_changed()
         if changed or closed:
             self._wake()
+
+    def graph_status(self) -> dict[str, Any]:
+        """The control graph as the policy sees it: full mesh or bounded, chosen peers up."""
+        plan = self.plan
+        connected = set(self.core.by_peer())
+        wanted = plan.wanted if plan is not None else frozenset()
+        return {
+            "full_mesh": plan.full_mesh if plan is not None else True,
+            "wanted": len(wanted),
+            "wanted_connected": len(wanted & connected),
+            "pruned": self.counters["pruned"],
+        }
 
     def close_peers(self, peers: set[bytes], reason: str) -> None:
         """Close the connections to these peers on purpose (e.g. to rekey the sleeve)."""

@@ -11,7 +11,7 @@ and before each allocation.
 Anti-entropy costs the same whatever the mesh size: every ANTI_ENTROPY seconds one
 neighbour (each in turn) gets a 16-byte hash of our ring; only a neighbour whose ring
 differs answers, and then both exchange their whole state. (Every change is broadcast at
-once by the allocator; new neighbours get our whole state.) A full-state broadcast from
+once by the allocator; new neighbours get a summary at once.) A full-state broadcast from
 every peer every 30 s, as before, cost each router O(peers x ring) bytes: about 1 MB/s
 at 1,000 peers.
 """
@@ -99,11 +99,12 @@ class IpamService:
             log.warning("dropped an IPAM message from %s: %s", src.hex(), exc)
 
     def peers_changed(self, reachable: set[bytes], neighbours: set[bytes]) -> None:
-        """Reachability changed; new direct neighbours get our full state."""
+        """Reachability changed; new direct neighbours get our summary (one whose state
+        differs answers, and both exchange their whole state)."""
         now = time.monotonic()
         out = self.allocator.on_peers_changed(reachable, now=now)
-        for peer in neighbours - self._neighbours:
-            out.append(("unicast", peer, self.allocator.full_state()))
+        for peer in sorted(neighbours - self._neighbours):
+            out.append(("unicast", peer, self.allocator.summary()))
         self._neighbours = set(neighbours)
         self._flush(out)
 

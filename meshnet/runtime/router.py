@@ -192,6 +192,7 @@ class Router:
         self.timer.add(Job("dial", lambda now: self.control.dial_due(now=now), self.control.next_deadline))
         self.timer.add(Job("fastdp", lambda now: self.fastdp.tick(), self.fastdp.next_deadline))
         self.timer.add(Job("ipam", lambda now: self.ipam.tick(), self.ipam.next_deadline))
+        self.timer.add(Job("policy", lambda now: self.replan.request(), lambda: self.control.plan.recheck if self.control.plan else None))
         self.timer.add(Job("rekey", lambda now: self._rekey(), always=True))
         self.spawn(self.timer.run())
         log.info(

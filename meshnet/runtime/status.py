@@ -121,5 +121,6 @@ def status(router: Router) -> dict[str, Any]:
         "targets": targets,
         "refusals": list(router.control.refusals),
         "ipam": ipam_summary(router),
+        "control_graph": router.control.graph_status(),
         "counters": {**core.counters, **router.control.counters},
     }

@@ -125,11 +125,20 @@ class GossipNet:
                 self.messages_sent += 1
                 if event.kind is not wire.Msg.HEARTBEAT:
                     self.gossip_bytes += len(data)
+                self.on_sent(i, pipe.dst, event.kind, len(data))
                 self._queue.append((pipe, data))
             elif isinstance(event, Close):
                 pipe = self._pipes.get((i, event.conn))
                 if pipe is not None:
                     self.disconnect(i, pipe.dst)
+            else:
+                self.on_event(i, event)
+
+    def on_sent(self, src: int, dst: int, kind: wire.Msg, size: int) -> None:
+        """A message left core `src` for `dst` (a hook for simulations that count per router)."""
+
+    def on_event(self, i: int, event: object) -> None:
+        """Core `i` emitted a `Deliver` or `Changed` (a hook for simulations of the router)."""
 
     def step(self) -> int:
         """Deliver what is in flight (with loss, duplication, reordering); return how many."""

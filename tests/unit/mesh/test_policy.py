@@ -56,6 +56,16 @@ def test_a_join_changes_few_choices():
     assert changed <= 16, changed  # about `degree` routers re-choose, not the mesh
 
 
+def test_choices_are_sticky_while_they_rank_high():
+    policy = ConnectionPolicy(degree=3)
+    peers = names(50, 6)
+    me, others = peers[0], peers[1:]
+    best = rank(me, others)
+    dialled = frozenset({best[4], best[5], best[7]})  # ranks 5, 6 and 8 of 50: within 2 x degree... not 8
+    assert policy.choices(me, others, dialled=dialled) == [best[4], best[5], best[0]]
+    assert policy.choices(me, others, dialled=frozenset(best[20:30])) == best[:3]  # too far down: re-chosen
+
+
 def test_a_failing_choice_is_replaced_by_the_next_one():
     policy = ConnectionPolicy(degree=3)
     peers = names(50, 4)
@@ -89,13 +99,14 @@ def test_full_mesh_up_to_the_limit_then_choices_and_pruning():
 
     bounded = ConnectionPolicy(full_mesh_limit=11, degree=3, prune_after=30)
     reachable = core.topology.reachable()
-    wanted = set(bounded.choices(core.name, reachable))
     seed = net.cores[0].name
+    wanted = set(bounded.choices(core.name, reachable, dialled=frozenset({seed})))  # the seed is sticky
     plan = bounded.plan(core.topology, connected={seed: (True, net.now)}, now=net.now)
     assert not plan.full_mesh and plan.wanted == wanted and set(plan.dial.values()) == wanted - {seed}
     assert plan.prune == []  # our own choices are not up yet: the seed stays
     connected = {p: (True, net.now - 60) for p in wanted | {seed}}
     plan = bounded.plan(core.topology, connected=connected, now=net.now)
+    assert plan.wanted == wanted
     seed_wants_us = core.name in bounded.choices(seed, reachable | {core.name})
     assert plan.prune == ([] if seed in wanted or seed_wants_us else [seed])
     young = {**connected, seed: (True, net.now - 5)}
