@@ -30,7 +30,7 @@ which peers may use it. Three sans-IO parts, each driven by the router:
 2. **PathHealth** (`path_health.py`): per-peer mode from probes sent over the VXLAN path
    itself. A peer starts on sleeve, moves to fastdp after `recover_after` consecutive
    replies and back to sleeve when no reply came for `fail_after` probe periods (3 s by
-   default, longer in a mesh of more than 25 peers: probes are rate-bounded).
+   default, longer in a mesh of more than 10 peers: probes are rate-bounded).
 
 3. **Probe frames**: `encode_probe` / `decode_probe` for the Ethernet frames (ethertype
    0x88B5, IEEE local experimental) the router sends through its VXLAN device. A probe is as

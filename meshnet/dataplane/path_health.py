@@ -31,7 +31,7 @@ from typing import Iterable
 
 from meshnet.dataplane.fastdp import FASTDP, REASON_HEALTHY, REASON_UNVERIFIED, SLEEVE, Mode
 
-MAX_RATE = 25.0  # probes per second a router sends at most, to all peers together
+MAX_RATE = 10.0  # probes per second a router sends at most, to all peers together (each costs a kernel VXLAN send)
 
 
 @dataclass
@@ -134,8 +134,7 @@ class PathHealth:
             return False
         p.last_reply = now
         p.streak += 1
-        heapq.heappush(self._checks, (now, peer_id))  # it may recover now
-        heapq.heappush(self._checks, (now + self._window(), peer_id))  # it fails then without more
+        heapq.heappush(self._checks, (now, peer_id))  # it may recover now (a failure shows at a probe's expiry)
         return True
 
     # -- time --------------------------------------------------------------------------

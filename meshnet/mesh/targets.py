@@ -15,6 +15,11 @@ in a tight loop; one that lived longer is redialled at once.
 `due(now, connected, satisfied)` leaves out targets whose peer is connected, and those
 whose peer the connection policy does not need a connection to (`satisfied`: reachable
 through others in a bounded control graph, see policy.py).
+
+Who dials: of two peers that discover each other, the lower-named one dials at once and
+the other only after `YIELD_DELAY` (if the connection is still missing: the first cannot
+reach it, say). Both dialling at once made two connections, one of which the core then
+closed as a duplicate: a storm of connections opened and closed while a mesh forms.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 BASE_DELAY = 0.5  # seconds before the first retry
 CAP_DELAY = 8.0  # seconds; the jittered delay never exceeds 1.5 x this
 STABLE_AFTER = 30.0  # seconds a connection must live for its end not to count as a failure
+YIELD_DELAY = 5.0  # seconds the higher-named of two peers waits before it dials the other
 DEFAULT_PORT = 6783
 
 
@@ -72,13 +78,18 @@ class Targets:
     def direct(self) -> list[str]:
         return sorted(a for a, t in self._targets.items() if t.direct)
 
-    def set_discovered(self, addresses: dict[str, bytes]) -> None:
-        """Replace the discovered targets with {address: peer name} from gossip."""
+    def set_discovered(self, addresses: dict[str, bytes], *, now: float = 0.0, local: bytes | None = None) -> None:
+        """Replace the discovered targets with {address: peer name} from gossip. With our
+        own name (`local`), peers named lower than us are dialled only after YIELD_DELAY:
+        they dial us."""
         for address, target in list(self._targets.items()):
             if not target.direct and address not in addresses and not target.dialling:
                 del self._targets[address]
         for address, peer in addresses.items():
-            self._targets.setdefault(address, _Target(direct=False, peer=peer))
+            if address not in self._targets:
+                later = local is not None and peer < local
+                delay = YIELD_DELAY * self._rng.uniform(1.0, 2.0) if later else 0.0
+                self._targets[address] = _Target(direct=False, peer=peer, next_try=now + delay)
 
     def add_known(self, addresses: list[str]) -> None:
         """Addresses remembered from an earlier run; dialled once, like discovered ones."""

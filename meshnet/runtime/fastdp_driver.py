@@ -43,6 +43,7 @@ VXLAN_DEVICE = "vxmesh"
 CHUNK = 512  # FDB ops per kernel-thread call: other kernel work waits at most one chunk
 RECONCILE_EVERY = 600.0  # seconds between full reconciles against a dump (jittered)
 MIN_GAP = 0.05  # seconds between two syncs at the least
+QUANTUM = 0.25  # seconds: probe work is done in rounds this far apart (one timer wake each)
 
 KernelCall = Callable[..., Awaitable[Any]]
 
@@ -83,6 +84,7 @@ class FastdpDriver:
         self._planner: FdbPlanner | None = None
         self._seen_eps: dict[int, Any] = {}  # what the planner was last given, per peer
         self._reconcile_at = 0.0  # at the first sync: adopt what the kernel holds
+        self._last_tick = float("-inf")
         self._sync = Coalescer("fastdp kernel sync", self._sync_kernel, spawn=spawn or asyncio.ensure_future, min_gap=MIN_GAP)
         self.stats = {"syncs": 0, "ops": 0, "reconciles": 0, "failures": 0}
         self.on_modes_changed: Callable[[], None] = lambda: None
@@ -102,7 +104,6 @@ class FastdpDriver:
             await self._kernel(self._vx.ensure_device, self.local)
             size = fastdp.probe_frame_size(self.local.mtu)
             self._probe = await self._kernel(ProbeSocket, VXLAN_DEVICE, self.local.peer_id, size)
-            asyncio.get_running_loop().add_reader(self._probe.fileno(), self._on_probe)
             self._stats = VxlanStats(self.local.port)
             log.info("fastdp on: VXLAN %s (VNI %#x, UDP %d) from %s", VXLAN_DEVICE, self.local.vni, self.local.port, local_ip)
         self._planner = FdbPlanner(self.local)
@@ -110,7 +111,6 @@ class FastdpDriver:
 
     async def stop(self) -> None:
         if self._probe is not None:
-            asyncio.get_running_loop().remove_reader(self._probe.fileno())
             self._probe.close()
         if self._stats is not None:
             await self._kernel(self._stats.close)
@@ -225,14 +225,21 @@ class FastdpDriver:
     # -- probes ------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        deadline = self.health.next_deadline()
+        """Probe work in rounds: the socket is read (replies, and other routers' requests to
+        answer) and due probes are sent every QUANTUM seconds at most, in one timer wake,
+        instead of one wake per probe frame (a wake costs more than a probe)."""
+        if self._probe is not None and self._peers:
+            deadline: float | None = self._last_tick + QUANTUM
+        else:
+            deadline = self.health.next_deadline()
         return self._reconcile_at if deadline is None else min(deadline, self._reconcile_at)
 
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self._last_tick = time.monotonic()
         if now >= self._reconcile_at and not self._sync.busy:
             self._sync.request()  # the sync reconciles: it is due
         if self._probe is not None:
+            self._on_probe()
             for pid, seq in self.health.probes_due(now):
                 try:
                     self._probe.send_request(pid, seq)

@@ -54,6 +54,7 @@ from meshnet.state.statedir import StateDir
 log = logging.getLogger("meshnet.router")
 
 REPLAN_GAP = 0.1  # seconds between two runs of the data paths' re-planning, at the least
+REKEY_CHECK = 5.0  # seconds between two looks at the sleeve keys' datagram counters
 
 
 class Router:
@@ -72,6 +73,7 @@ class Router:
         self._stopping = asyncio.Event()
         self.api = ApiServer(config.socket)
         self.timer = TimerLoop([])
+        self._next_rekey_check = 0.0
         self.policy = ConnectionPolicy(full_mesh_limit=config.full_mesh_limit, degree=config.mesh_degree)
         # A burst of topology changes (a join changes many entries) re-plans the data paths once.
         self.replan = Coalescer("data path re-planning", self._replan, spawn=self.spawn, min_gap=REPLAN_GAP)
@@ -193,7 +195,7 @@ class Router:
         self.timer.add(Job("fastdp", lambda now: self.fastdp.tick(), self.fastdp.next_deadline))
         self.timer.add(Job("ipam", lambda now: self.ipam.tick(), self.ipam.next_deadline))
         self.timer.add(Job("policy", lambda now: self.replan.request(), lambda: self.control.plan.recheck if self.control.plan else None))
-        self.timer.add(Job("rekey", lambda now: self._rekey(), always=True))
+        self.timer.add(Job("rekey", lambda now: self._rekey(now), lambda: self._next_rekey_check))
         self.spawn(self.timer.run())
         log.info(
             "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
@@ -321,8 +323,11 @@ class Router:
         )
         self.sleeve.apply(want)
 
-    def _rekey(self) -> None:
-        """A sleeve key near its datagram limit: reconnect, and the new handshake rekeys."""
+    def _rekey(self, now: float) -> None:
+        """A sleeve key near its datagram limit: reconnect, and the new handshake rekeys.
+        Checked every REKEY_CHECK seconds: between the pump's rekey and reject marks there
+        are 2^34 - 2^30 datagrams, hours at any rate."""
+        self._next_rekey_check = now + REKEY_CHECK
         due = self.sleeve.rekey_due()
         peers = {c.peer for c in self.core.conns.values() if layout.peer_id(c.peer) in due}
         if peers:

@@ -1,6 +1,8 @@
 """An in-process network of sans-IO MeshCores for tests and scale simulations.
 
 Messages go through the real codec (encode → bytes → decode), so byte counts are real.
+The wire plays TCP and the kernel too: a connection whose path is up is acknowledged
+(`kernel_acks`), as the router's kernel reports through TCP_INFO.
 The wire can lose, duplicate and reorder messages and be partitioned; `step()` delivers
 everything in flight once (one hop per step: a "gossip round"), `advance(dt)` moves the
 shared clock and runs every core's timers.
@@ -176,7 +178,17 @@ class GossipNet:
     def advance(self, dt: float) -> None:
         self.now += dt
         for i, core in enumerate(self.cores):
+            self.kernel_acks(i)
             self._emit(i, core.tick(now=self.now))
+
+    def kernel_acks(self, i: int) -> None:
+        """What the router's kernel reports (keepalive): connections whose path is up are
+        acknowledged; a partitioned one is not, and its core closes it after its timeout."""
+        core = self.cores[i]
+        for conn in list(core.conns):
+            pipe = self._pipes.get((i, conn))
+            if pipe is not None and frozenset((pipe.src, pipe.dst)) not in self.partitioned:
+                core.acked(conn, self.now)
 
     def converged(self, exclude: frozenset[int] = frozenset()) -> bool:
         """Every core (but the excluded) holds the same version of every entry."""

@@ -207,7 +207,7 @@ class MeshSim(GossipNet):
         self._ipam_send(i, out)
         connected = {c.peer: (c.outbound, c.since) for c in core.conns.values()}
         plan = router.policy.plan(topo, connected=connected, now=self.now, failing=router.targets.failing())
-        router.targets.set_discovered(plan.dial)
+        router.targets.set_discovered(plan.dial, now=self.now, local=core.name)
         router.satisfied = frozenset() if plan.full_mesh else frozenset(reachable - plan.wanted)
         router.recheck = plan.recheck
         by_peer = {c.name: j for j, c in enumerate(self.cores)}
@@ -269,6 +269,7 @@ class MeshSim(GossipNet):
 
     def _run_router(self, i: int) -> None:
         router, core = self.routers[i], self.cores[i]
+        self.kernel_acks(i)
         self._emit(i, core.tick(now=self.now))
         if router.recheck is not None and router.recheck <= self.now:
             router.recheck = None
