@@ -48,6 +48,7 @@ class Plan:
     wanted: frozenset[bytes]  # the peers we choose (everyone in a full mesh)
     full_mesh: bool
     recheck: float | None = None  # plan again then: a connection becomes old enough to prune
+    later: frozenset[bytes] = frozenset()  # of `dial`: peers that want us too and dial first (lower-named)
 
 
 class ConnectionPolicy:
@@ -116,7 +117,10 @@ class ConnectionPolicy:
             entry = topology.entries.get(peer)
             if ip is not None and entry is not None:
                 dial[normalize(f"{ip}:{entry.port}")] = peer
-        return Plan(dial, prune, wanted, full, recheck)
+        # Of two peers that want each other, the lower-named dials: the other waits.
+        everyone = reachable | {me}
+        later = frozenset(p for p in dial.values() if p < me and (full or me in self.choices(p, everyone)))
+        return Plan(dial, prune, wanted, full, recheck, later)
 
     def _prunable(
         self, me: bytes, reachable: set[bytes], wanted: frozenset[bytes], connected: dict[bytes, tuple[bool, float]], now: float

@@ -78,17 +78,16 @@ class Targets:
     def direct(self) -> list[str]:
         return sorted(a for a, t in self._targets.items() if t.direct)
 
-    def set_discovered(self, addresses: dict[str, bytes], *, now: float = 0.0, local: bytes | None = None) -> None:
-        """Replace the discovered targets with {address: peer name} from gossip. With our
-        own name (`local`), peers named lower than us are dialled only after YIELD_DELAY:
-        they dial us."""
+    def set_discovered(self, addresses: dict[str, bytes], *, now: float = 0.0, later: frozenset[bytes] = frozenset()) -> None:
+        """Replace the discovered targets with {address: peer name} from gossip. Peers in
+        `later` (they want the connection too and are lower-named: they dial us) are
+        dialled only after YIELD_DELAY."""
         for address, target in list(self._targets.items()):
             if not target.direct and address not in addresses and not target.dialling:
                 del self._targets[address]
         for address, peer in addresses.items():
             if address not in self._targets:
-                later = local is not None and peer < local
-                delay = YIELD_DELAY * self._rng.uniform(1.0, 2.0) if later else 0.0
+                delay = YIELD_DELAY * self._rng.uniform(1.0, 2.0) if peer in later else 0.0
                 self._targets[address] = _Target(direct=False, peer=peer, next_try=now + delay)
 
     def add_known(self, addresses: list[str]) -> None:

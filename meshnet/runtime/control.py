@@ -122,7 +122,7 @@ class ControlPlane:
     def follow(self, plan: Plan) -> None:
         """Dial what the connection policy wants; close what nobody needs (we dialled it)."""
         self.plan = plan
-        self.targets.set_discovered(plan.dial, now=time.monotonic(), local=self.core.name)
+        self.targets.set_discovered(plan.dial, now=time.monotonic(), later=plan.later)
         self.satisfied = frozenset() if plan.full_mesh else frozenset(self.core.topology.reachable() - plan.wanted)
         if plan.prune:
             self.counters["pruned"] += len(plan.prune)

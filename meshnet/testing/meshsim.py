@@ -74,7 +74,7 @@ class MeshSim(GossipNet):
         self.messages = [0] * 0
         self.by_kind: dict[str, int] = {}
         self.rounds = 0
-        self._shared: Any = None  # what primed topologies share (cowtopology.py)
+        self._shared = share([])  # what the routers' topologies share (cowtopology.py)
         self.dead: set[int] = set()  # routers that went away
         super().__init__(size, seed=seed, conn_limit=10_000)
 
@@ -110,8 +110,7 @@ class MeshSim(GossipNet):
 
     def add_core(self) -> int:
         i = super().add_core()
-        if self._shared is not None:
-            adopt(self.cores[i].topology, self._shared)
+        adopt(self.cores[i].topology, self._shared)
         self.routers.append(self._router(i))
         self.sent.append(0)
         self.received.append(0)
@@ -207,7 +206,7 @@ class MeshSim(GossipNet):
         self._ipam_send(i, out)
         connected = {c.peer: (c.outbound, c.since) for c in core.conns.values()}
         plan = router.policy.plan(topo, connected=connected, now=self.now, failing=router.targets.failing())
-        router.targets.set_discovered(plan.dial, now=self.now, local=core.name)
+        router.targets.set_discovered(plan.dial, now=self.now, later=plan.later)
         router.satisfied = frozenset() if plan.full_mesh else frozenset(reachable - plan.wanted)
         router.recheck = plan.recheck
         by_peer = {c.name: j for j, c in enumerate(self.cores)}
