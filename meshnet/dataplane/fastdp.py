@@ -309,3 +309,12 @@ def decode_probe(frame: bytes) -> Probe:
     if src != PROBE_MAC_PREFIX + sender.to_bytes(4, "big"):
         raise ProbeError("source MAC does not match the sender id")
     return Probe(kind, sender, seq, size, norm_mac(dst), norm_mac(src))
+
+
+def __getattr__(name: str) -> object:
+    """`PathHealth` lives in path_health.py now; imports of it from here keep working."""
+    if name == "PathHealth":
+        from meshnet.dataplane.path_health import PathHealth
+
+        return PathHealth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
