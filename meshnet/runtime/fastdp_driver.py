@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable
 
 from meshnet.dataplane import fastdp
 from meshnet.dataplane.fastdp import LocalConfig, Op, PeerInfo

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from meshnet.ipam import Allocator
-from meshnet.mesh.core import Changed, Deliver, MeshCore
+from meshnet.mesh.core import Changed, Deliver
 from meshnet.mesh.policy import ConnectionPolicy
 from meshnet.mesh.targets import Targets
 from meshnet.mesh.wire import Msg
@@ -70,9 +70,9 @@ class MeshSim(GossipNet):
         self._ring_owners = ring_owners
         self._init = ""
         self._events: list[tuple[float, int]] = []  # (when, router): a deadline to look at
-        self.sent = [0] * 0  # bytes per router, sent
-        self.received = [0] * 0
-        self.messages = [0] * 0
+        self.sent: list[int] = []  # per router: bytes sent, bytes received, messages sent
+        self.received: list[int] = []
+        self.messages: list[int] = []
         self.by_kind: dict[str, int] = {}
         self.rounds = 0
         self._shared = share([])  # what the routers' topologies share (cowtopology.py)
