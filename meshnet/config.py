@@ -222,6 +222,13 @@ OPTIONS: tuple[Option, ...] = (
            _int_in(0, layout.MAC_TABLE_LIMIT), group="limits"),
     Option("mac_age", layout.MAC_AGE_DEFAULT, "seconds a learned MAC lives without traffic from it",
            _int_in(1, layout.MAC_AGE_LIMIT), group="limits"),
+    Option(
+        "full_mesh_limit",
+        64,
+        "up to this many peers every router connects to every other; beyond, each keeps MESH_DEGREE chosen connections (the data path stays direct)",
+        _int_in(2, 100000),
+    ),
+    Option("mesh_degree", 4, "control connections each router chooses in a mesh bigger than FULL_MESH_LIMIT", _int_in(2, 64)),
     Option("ipalloc_range", "10.32.0.0/12", "the address range IPAM hands out, cluster-wide", _range, group="ipam"),
     Option("ipalloc_init", "", "how the range is first split: consensus=N, seed=PEER,... or observer (default consensus=1+number of PEERs)", _init, group="ipam"),
     Option("no_fastdp", False, "never use kernel VXLAN; every peer rides the sleeve", _bool, switch=True, group="dataplane"),

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import fields
+from typing import Any, Callable
 
 from meshnet.config import RouterConfig
 from meshnet.docker.service import DockerService, DockerSettings
@@ -95,9 +96,14 @@ class Daemon:
             self.docker = None
         await self.router.stop()
 
-    async def run(self) -> None:
-        """Start, serve until SIGTERM, SIGINT or `meshnet stop`, then stop."""
+    async def run(self, ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Start, serve until SIGTERM, SIGINT or `meshnet stop`, then stop.
+
+        `ready` is told who we are ({"name", "nick"}) once the API answers."""
         await self.start()
+        if ready is not None:
+            local = self.router.core.topology.local
+            ready({"name": local.name.hex(), "nick": local.nick})
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.router.request_stop)

@@ -10,6 +10,9 @@ which peers may use it. Three sans-IO parts, each driven by the router:
        ops  = diff(want, have)                  # adds first, then stale deletes
        VxlanKernel.apply(ops)                   # idempotent; a restart converges
 
+   That is the reference and the reconcile. Updates go by delta: `fdb_delta.FdbPlanner`
+   keeps the wanted state and yields the ops of each change, O(changes) (no dump).
+
    Wanted state, with `local.vxlan` set (fastdp enabled):
 
    - VXLAN device FDB (self, permanent): `00:00:00:00:00:00 dst IP` for every fastdp peer
@@ -24,9 +27,10 @@ which peers may use it. Three sans-IO parts, each driven by the router:
 
    Without `local.vxlan` (``--no-fastdp``) only the bridge entries to the TAP remain.
 
-2. **PathHealth**: per-peer mode from probes sent over the VXLAN path itself. A peer starts on
-   sleeve, moves to fastdp after `recover_after` consecutive replies and back to sleeve when
-   no reply came for `fail_after` probe intervals (3 s by default).
+2. **PathHealth** (`path_health.py`): per-peer mode from probes sent over the VXLAN path
+   itself. A peer starts on sleeve, moves to fastdp after `recover_after` consecutive
+   replies and back to sleeve when no reply came for `fail_after` probe periods (3 s by
+   default, longer in a mesh of more than 10 peers: probes are rate-bounded).
 
 3. **Probe frames**: `encode_probe` / `decode_probe` for the Ethernet frames (ethertype
    0x88B5, IEEE local experimental) the router sends through its VXLAN device. A probe is as
@@ -54,10 +58,9 @@ to that peer less than one interval ago.
 from __future__ import annotations
 
 import ipaddress
-import secrets
 import struct
-from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 VNI = 0x4D5348  # "MSH": one fixed VNI, every meshnet router on an underlay uses it
 VXLAN_PORT = 6784  # design.md: fastdp data, kernel VXLAN
@@ -237,139 +240,6 @@ def fastdp_disabled_reason(*, no_fastdp: bool, encrypted: bool, esp_available: b
     return None
 
 
-@dataclass
-class _Peer:
-    next_probe: float
-    last_reply: float  # time of the last matched reply (or when we started probing)
-    mode: Mode = SLEEVE
-    reason: str = REASON_UNVERIFIED
-    streak: int = 0  # consecutive answered probes
-    outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at
-
-
-class PathHealth:
-    """Per-peer fastdp/sleeve decision from probes over the VXLAN path.
-
-    Drive it from one timer::
-
-        for pid, seq in health.probes_due(now): send a probe request
-        on a reply:                               health.on_probe_reply(pid, seq, now)
-        changed = health.tick(now)               # [(pid, mode, reason)] -> re-plan
-        sleep until health.next_deadline()
-
-    A probe unanswered after one interval is missed and resets the success streak. A peer
-    in fastdp falls back when no reply came for `fail_after * interval` seconds; a peer in
-    sleeve returns after `recover_after` consecutive replies. With `disabled` set (see
-    `fastdp_disabled_reason`) no probes are sent and every peer stays sleeve with that reason.
-    """
-
-    def __init__(
-        self,
-        peer_ids: Iterable[int] = (),
-        interval: float = 1.0,
-        fail_after: int = 3,
-        *,
-        recover_after: int = 2,
-        now: float = 0.0,
-        disabled: str | None = None,
-        first_seq: int | None = None,
-    ) -> None:
-        assert interval > 0 and fail_after >= 1 and recover_after >= 1
-        self.interval = interval
-        self.fail_after = fail_after
-        self.recover_after = recover_after
-        self.disabled = disabled
-        self._seq = secrets.randbits(32) if first_seq is None else first_seq & 0xFFFFFFFF
-        self._peers: dict[int, _Peer] = {}
-        self.set_peers(peer_ids, now)
-
-    def set_peers(self, peer_ids: Iterable[int], now: float) -> None:
-        """Follow the mesh: new peers start on sleeve (unverified), gone peers are dropped."""
-        wanted = set(peer_ids)
-        for pid in list(self._peers):
-            if pid not in wanted:
-                del self._peers[pid]
-        for pid in wanted - self._peers.keys():
-            self._peers[pid] = _Peer(next_probe=now, last_reply=now)
-
-    def adopt(self, peer_ids: Iterable[int], now: float) -> None:
-        """Peers an earlier run of this router left on fastdp: start them on fastdp, so they
-        stay there while their probes are answered (and fall back as usual when not)."""
-        for pid in peer_ids:
-            self._peers[pid] = _Peer(next_probe=now, last_reply=now, mode=FASTDP, reason=REASON_ADOPTED)
-
-    def mode(self, peer_id: int) -> tuple[Mode, str]:
-        if self.disabled is not None:
-            return SLEEVE, self.disabled
-        p = self._peers.get(peer_id)
-        if p is None:
-            return SLEEVE, "unknown peer"
-        return p.mode, p.reason
-
-    def modes(self) -> dict[int, tuple[Mode, str]]:
-        return {pid: self.mode(pid) for pid in self._peers}
-
-    def probes_due(self, now: float) -> list[tuple[int, int]]:
-        """(peer_id, seq) of every probe to send now; each is remembered as outstanding."""
-        if self.disabled is not None:
-            return []
-        due = []
-        for pid, p in sorted(self._peers.items()):
-            if now < p.next_probe:
-                continue
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            p.outstanding[self._seq] = now
-            # Keep the cadence but never burst to catch up after a stall.
-            p.next_probe = max(p.next_probe + self.interval, now + self.interval / 2)
-            due.append((pid, self._seq))
-        return due
-
-    def on_probe_reply(self, peer_id: int, seq: int, now: float) -> bool:
-        """Count a reply; False (and nothing changes) unless it matches a live probe."""
-        p = self._peers.get(peer_id)
-        if p is None or self.disabled is not None:
-            return False
-        sent = p.outstanding.pop(seq, None)
-        if sent is None or now - sent > self.interval:
-            return False
-        p.last_reply = now
-        p.streak += 1
-        if p.mode == FASTDP:
-            p.reason = REASON_HEALTHY  # an adopted path is verified now
-        return True
-
-    def tick(self, now: float) -> list[tuple[int, Mode, str]]:
-        """Expire missed probes and move peers; return the peers whose mode changed."""
-        changed = []
-        if self.disabled is not None:
-            return changed
-        window = self.fail_after * self.interval
-        for pid, p in sorted(self._peers.items()):
-            for seq, sent in list(p.outstanding.items()):
-                if now - sent >= self.interval:
-                    del p.outstanding[seq]
-                    p.streak = 0
-            if p.mode == FASTDP and now - p.last_reply >= window:
-                p.mode, p.reason = SLEEVE, f"no vxlan probe reply for {window:.1f}s"
-                changed.append((pid, p.mode, p.reason))
-            elif p.mode == SLEEVE and p.streak >= self.recover_after:
-                p.mode, p.reason = FASTDP, REASON_HEALTHY
-                changed.append((pid, p.mode, p.reason))
-        return changed
-
-    def next_deadline(self) -> float | None:
-        """When `tick`/`probes_due` next have work; None if nothing is scheduled."""
-        if self.disabled is not None or not self._peers:
-            return None
-        times = []
-        for p in self._peers.values():
-            times.append(p.next_probe)
-            times.extend(sent + self.interval for sent in p.outstanding.values())
-            if p.mode == FASTDP:
-                times.append(p.last_reply + self.fail_after * self.interval)
-        return min(times)
-
-
 # -- probe frames -----------------------------------------------------------------------
 
 PROBE_MAGIC = b"MNfp"
@@ -440,3 +310,12 @@ def decode_probe(frame: bytes) -> Probe:
     if src != PROBE_MAC_PREFIX + sender.to_bytes(4, "big"):
         raise ProbeError("source MAC does not match the sender id")
     return Probe(kind, sender, seq, size, norm_mac(dst), norm_mac(src))
+
+
+def __getattr__(name: str) -> object:
+    """`PathHealth` lives in path_health.py now; imports of it from here keep working."""
+    if name == "PathHealth":
+        from meshnet.dataplane.path_health import PathHealth
+
+        return PathHealth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

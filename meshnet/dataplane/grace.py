@@ -72,30 +72,30 @@ def plan_inputs(
     live: Mapping[int, str | None],
     departed: Mapping[int, str],
     adopted: Mapping[int, Adopted],
-    endpoints: Mapping[str, int],
+    endpoints: Mapping[int, frozenset[str]],
     mode: Callable[[int], Mode],
-) -> tuple[dict[int, PeerInfo], dict[str, int]]:
-    """`fastdp.plan`'s peers and endpoints, with the kept peers folded in.
+) -> tuple[dict[int, PeerInfo], dict[int, frozenset[str]]]:
+    """The FDB planner's peers and endpoints, with the kept peers folded in.
 
     Args:
         live: {peer id: underlay IP if directly connected, else None} of reachable peers.
         departed: {peer id: last underlay IP} of peers the mesh saw leave, within grace.
         adopted: what the kernel held at start, for peers the mesh has not named yet.
-        endpoints: {MAC: peer id} from the mesh, departed peers' last endpoints included.
+        endpoints: {peer id: the MACs it owns} from the mesh, departed peers' last ones included.
         mode: the path's mode per peer (`PathHealth.mode(pid)[0]`).
     """
     infos = {pid: PeerInfo(ip or "", mode(pid) if ip else SLEEVE) for pid, ip in live.items()}
-    dead: set[int] = set()  # kept peers whose path does not answer: no endpoints for them
+    out = {pid: endpoints[pid] for pid in infos if pid in endpoints}
     for pid, ip in departed.items():
         if pid not in infos:
             infos[pid] = PeerInfo(ip, mode(pid))
-            dead |= {pid} if infos[pid].mode != FASTDP else set()
-    out = {mac: pid for mac, pid in endpoints.items() if pid not in dead}
+            if infos[pid].mode == FASTDP:  # a kept peer whose path does not answer gets no endpoints
+                out[pid] = endpoints.get(pid, frozenset())
+    placed = frozenset().union(*endpoints.values()) if adopted else frozenset()
     for pid, kept in adopted.items():
         if pid in infos:
             continue  # the mesh knows it now
         infos[pid] = PeerInfo(kept.ip, mode(pid))
         if infos[pid].mode == FASTDP:
-            for mac in kept.macs:
-                out.setdefault(mac, pid)
+            out[pid] = kept.macs - placed  # the mesh places a MAC it knows
     return infos, out

@@ -15,8 +15,9 @@ for the mesh's IPAM gossip channel (format: `wire.py`). The runtime calls `tick(
 `next_deadline()`, hands every payload from the channel to `on_broadcast` / `on_unicast`
 (an `IpamProtocolError` from them means: drop that payload, log the peer), reports the
 reachable peers with `on_peers_changed` (once at start even if there are none: until then
-`rmpeer` is refused), and periodically sends `full_state()` (anti-entropy, and to every new
-neighbour). Releases the CNI plugin journalled while the router was down reach the core as
+`rmpeer` is refused), and periodically sends a neighbour `summary()` (anti-entropy: a
+neighbour whose state differs answers with its own) and `full_state()` to every new
+neighbour. Releases the CNI plugin journalled while the router was down reach the core as
 plain values: the runtime drains the journal (`meshnet/state/journal.py`) into
 `release_journalled` before it serves the local API.
 

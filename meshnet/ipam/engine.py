@@ -17,6 +17,7 @@ waiting requests served, donation asked for, in that order.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable
 
@@ -29,7 +30,18 @@ from meshnet.ipam.reclaim import Reclaimer, Removed
 from meshnet.ipam.ring import Ring
 from meshnet.ipam.space import Space
 from meshnet.ipam.store import Changes, Store
-from meshnet.ipam.wire import Deny, Message, RingData, State, Want, encode_deny, encode_state, encode_want
+from meshnet.ipam.wire import (
+    Deny,
+    Message,
+    RingData,
+    State,
+    Summary,
+    Want,
+    encode_deny,
+    encode_state,
+    encode_summary,
+    encode_want,
+)
 
 HINT_DELAY = 2.0  # s between a change of our free space and the new hint in the ring
 MAX_CONFLICTS = 32  # conflict messages kept for status
@@ -72,6 +84,9 @@ class Engine:
         elif isinstance(msg, Deny):
             if self.ring:
                 self.seeker.denied_by(self.ring, src, msg.id)
+        elif isinstance(msg, Summary):
+            if msg.hash != self._digest():  # we differ: both send their state, both merge
+                self._out.append(("unicast", src, encode_state(self._state(ask=self._new_id()))))
         self._progress(now)
         return self._flush()
 
@@ -338,6 +353,23 @@ class Engine:
         ring = RingData(self.ring.genesis, self.ring.entries()) if self.ring is not None else None
         paxos = self.boot.paxos_data() if self.ring is None else None
         return State(self.universe.cidr, ring, paxos, ask, re, tuple(self.gone))
+
+    def _digest(self) -> bytes:
+        """A hash of what anti-entropy compares: the ring and the gone list (16 bytes).
+        Cached while the ring (its `version`) and the gone list stay the same."""
+        gone = tuple(sorted(self.gone))
+        key = (id(self.ring), self.ring.version, gone) if self.ring is not None else None
+        cached = getattr(self, "_digest_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        state = self._state()
+        digest = hashlib.blake2b(encode_state(State(state.universe, state.ring, state.paxos, gone=gone)), digest_size=16).digest()
+        self._digest_cache = (key, digest)
+        return digest
+
+    def summary(self) -> bytes:
+        """Our `sum` payload: a neighbour with another state answers with its own."""
+        return encode_summary(Summary(self.universe.cidr, self._digest()))
 
     def _broadcast_state(self) -> None:
         self._out.append(("broadcast", encode_state(self._state())))

@@ -98,6 +98,10 @@ class Ring:
         self.genesis = genesis
         self._entries = dict(entries)
         self._tokens = sorted(self._entries)
+        self.version = 0  # counts changes (put): what was derived from the ring can be cached
+        self._by_owner: dict[bytes, set[int]] = {}  # owner -> its tokens: `owned` in O(its ranges)
+        for token, entry in self._entries.items():
+            self._by_owner.setdefault(entry.owner, set()).add(token)
 
     @classmethod
     def split(cls, universe: Block, names: Sequence[bytes], genesis: bytes) -> Ring:
@@ -144,7 +148,7 @@ class Ring:
         return self._tokens[bisect.bisect_right(self._tokens, address) - 1]
 
     def owned(self, peer: bytes) -> list[tuple[int, int, Entry]]:
-        return [r for r in self.ranges() if r[2].owner == peer]
+        return [(t, self.end_of(t), self._entries[t]) for t in sorted(self._by_owner.get(peer, ()))]
 
     def overlapping(self, lo: int, hi: int) -> Iterator[tuple[int, int, Entry]]:
         """The ranges that intersect `[lo, hi)`."""
@@ -155,9 +159,14 @@ class Ring:
             i += 1
 
     def put(self, token: int, entry: Entry) -> None:
-        if token not in self._entries:
+        old = self._entries.get(token)
+        if old is None:
             bisect.insort(self._tokens, token)
+        elif old.owner != entry.owner:
+            self._by_owner[old.owner].discard(token)
+        self._by_owner.setdefault(entry.owner, set()).add(token)
         self._entries[token] = entry
+        self.version += 1
 
     def diff(self, incoming: Mapping[int, Entry]) -> Merged:
         """What merging `incoming` would change, without changing anything."""

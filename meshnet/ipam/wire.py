@@ -23,6 +23,9 @@ Unknown keys are ignored so later versions can add fields.
              # unicast: please donate free space inside [lo, hi)
     deny    {"v":1, "t":"deny", "u":CIDR, "id":int}
              # unicast: I have no free space inside the range you asked for
+    sum     {"v":1, "t":"sum", "u":CIDR, "h":bin(16)}
+             # unicast to a neighbour, periodically: a hash of my ring and gone list;
+             # a receiver whose hash differs sends its state with "ask" (both merge)
 
 `state` is both the full state (anti-entropy, `Allocator.full_state`) and every update: the
 whole ring travels each time, which is what keeps ring merges safe (see `ring.py`).
@@ -91,7 +94,15 @@ class Deny:
     id: int
 
 
-Message = State | Want | Deny
+@dataclass(frozen=True, slots=True)
+class Summary:
+    universe: str
+    hash: bytes
+
+
+SUMMARY_LEN = 16
+
+Message = State | Want | Deny | Summary
 
 
 def _pack(body: dict[str, Any]) -> bytes:
@@ -130,6 +141,10 @@ def encode_want(msg: Want) -> bytes:
 
 def encode_deny(msg: Deny) -> bytes:
     return _pack({"t": "deny", "u": msg.universe, "id": msg.id})
+
+
+def encode_summary(msg: Summary) -> bytes:
+    return _pack({"t": "sum", "u": msg.universe, "h": msg.hash})
 
 
 def decode(payload: bytes) -> Message:
@@ -197,6 +212,11 @@ def _message(obj: Any) -> Message:
         return Want(universe.cidr, _int(obj.get("id"), "id"), lo, hi)
     if kind == "deny":
         return Deny(universe.cidr, _int(obj.get("id"), "id"))
+    if kind == "sum":
+        digest = obj.get("h")
+        if type(digest) is not bytes or len(digest) != SUMMARY_LEN:
+            raise _fail(f"summary hash must be {SUMMARY_LEN} bytes")
+        return Summary(universe.cidr, digest)
     raise _fail("unknown type")
 
 

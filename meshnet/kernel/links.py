@@ -15,19 +15,17 @@ import os
 import struct
 from dataclasses import dataclass
 
-import pyroute2.config
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.offload import IFF_VNET_HDR
+from meshnet.kernel.pyroute import IPRoute, NetlinkError
+from meshnet.kernel.pyroute import config as pyroute2_config
 
 # IPRoute(netns=...) forks a helper child and SIGTERMs it afterwards. In a process that leads
 # its own session with an asyncio SIGTERM handler (the router), that SIGTERM also reached the
 # router's loop now and then (within ~10-400 calls), and the router stopped itself. With this
 # set the child resets SIGTERM to the default action first; no spurious SIGTERM since
 # (tests/netns/test_docker_kernel_signals.py).
-pyroute2.config.disable_mp_signal = True
+pyroute2_config.disable_mp_signal = True
 from meshnet.kernel.netns import in_netns
 
 TUNSETIFF = 0x400454CA  # include/uapi/linux/if_tun.h

@@ -41,6 +41,7 @@ from meshnet.dataplane.fastdp import (
 )
 from meshnet.kernel.errors import KernelError
 from meshnet.kernel.fdb import NUD_NOARP, NUD_PERMANENT, Link, PyrouteRtnl, Rtnl
+from meshnet.kernel.nlfdb import FdbReq
 from meshnet.kernel.netns import in_netns
 
 __all__ = ["VxlanKernel", "ProbeSocket", "probe_esp", "esp_available", "in_netns"]
@@ -142,23 +143,20 @@ class VxlanKernel:
             return index[name]
 
         failures: list[KernelError] = []
+        reqs: list[FdbReq] = []
         for op in ops:
             e = op.entry
             try:
                 if isinstance(e, VxlanFdb):
-                    args = (ifindex(local.vxlan), e.mac)
-                    kw = dict(dst=e.dst, master=False)
+                    reqs.append(FdbReq(op.action, ifindex(local.vxlan), e.mac, dst=e.dst))
                 else:
-                    args = (ifindex(e.port), e.mac)
-                    kw = dict(master=True)
-                if op.action == "add":
-                    self.nl.fdb_add(*args, **kw)
-                else:
-                    self.nl.fdb_del(*args, **kw)
+                    reqs.append(FdbReq(op.action, ifindex(e.port), e.mac, master=True))
             except KernelError as exc:
-                tolerated = errno.EEXIST if op.action == "add" else errno.ENOENT
-                if exc.errno != tolerated:
-                    failures.append(exc)
+                failures.append(exc)
+        for req, exc in zip(reqs, self.nl.fdb_apply(reqs) if reqs else []):
+            tolerated = errno.EEXIST if req.action == "add" else errno.ENOENT
+            if exc is not None and exc.errno != tolerated:
+                failures.append(exc)
         if failures:
             first = failures[0]
             raise KernelError(first.errno, f"{len(failures)} fdb op(s) failed; first: {first.strerror or first}")

@@ -57,6 +57,24 @@ def claimed(entry: PeerEntry) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(macs), frozenset(ips)
 
 
+@dataclass(frozen=True)
+class FrozenOwners:
+    """Who owns each address of one kind at one moment, readable on another thread."""
+
+    table: dict[str, Any]  # a copy of Claims._by[kind]: (peer, key) or a live dict if contested
+    contested: dict[str, bytes]  # the contested addresses' owners, resolved when copied
+
+    def get(self, address: str) -> bytes | None:
+        held = self.table.get(address)
+        if held is None:
+            return None
+        return held[0] if isinstance(held, tuple) else self.contested[address]
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        for address, held in self.table.items():
+            yield address, held[0] if isinstance(held, tuple) else self.contested[address]
+
+
 class Claims:
     def __init__(self, local: bytes):
         self.local = local
@@ -102,6 +120,12 @@ class Claims:
         """(address, owner) for every claimed address of this kind."""
         for address, held in self._by[kind].items():
             yield address, held[0] if isinstance(held, tuple) else min(held.items(), key=lambda kv: kv[1])[0]
+
+    def frozen_owners(self, kind: str) -> FrozenOwners:
+        """`owners` as a snapshot, cheap on the loop: a C-level copy of the table, the
+        contested few resolved now (their live dicts in the copy are never read)."""
+        contested = {address: self.owner(kind, address) for k, address in self._contested if k == kind}
+        return FrozenOwners(dict(self._by[kind]), contested)  # type: ignore[arg-type]
 
     def conflicts(self, limit: int = 64) -> list[dict[str, Any]]:
         """The current conflicts, oldest first: the address, who keeps it, who else claims it."""

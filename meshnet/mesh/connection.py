@@ -22,11 +22,12 @@ CLOSED; the runtime then closes the socket.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshnet.errors import HandshakeRefused, LocalProtocolError, Refusal, RemoteProtocolError
 from meshnet.mesh import wire
-from meshnet.mesh.session import Ephemeral, Session
+if TYPE_CHECKING:  # session.py loads `cryptography` (7 MiB): only an encrypted mesh needs it
+    from meshnet.mesh.session import Session
 from meshnet.mesh.wire import Message, Msg
 
 
@@ -47,7 +48,11 @@ class ControlConnection:
         self.session: Session | None = None
         self._password = password
         self._features = features
-        self._ephemeral = Ephemeral() if password is not None else None
+        self._ephemeral = None
+        if password is not None:
+            from meshnet.mesh.session import Ephemeral
+
+            self._ephemeral = Ephemeral()
         self._preamble = bytearray()
         self._reader = wire.FrameReader()
         hello = {"encrypt": password is not None, "pub": self._ephemeral.public if self._ephemeral else None}
@@ -128,6 +133,8 @@ class ControlConnection:
                 raise RemoteProtocolError("HELLO lacks the public key")
             shared = self._ephemeral.exchange(their_pub)
             ours = self._ephemeral.public
+            from meshnet.mesh.session import Session
+
             self.session = Session(
                 shared=shared,
                 password=self._password or b"",

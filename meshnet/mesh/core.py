@@ -12,13 +12,16 @@ Gossip, in three parts:
 2. Anti-entropy. Every `gossip_interval` we send one neighbour (each in turn, in a
    shuffled round) a 16-byte hash of our digest; if theirs differs they answer with their digest, and each side sends
    what the other lacks (REQUEST / TOPOLOGY). In sync, that is 16 bytes per interval.
-3. New connections exchange digests at once, so a joining peer learns everything.
+3. New connections exchange summaries at once: a joining peer's first one differs, so the
+   two exchange digests and the joiner learns everything; later ones usually match.
 Trees are computed from each peer's own view; while views differ a delta may miss
 someone, and anti-entropy repairs it.
 
-Liveness: a HEARTBEAT goes out on every connection that sent nothing for `heartbeat`
-seconds; a connection that received nothing for `timeout` seconds is closed. Peers that
-stay unreachable for `gc_after` seconds are forgotten.
+Liveness (`liveness.py`): one round per `heartbeat` interval heartbeats idle connections
+and closes dead ones, judged on what the runtime reports of the kernel (`heard`, `acked`):
+a slow but alive peer is not a dead one. Peers that stay unreachable for `gc_after`
+seconds are forgotten. Changes to our own entry act locally at once (`Changed`) but are
+gossiped at most once per `publish_batch` seconds (99 new connections: one flood).
 
 Hostile input: every message arrives checked against its bounds (`wire.decode_message`),
 so `receive` never raises; a message that is wrong only here (a HELLO on an established
@@ -35,73 +38,21 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from meshnet.errors import Refusal
+from meshnet.mesh import liveness
 from meshnet.mesh.bounds import MAX_ENTRY_BYTES, MAX_FRAME, MAX_JUMP
 from meshnet.mesh.claims import Claims
 from meshnet.mesh.departed import DepartedPeers
+from meshnet.mesh.events import Changed, Close, Conn, Deliver, Event, Refused, Send
 from meshnet.mesh.quota import Limits, Quota
-from meshnet.mesh.targets import normalize
 from meshnet.mesh.topology import Link, PeerEntry, Topology
 from meshnet.mesh.wire import Message, Msg
 
 ENTRY_BUDGET = MAX_FRAME // 2  # bytes of entries per TOPOLOGY message
 SEEN_BROADCASTS = 8192  # (source, seq) pairs remembered to drop duplicate broadcasts
-
-
-@dataclass(frozen=True)
-class Send:
-    conn: int
-    kind: Msg
-    fields: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Close:
-    conn: int
-    reason: str
-    refusal: Refusal = Refusal.CLOSING
-
-
-@dataclass(frozen=True)
-class Refused:
-    """`add_connection` did not admit a connection: why (the enum) and a line for people."""
-
-    refusal: Refusal
-    reason: str
-
-
-@dataclass(frozen=True)
-class Deliver:
-    channel: str
-    src: bytes
-    payload: bytes
-    unicast: bool
-
-
-@dataclass(frozen=True)
-class Changed:
-    """The topology changed (reachability, routes or someone's data)."""
-
-
-Event = Send | Close | Deliver | Changed
-
-
-@dataclass
-class Conn:
-    peer: bytes
-    nick: str
-    uid: int
-    ip: str
-    port: int
-    udp_port: int
-    outbound: bool
-    since: float
-    last_rx: float
-    last_tx: float
-    features: dict[str, Any]
 
 
 class MeshCore:
@@ -115,10 +66,11 @@ class MeshCore:
         udp_port: int,
         now: float,
         conn_limit: int = 100,
-        heartbeat: float = 3.0,
-        timeout: float = 9.0,
-        gossip_interval: float = 5.0,
-        gc_after: float = 60.0,
+        heartbeat: float = liveness.HEARTBEAT,
+        timeout: float = liveness.TIMEOUT,
+        gossip_interval: float = liveness.GOSSIP_INTERVAL,
+        gc_after: float = liveness.GC_AFTER,
+        publish_batch: float = liveness.PUBLISH_BATCH,
         departed_grace: float = 0.0,
         rng: random.Random | None = None,
         limits: Limits = Limits(),
@@ -128,12 +80,15 @@ class MeshCore:
         self.topology = Topology(local)
         self.conns: dict[int, Conn] = {}
         self.conn_limit = conn_limit
-        self.heartbeat = heartbeat
-        self.timeout = timeout
         self.gossip_interval = gossip_interval
         self.gc_after = gc_after
         self._rng = rng or random.Random()
         self._next_gossip = now + gossip_interval * self._rng.uniform(0.5, 1.0)
+        self.liveness = liveness.Liveness(heartbeat, timeout, next_round=now + heartbeat * self._rng.uniform(0.5, 1.0))
+        self.publish_batch = publish_batch
+        self._publish_at: float | None = None  # our changed entry is gossiped then
+        self._published_at = float("-inf")
+        self._summary_cache: tuple[int, bytes] = (-1, b"")
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._gossip_round: list[int] = []  # anti-entropy partners left in this round
         self._seq = int(now * 1000) << 16  # restarts must not reuse broadcast sequence numbers
@@ -192,8 +147,20 @@ class MeshCore:
         )
         self._direct_ip[peer] = ip
         events += self._publish_links(now)
-        events.append(self._send(conn, Msg.DIGEST, self.quota.digest(self.topology), now=now))
+        # A summary, not the digest: a router that joined through another peer already
+        # holds what this one would send, and a digest costs O(peers) (a mismatch asks).
+        events.append(self._send(conn, Msg.SUMMARY, self._summary(), now=now))
         return None, events
+
+    def heard(self, conn: int, at: float) -> None:
+        """The peer's bytes reached our socket at `at` (the kernel's time, read or not)."""
+        if (c := self.conns.get(conn)) is not None:
+            c.last_rx = max(c.last_rx, at)
+
+    def acked(self, conn: int, at: float) -> None:
+        """The peer's kernel acknowledged our data at `at` (now: nothing is in flight)."""
+        if (c := self.conns.get(conn)) is not None:
+            c.last_ack = max(c.last_ack, at)
 
     def _refused(self, refusal: Refusal, reason: str) -> tuple[Refused, list[Event]]:
         self.counters["refused"] += 1
@@ -224,10 +191,22 @@ class MeshCore:
         return self._publish_local(now)
 
     def _publish_local(self, now: float) -> list[Event]:
-        events = self._down_tree(self.name, [self.topology.local], exclude=None, now=now)
-        events.append(Changed())
+        """Our entry changed: act on it here at once; gossip it now or with the next batch."""
         self._track_reachability(now)
-        return events
+        if self._publish_at is None:
+            self._publish_at = max(now, self._published_at + self.publish_batch)
+        return [*self._flush_publish(now), Changed()]
+
+    @property
+    def publish_due(self) -> float | None:
+        """When our changed entry is gossiped next (None: nothing waits)."""
+        return self._publish_at
+
+    def _flush_publish(self, now: float) -> list[Event]:
+        if self._publish_at is None or now < self._publish_at:
+            return []
+        self._publish_at, self._published_at = None, now
+        return self._down_tree(self.name, [self.topology.local], exclude=None, now=now)
 
     # -- messages ----------------------------------------------------------------------
 
@@ -378,20 +357,24 @@ class MeshCore:
         return Send(conn, kind, tuple(fields))
 
     def _summary(self) -> bytes:
-        h = hashlib.blake2b(digest_size=16)
-        for name, version in self.quota.digest(self.topology):
-            h.update(name + version.to_bytes(8, "big", signed=True))
-        return h.digest()
+        """A hash of our digest (refused entries listed as held), cached while the
+        topology does not change and no entry is refused."""
+        key = self.topology.generation if not self.quota.refusing else -1
+        if key < 0 or self._summary_cache[0] != key:
+            h = hashlib.blake2b(digest_size=16)
+            for name, version in self.quota.digest(self.topology):
+                h.update(name + version.to_bytes(8, "big", signed=True))
+            self._summary_cache = (key, h.digest())
+        return self._summary_cache[1]
 
     # -- time --------------------------------------------------------------------------
 
     def tick(self, *, now: float) -> list[Event]:
-        events: list[Event] = []
-        for conn, c in list(self.conns.items()):
-            if now - c.last_rx >= self.timeout:
-                events.append(Close(conn, f"no message from {c.nick!r} for {now - c.last_rx:.1f}s"))
-            elif now - c.last_tx >= self.heartbeat:
-                events.append(self._send(conn, Msg.HEARTBEAT, (), now=now))
+        events = self._flush_publish(now)
+        if now >= self.liveness.next_round:
+            dead, idle = self.liveness.round(self.conns, now, self._rng.uniform(0.9, 1.1))
+            events += [Close(conn, why) for conn, why in dead]
+            events += [self._send(conn, Msg.HEARTBEAT, (), now=now) for conn in idle]
         if now >= self._next_gossip:
             self._next_gossip = now + self.gossip_interval * self._rng.uniform(0.75, 1.25)
             if self.conns:
@@ -422,10 +405,11 @@ class MeshCore:
         return self._gossip_round.pop()
 
     def next_deadline(self) -> float:
-        times = [self._next_gossip]
-        for c in self.conns.values():
-            times += [c.last_rx + self.timeout, c.last_tx + self.heartbeat]
-        times += [since + self.gc_after for since in self._unreachable_since.values()]
+        times = [self._next_gossip, self.liveness.next_round]
+        if self._publish_at is not None:
+            times.append(self._publish_at)
+        if self._unreachable_since:
+            times.append(min(self._unreachable_since.values()) + self.gc_after)
         departed = self.departed.next_deadline()
         if departed is not None:
             times.append(departed)
@@ -447,17 +431,3 @@ class MeshCore:
     def forget_departed(self, names: set[bytes]) -> list[Event]:
         """These peers are gone for good (rmpeer): stop keeping their data path."""
         return [Changed()] if self.departed.forget(names) else []
-
-    # -- views -------------------------------------------------------------------------
-
-    def discovered_targets(self) -> dict[str, bytes]:
-        """{"ip:port": peer} for reachable peers we have no connection to."""
-        connected = set(self.by_peer())
-        reachable = self.topology.reachable()
-        out: dict[str, bytes] = {}
-        for entry in self.topology.entries.values():
-            for link in entry.links:
-                target = self.topology.entries.get(link.peer)
-                if link.peer in reachable and link.peer not in connected and target is not None:
-                    out.setdefault(normalize(f"{link.ip}:{target.port}"), link.peer)
-        return out

@@ -50,6 +50,11 @@ class Quota:
     def refused(self, name: bytes) -> bool:
         return name in self._refused
 
+    @property
+    def refusing(self) -> bool:
+        """Whether some entry is refused (then the digest is more than the topology's)."""
+        return bool(self._refused)
+
     def select(self, entries: Iterable[PeerEntry], topology: Topology, *, sender: bytes, neighbours: Iterable[bytes]) -> list[PeerEntry]:
         """The entries of one TOPOLOGY message that are news: the newest per peer, newer than
         ours, never our own, and never a neighbour's from anyone but that neighbour (it

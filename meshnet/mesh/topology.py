@@ -73,6 +73,7 @@ class Topology:
     def __init__(self, local: PeerEntry):
         self.local_name = local.name
         self.entries: dict[bytes, PeerEntry] = {local.name: local}
+        self.generation = 0  # counts changes to the entries: what is derived from them can be cached
         self._graph_cache: dict[bytes, list[bytes]] | None = None
         self._bfs_cache: dict[bytes, dict[bytes, bytes | None]] = {}
 
@@ -86,6 +87,7 @@ class Topology:
         entry = self.local
         version = min(max(entry.version + 1, now_ms), MAX_U63)
         self.entries[self.local_name] = replace(entry, version=version, **changes)
+        self.generation += 1
         self._invalidate()
         return self.entries[self.local_name]
 
@@ -110,12 +112,15 @@ class Topology:
                 self.entries[entry.name] = entry
                 news.append(entry)
                 graph_changed = graph_changed or known is None or known.links != entry.links
+        if news:
+            self.generation += 1
         if graph_changed:
             self._invalidate()
         return news
 
     def remove(self, name: bytes) -> None:
         if name != self.local_name and self.entries.pop(name, None) is not None:
+            self.generation += 1
             self._invalidate()
 
     def digest(self) -> list[list[Any]]:

@@ -6,6 +6,12 @@ admits them into `MeshCore`, feeds their messages in and carries the core's even
 `Changed` to the router (which re-plans the data paths). Dialling follows `Targets`; the
 router's timer calls `tick` at `next_deadline`.
 
+Liveness is judged by the core on the kernel's view: before each liveness round the
+connections that look silent are refreshed from TCP_INFO (bytes that reached the socket,
+acknowledgements of ours), and every connection has TCP_USER_TIMEOUT set, so the kernel
+itself aborts one whose data goes unacknowledged (see mesh/liveness.py). Which peers to
+connect to follows the connection policy (`follow`, from mesh/policy.py).
+
 Decisions about refusals use the `Refusal` enum the core and the handshake return, never
 the prose shown to people. A `RemoteProtocolError` closes the one connection that carried
 it and is counted (`protocol_errors` once established, `handshake_failures` before);
@@ -23,8 +29,10 @@ from typing import Any, Callable
 
 from meshnet.dataplane.sleeve_plan import Direct
 from meshnet.errors import HandshakeRefused, Refusal, RemoteProtocolError
+from meshnet.kernel import tcpinfo
 from meshnet.mesh.connection import ControlConnection, State
 from meshnet.mesh.core import Changed, Close, Deliver, MeshCore, Send
+from meshnet.mesh.policy import Plan
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.ratelimit import RateLimitedLog
 
@@ -43,6 +51,7 @@ class Link:
         self.proto = proto
         self.writer = writer
         self.address = address  # the target we dialled, None for inbound
+        self.sock = writer.get_extra_info("socket")
 
     def flush(self) -> None:
         data = self.proto.data_to_send()
@@ -74,8 +83,10 @@ class ControlPlane:
         self.links: dict[int, Link] = {}
         self._next_conn = 1
         self.refusals: list[dict[str, Any]] = []  # recent handshake refusals, newest last
-        self.counters = {"handshake_failures": 0, "wrong_password": 0, "protocol_errors": 0}
+        self.counters = {"handshake_failures": 0, "wrong_password": 0, "protocol_errors": 0, "pruned": 0}
         self.warn = RateLimitedLog(log)
+        self.satisfied: frozenset[bytes] = frozenset()  # reachable peers the policy needs no connection to
+        self.plan: Plan | None = None  # the connection policy's latest
 
     # -- views -------------------------------------------------------------------------
 
@@ -92,15 +103,38 @@ class ControlPlane:
     # -- dialling ----------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self.targets.next_deadline(set(self.core.by_peer()))
+        return self.targets.next_deadline(set(self.core.by_peer()), self.satisfied)
 
     def tick(self, *, now: float) -> None:
         """The core's timers: heartbeats, liveness, anti-entropy, forgetting gone peers."""
+        if now >= self.core.liveness.next_round:
+            self._refresh_liveness(now)
         self.handle(self.core.tick(now=now))
 
+    def _refresh_liveness(self, now: float) -> None:
+        """Tell the core what the kernel saw on the connections that look silent."""
+        for conn in self.core.liveness.quiet(self.core.conns, now):
+            link = self.links.get(conn)
+            seen = tcpinfo.progress(link.sock) if link is not None and link.sock is not None else None
+            if seen is not None:
+                self.core.heard(conn, now - seen.data_recv_age)
+                self.core.acked(conn, now if seen.unacked == 0 else now - seen.ack_recv_age)
+
     def dial_due(self, *, now: float) -> None:
-        for address in self.targets.due(now, set(self.core.by_peer())):
+        for address in self.targets.due(now, set(self.core.by_peer()), self.satisfied):
             self._spawn(self.dial(address), "dial")
+
+    def follow(self, plan: Plan) -> None:
+        """Dial what the connection policy wants; close what nobody needs (we dialled it)."""
+        self.plan = plan
+        self.targets.set_discovered(plan.dial, now=time.monotonic(), later=plan.later)
+        self.satisfied = frozenset() if plan.full_mesh else frozenset(self.core.topology.reachable() - plan.wanted)
+        if plan.prune:
+            self.counters["pruned"] += len(plan.prune)
+            log.info("closing %d connection(s) the bounded control graph does not need", len(plan.prune))
+            self.close_peers(set(plan.prune), "not needed: the control graph is bounded")
+        if plan.dial:
+            self._wake()
 
     async def dial(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -151,8 +185,10 @@ class ControlPlane:
                 return
             admitted = True
             self.links[link.id] = link
+            if link.sock is not None:
+                tcpinfo.tune(link.sock, user_timeout=self.core.liveness.timeout)
             if address is not None:
-                self.targets.succeeded(address, proto.remote["name"])
+                self.targets.succeeded(address, proto.remote["name"], now=time.monotonic())
             self.targets.peer_connected(proto.remote["name"], f"{peer_ip}:{proto.remote['port']}")
             log.info(
                 "connected to %s (%s) at %s, %s%s",
@@ -170,6 +206,7 @@ class ControlPlane:
                 if not data:
                     error = "connection closed by peer"
                     break
+                self.core.heard(link.id, time.monotonic())  # bytes, even half a message, are a sign of life
                 for message in proto.receive_data(data):
                     self.handle(self.core.receive(link.id, message, now=time.monotonic()))
                 link.flush()
@@ -278,6 +315,18 @@ class ControlPlane:
             link.writer.close()
             return
         link.flush()
+
+    def graph_status(self) -> dict[str, Any]:
+        """The control graph as the policy sees it: full mesh or bounded, chosen peers up."""
+        plan = self.plan
+        connected = set(self.core.by_peer())
+        wanted = plan.wanted if plan is not None else frozenset()
+        return {
+            "full_mesh": plan.full_mesh if plan is not None else True,
+            "wanted": len(wanted),
+            "wanted_connected": len(wanted & connected),
+            "pruned": self.counters["pruned"],
+        }
 
     def close_peers(self, peers: set[bytes], reason: str) -> None:
         """Close the connections to these peers on purpose (e.g. to rekey the sleeve)."""

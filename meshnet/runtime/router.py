@@ -7,7 +7,9 @@ and one timer (`timer.py`). It knows nothing of Docker or Kubernetes: `meshnet/d
 builds those beside it and hands them `endpoints`, `plumbing`, `state` and `api`.
 
 Threads: the asyncio loop owns every core; kernel calls run on one kernel thread
-(`plumbing.KernelThread`); the pump runs in its own thread without the GIL.
+(`plumbing.KernelThread`); the sleeve's tables are planned on a planning thread (pure
+functions of a snapshot; applied on the loop); the pump runs in its own thread without
+the GIL.
 
 Supervision (`supervise.py`): every task the router starts (dials, connections, fastdp
 updates, the timer) runs under `self.supervisor`, which logs and counts what escapes them
@@ -38,12 +40,11 @@ from typing import Any, Awaitable, Callable
 
 from meshnet.api.server import ApiServer
 from meshnet.config import RouterConfig
-from meshnet.dataplane import layout, sleeve_plan
+from meshnet.dataplane import layout
 from meshnet.errors import Conflict, UsageError
 from meshnet.kernel.links import Links
 from meshnet.kernel.netns_lock import NetnsLock
 from meshnet.mesh.core import Deliver, MeshCore
-from meshnet.mesh.departed import Departed
 from meshnet.mesh.quota import Limits
 from meshnet.mesh.targets import Targets
 from meshnet.runtime.control import ControlPlane
@@ -52,6 +53,7 @@ from meshnet.runtime.endpoint_guard import EndpointGuard
 from meshnet.runtime.endpoint_service import EndpointService
 from meshnet.runtime.endpoints import EndpointRegistry
 from meshnet.runtime.fastdp_driver import VXLAN_DEVICE, FastdpDriver
+from meshnet.runtime.follow import MeshFollower
 from meshnet.runtime.handlers import RouterHandlers
 from meshnet.runtime.ipam_service import CHANNEL as IPAM_CHANNEL
 from meshnet.runtime.ipam_service import IpamService, default_init
@@ -67,6 +69,8 @@ from meshnet.state.statedir import StateDir
 
 log = logging.getLogger("meshnet.router")
 SECTION_TIMEOUT = 3.0  # seconds an integration's metrics section may take (a scrape waits 5)
+
+REKEY_CHECK = 5.0  # seconds between two looks at the sleeve keys' datagram counters
 
 
 class Router:
@@ -88,6 +92,8 @@ class Router:
         self.api = ApiServer(config.socket)
         self.timer = TimerLoop([])
         self._metric_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}  # integrations' parts of /metrics
+        self._next_rekey_check = 0.0
+        self.follower = MeshFollower(self, full_mesh_limit=config.full_mesh_limit, degree=config.mesh_degree)
         # Built in start(); typed here for readers.
         self.core: MeshCore
         self.control: ControlPlane
@@ -98,7 +104,6 @@ class Router:
         self.endpoints: EndpointService
         self.plumbing: Plumbing
         self.mtu = 0
-        self._removed: frozenset[bytes] = frozenset()  # peers IPAM says were removed with rmpeer
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -145,8 +150,9 @@ class Router:
             no_fastdp=cfg.no_fastdp,
             encrypted=self.encrypted,
             grace_period=cfg.restart_grace,
+            spawn=self.spawn,
         )
-        self.fastdp.on_modes_changed = self._program_sleeve
+        self.fastdp.on_modes_changed = self.follower.request
         underlay_ip = cfg.host if cfg.host not in ("0.0.0.0", "") else await self.kernel.call(self._links.underlay_ip)
         await self.fastdp.start(underlay_ip)
         self.sleeve = SleeveDriver(
@@ -216,14 +222,15 @@ class Router:
             guard=EndpointGuard(self.state, self.plumbing, self.ipam.standing),
             spawn=self.spawn,
         )
-        self._removed = self.ipam.removed()
+        self.follower.removed = frozenset(self.ipam.removed())
         self.ipam.on_changed = self._ipam_changed
         await self.endpoints.restore(own_ports={cfg.tap, VXLAN_DEVICE})
         self.timer.add(Job("mesh", lambda now: self.control.tick(now=now), self.core.next_deadline))
         self.timer.add(Job("dial", lambda now: self.control.dial_due(now=now), self.control.next_deadline))
         self.timer.add(Job("fastdp", lambda now: self.fastdp.tick(), self.fastdp.next_deadline))
         self.timer.add(Job("ipam", lambda now: self.ipam.tick(), self.ipam.next_deadline))
-        self.timer.add(Job("rekey", lambda now: self._rekey(), always=True))
+        self.timer.add(Job("policy", lambda now: self.follower.request(), lambda: self.control.plan.recheck if self.control.plan else None))
+        self.timer.add(Job("rekey", lambda now: self._rekey(now), lambda: self._next_rekey_check))
         self.supervisor.keep("timer", self.timer.run)
         log.info(
             "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
@@ -266,6 +273,7 @@ class Router:
         if self._links is not None:
             await self.kernel.call(self._links.close)
         self.kernel.close()
+        self.follower.close()
         if self.state is not None:
             self.state.close()
             self.state = None
@@ -310,16 +318,7 @@ class Router:
         self.control.handle(self.core.set_data("eps", eps, now=time.monotonic()))
 
     def _topology_changed(self) -> None:
-        self._program_sleeve()
-        self.ipam.peers_changed(self.core.topology.reachable(), set(self.core.by_peer()))
-        removed = {layout.peer_id(p) for p in self._removed}
-        self.spawn(
-            self.fastdp.update(
-                self._direct_ips(), self._remote_endpoints(), peers_off=self._fastdp_off(), departed=self._departed_ips(), removed=removed
-            ),
-            "fastdp-update",
-        )
-        self.dial_book.follow_topology()
+        self.follower.request()
         self._log_conflicts()
 
     def _log_conflicts(self) -> None:
@@ -335,47 +334,16 @@ class Router:
     def _ipam_changed(self) -> None:
         """IPAM moved: peers removed with rmpeer leave the data path; endpoints whose
         addresses are no longer ours are refused."""
-        removed = self.ipam.removed()
-        if removed != self._removed:
-            self._removed = removed
+        removed = frozenset(self.ipam.removed())
+        if removed != self.follower.removed:
+            self.follower.removed = removed
             self.core.forget_departed(set(removed))
             self._topology_changed()
         self.endpoints.check()
 
-    def _data_peers(self) -> set[bytes]:
-        """Reachable peers the data path serves: not those removed with rmpeer."""
-        return self.core.topology.reachable() - self._removed
-
-    def _departed(self) -> list[Departed]:
-        """Peers that left within the grace period (not removed): their kernel may forward."""
-        return [d for d in self.core.departed if d.entry.name not in self._removed]
-
-    def _direct_ips(self) -> dict[int, str | None]:
-        """Every reachable peer's id, with its underlay IP when we connect to it directly."""
-        direct = {c.peer: c.ip for c in self.core.conns.values()}
-        return {layout.peer_id(p): direct.get(p) for p in self._data_peers()}
-
-    def _departed_ips(self) -> dict[int, str]:
-        return {layout.peer_id(d.entry.name): d.ip for d in self._departed()}
-
-    def _fastdp_off(self) -> set[int]:
+    def fastdp_off(self) -> set[int]:
         """Directly connected peers whose FEATURES say they run without fastdp."""
         return {layout.peer_id(c.peer) for c in self.core.conns.values() if isinstance(c.features, dict) and c.features.get("fastdp") == 0}
-
-    def _remote_endpoints(self) -> dict[str, int]:
-        """{MAC: peer id} of every served peer's gossiped endpoints, and the last ones of
-        departed peers: the one place the pump and FDB planners read them from. A MAC two
-        peers claim goes to its owner (the earlier claim, `mesh/claims.py`); our own MACs
-        never go to another peer."""
-        claims = self.core.claims
-        eps: dict[str, int] = {}
-        for d in self._departed():
-            for mac, *_ in d.entry.data.get("eps", []):
-                if claims.owner("mac", mac) in (None, d.entry.name):
-                    eps[mac] = layout.peer_id(d.entry.name)
-        served = self._data_peers()
-        eps.update({mac: layout.peer_id(peer) for mac, peer in claims.owners("mac") if peer in served})
-        return eps
 
     async def reset(self, *, release: bool) -> dict[str, Any]:
         """Hand this peer's address space to a reachable peer before it leaves for good.
@@ -398,20 +366,6 @@ class Router:
         await self.fastdp.leave()  # peers stop forwarding to this host's kernel at once
         return {"handed_off": True, "detached": detached, "released": sum(len(a) for a in in_use.values())}
 
-    def _program_sleeve(self) -> None:
-        """Mirror reachability, routes, keys and gossiped endpoints into the pump's tables."""
-        removed = self._removed
-        want = sleeve_plan.plan(
-            local=self.core.name,
-            routes={p: hop for p, hop in self.core.topology.routes().items() if p not in removed},
-            direct=self.control.direct(),
-            fastdp=self.fastdp.fastdp_peers(),
-            endpoints=self._remote_endpoints(),
-        )
-        self.sleeve.apply(want)
-
-    def _rekey(self) -> None:
-        """A sleeve key near its datagram limit: reconnect, and the new handshake rekeys."""
         due = self.sleeve.rekey_due()
         peers = {c.peer for c in self.core.conns.values() if layout.peer_id(c.peer) in due}
         if peers:

@@ -113,12 +113,20 @@ class SleeveDriver:
 
     def apply(self, want: sp.PumpTables) -> int:
         """Bring the pump's tables to `want`; return the number of operations applied."""
+        ops = self.ops_for(want)
+        self.apply_ops(ops)
+        return len(ops)
+
+    def ops_for(self, want: sp.PumpTables) -> list[sp.Op]:
+        """What `apply(want)` would do. Reads the tables without copying them, so it may run
+        off the loop (100,000 MACs: tens of ms) as long as no `apply_ops` runs meanwhile."""
         for peer in want.collisions:
             log.error("peer id collision for %s; its traffic is not forwarded", peer.hex())
-        ops = sp.diff(want, self.have)
+        return sp.diff(want, sp.PumpTables(self._peers, self._keys, self._macs))
+
+    def apply_ops(self, ops: list[sp.Op]) -> None:
         for op in ops:
             self._apply(op)
-        return len(ops)
 
     def _apply(self, op: sp.Op) -> None:
         pump = self.pump

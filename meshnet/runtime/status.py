@@ -179,6 +179,7 @@ def status(router: Router) -> dict[str, Any]:
         "targets": targets,
         "refusals": list(router.control.refusals),
         "ipam": ipam_summary(router),
+        "control_graph": router.control.graph_status(),
         "counters": {**core.counters, **router.control.counters, **router.ipam.counters},
         "limits": limits(router),
         "conflicts": conflicts(router),

@@ -21,6 +21,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from meshnet.kernel.errors import KernelError
+from meshnet.kernel.nlfdb import FdbReq
 from meshnet.kernel.fdb import NTF_SELF, NTF_STICKY, NUD_NOARP, NUD_PERMANENT, FdbRow, Link, VxlanAttrs
 
 NUD_REACHABLE = 0x02
@@ -190,6 +191,22 @@ class FakeNetlink:
             table[mac].remove(dst)
             if not table[mac]:
                 del table[mac]
+
+    def fdb_apply(self, reqs: list[FdbReq]) -> list[KernelError | None]:
+        """Each request as its own fdb_add / fdb_del (so `calls` counts them one by one)."""
+        results: list[KernelError | None] = []
+        for req in reqs:
+            call = self.fdb_add if req.action == "add" else self.fdb_del
+            try:
+                call(req.ifindex, req.mac, dst=req.dst, master=req.master)
+                results.append(None)
+            except KernelError as exc:
+                results.append(exc)
+        return results
+
+    def fdb_ops(self) -> int:
+        """How many FDB changes were asked for so far."""
+        return sum(1 for c in self.calls if c[0] in ("fdb_add", "fdb_del"))
 
     def close(self) -> None:
         self.closed = True

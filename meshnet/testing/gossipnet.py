@@ -1,6 +1,8 @@
 """An in-process network of sans-IO MeshCores for tests and scale simulations.
 
 Messages go through the real codec (encode → bytes → decode), so byte counts are real.
+The wire plays TCP and the kernel too: a connection whose path is up is acknowledged
+(`kernel_acks`), as the router's kernel reports through TCP_INFO.
 The wire can lose, duplicate and reorder messages and be partitioned; `step()` delivers
 everything in flight once (one hop per step: a "gossip round"), `advance(dt)` moves the
 shared clock and runs every core's timers.
@@ -127,11 +129,20 @@ class GossipNet:
                 self.messages_sent += 1
                 if event.kind is not wire.Msg.HEARTBEAT:
                     self.gossip_bytes += len(data)
+                self.on_sent(i, pipe.dst, event.kind, len(data))
                 self._queue.append((pipe, data))
             elif isinstance(event, Close):
                 pipe = self._pipes.get((i, event.conn))
                 if pipe is not None:
                     self.disconnect(i, pipe.dst)
+            else:
+                self.on_event(i, event)
+
+    def on_sent(self, src: int, dst: int, kind: wire.Msg, size: int) -> None:
+        """A message left core `src` for `dst` (a hook for simulations that count per router)."""
+
+    def on_event(self, i: int, event: object) -> None:
+        """Core `i` emitted a `Deliver` or `Changed` (a hook for simulations of the router)."""
 
     def step(self) -> int:
         """Deliver what is in flight (with loss, duplication, reordering); return how many."""
@@ -152,17 +163,34 @@ class GossipNet:
         return delivered
 
     def settle(self, max_steps: int = 1000) -> int:
-        """Step until nothing is in flight; return the number of steps (rounds)."""
+        """Step until nothing is in flight and no core holds back a change of its entry
+        (publish batching: the clock moves on to the batch); return the steps (rounds)."""
         steps = 0
-        while self._queue and steps < max_steps:
-            self.step()
-            steps += 1
+        while steps < max_steps:
+            if self._queue:
+                self.step()
+                steps += 1
+                continue
+            due = [c.publish_due for c in self.cores if c.publish_due is not None]
+            if not due:
+                break
+            self.advance(max(0.0, min(due) - self.now))
         return steps
 
     def advance(self, dt: float) -> None:
         self.now += dt
         for i, core in enumerate(self.cores):
+            self.kernel_acks(i)
             self._emit(i, core.tick(now=self.now))
+
+    def kernel_acks(self, i: int) -> None:
+        """What the router's kernel reports (keepalive): connections whose path is up are
+        acknowledged; a partitioned one is not, and its core closes it after its timeout."""
+        core = self.cores[i]
+        for conn in list(core.conns):
+            pipe = self._pipes.get((i, conn))
+            if pipe is not None and frozenset((pipe.src, pipe.dst)) not in self.partitioned:
+                core.acked(conn, self.now)
 
     def converged(self, exclude: frozenset[int] = frozenset()) -> bool:
         """Every core (but the excluded) holds the same version of every entry."""

@@ -283,11 +283,6 @@ def test_twenty_thousand_endpoints_are_bounded(plain):
     FIGURES["gossiped endpoints stored at h1"] = s["limits"]["endpoints"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 deliverable 4 (not this branch): every fastdp update dumps the whole bridge FDB, so with "
-    "~17,000 remote MACs the timer waits seconds behind queued kernel updates and heartbeats stop",
-)
 def test_the_mesh_stays_sound_with_twenty_thousand_endpoints(plain):
     peer = FLOOD.get("peer")
     try:

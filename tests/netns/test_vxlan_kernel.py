@@ -32,11 +32,11 @@ from meshnet.dataplane.fastdp import (
     SLEEVE,
     BridgeFdb,
     LocalConfig,
-    PathHealth,
     PeerInfo,
     plan,
     probe_frame_size,
 )
+from meshnet.dataplane.path_health import PathHealth
 from meshnet.kernel.vxlan import ProbeSocket, VxlanKernel, in_netns, probe_esp
 
 pytestmark = [

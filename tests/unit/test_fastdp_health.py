@@ -10,9 +10,9 @@ from meshnet.dataplane.fastdp import (
     REASON_NO_FASTDP,
     REASON_UNVERIFIED,
     SLEEVE,
-    PathHealth,
     fastdp_disabled_reason,
 )
+from meshnet.dataplane.path_health import PathHealth
 
 
 class Net:
@@ -140,5 +140,34 @@ def test_a_stalled_timer_does_not_burst_probes():
     h = PathHealth([2], interval=1.0, fail_after=3)
     h.probes_due(0.0)
     assert len(h.probes_due(10.0)) == 1
-    assert h.probes_due(10.2) == []
-    assert len(h.probes_due(10.5)) == 1
+    assert h.probes_due(10.2) == [] and h.probes_due(10.9) == []
+    assert len(h.probes_due(11.0)) == 1
+
+
+def test_probes_are_rate_bounded_and_spread_in_a_big_mesh():
+    h = PathHealth(range(2, 202), interval=1.0, fail_after=3, max_rate=25.0, first_seq=0)
+    assert h.period() == 200 / 25.0
+    per_second = []
+    now = 0.0
+    probed: set[int] = set()
+    for second in range(30):
+        sent = 0
+        for k in range(100):
+            now = second + k / 100
+            due = h.probes_due(now)
+            sent += len(due)
+            for pid, seq in due:
+                probed.add(pid)
+                h.on_probe_reply(pid, seq, now + 0.001)
+            h.tick(now)
+        per_second.append(sent)
+    assert max(per_second) <= 25 + 5  # the bucket's small burst, then its rate
+    assert min(per_second[10:]) >= 20 and abs(sum(per_second[10:]) / 20 - 25) <= 1  # spread evenly
+    assert probed == set(range(2, 202))
+    assert all(h.mode(pid)[0] == FASTDP for pid in range(2, 202))
+
+
+def test_a_deadline_follows_the_bucket_not_a_busy_loop():
+    h = PathHealth(range(2, 102), interval=1.0, max_rate=10.0, first_seq=0)
+    assert len(h.probes_due(0.0)) == 2  # the burst
+    assert 0.09 <= h.next_deadline() <= 0.11  # the next token, not "now" again

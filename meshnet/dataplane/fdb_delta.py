@@ -1,0 +1,210 @@
+"""fastdp's FDB plan kept up to date by delta: each update costs O(what changed).
+
+`fastdp.plan` computes the whole wanted FDB from the whole mesh; with 100,000 gossiped
+endpoints that is seconds of CPU, and `diff` against a dump of the kernel is a full FDB
+dump per update. `FdbPlanner` keeps the wanted state itself, as reference counts per
+entry, and is told only what changed:
+
+    planner = FdbPlanner(local)
+    planner.set_peer(pid, PeerInfo(ip, mode))     # a peer appeared, moved or changed mode
+    planner.set_endpoints(pid, macs)               # a peer's gossiped endpoint MACs
+    planner.remove_peer(pid)                       # a peer is gone (its claims with it)
+    ops = planner.take_ops()                       # the FDB ops since the last take_ops
+
+`take_ops` lists the entries whose count went from 0 to more (add) or back to 0 (del), in
+`fastdp.diff`'s order (adds before deletes, VXLAN before bridge on add, the reverse on
+delete). `want()` is the whole state, for a reconcile against a dump. For the same
+inputs `want()` equals `fastdp.plan` (tests/unit/test_fdb_delta.py checks that on random
+sequences of changes), which stays the reference.
+
+A MAC two peers announce: the earlier claim keeps it; when its owner lets go, the next
+claimant in claim order takes it over. Sans-IO: no clock, no kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Iterable
+
+from meshnet.dataplane.fastdp import (
+    FASTDP,
+    SLEEVE,
+    ZERO_MAC,
+    BridgeFdb,
+    KernelState,
+    LocalConfig,
+    Mode,
+    Op,
+    PeerInfo,
+    VxlanFdb,
+    _unicast_endpoint,
+    probe_mac,
+)
+
+Entry = VxlanFdb | BridgeFdb
+
+
+class FdbPlanner:
+    def __init__(self, local: LocalConfig):
+        self.local = local
+        self._family = ipaddress.ip_address(local.local_ip).version
+        self._via: dict[int, tuple[str, Mode]] = {}  # peer -> (underlay IP or "", mode)
+        self._eps: dict[int, frozenset[str]] = {}  # peer -> the normalised MACs it claims
+        self._claims: dict[str, list[int]] = {}  # MAC -> claimants, earliest first (owner)
+        self._count: Counter[Entry] = Counter()
+        self._before: dict[Entry, int] = {}  # counts at the last take_ops, of entries touched since
+        if local.vxlan is not None:
+            self._add(BridgeFdb(probe_mac(local.peer_id), local.vxlan))
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def set_peer(self, pid: int, info: PeerInfo) -> None:
+        """A peer is known (reachable) at this underlay address and in this mode.
+
+        Raises:
+            ValueError: the peer is fastdp while fastdp is off.
+        """
+        if pid == self.local.peer_id:
+            return
+        if info.mode == FASTDP and self.local.vxlan is None:
+            raise ValueError(f"peer {pid:08x} is fastdp but fastdp is off")
+        via = self._via_of(info)
+        old = self._via.get(pid)
+        if old == via:
+            return
+        owned = self._owned(pid) if old is not None else []
+        if old is not None:
+            self._peer_entries(pid, old, -1)
+            for mac in owned:
+                self._mac_entries(mac, old, -1)
+        self._via[pid] = via
+        self._peer_entries(pid, via, +1)
+        if old is None:
+            for mac in self._eps.get(pid, ()):  # claims made before the peer was known
+                self._claim(mac, pid)
+        else:
+            for mac in owned:
+                self._mac_entries(mac, via, +1)
+
+    def remove_peer(self, pid: int) -> None:
+        """The peer is gone: its entries go, MACs it owned pass to the next claimant."""
+        via = self._via.pop(pid, None)
+        if via is None:
+            self._eps.pop(pid, None)
+            return
+        self._peer_entries(pid, via, -1)
+        for mac in self._eps.pop(pid, ()):
+            self._release(mac, pid, via)
+
+    def set_endpoints(self, pid: int, macs: Iterable[str]) -> None:
+        """The MACs a peer announces (unusable ones are left out, as `fastdp.plan` does)."""
+        if pid == self.local.peer_id:
+            return
+        new = frozenset(m for m in map(_unicast_endpoint, macs) if m is not None)
+        old = self._eps.get(pid, frozenset())
+        if new == old:
+            return
+        self._eps[pid] = new
+        via = self._via.get(pid)
+        if via is None:
+            return  # claimed when the peer becomes known
+        for mac in old - new:
+            self._release(mac, pid, via)
+        for mac in sorted(new - old):
+            self._claim(mac, pid)
+
+    # -- outputs -----------------------------------------------------------------------
+
+    def take_ops(self) -> list[Op]:
+        """The ops since the last call, in the order the kernel must see them."""
+        adds: list[Entry] = []
+        dels: list[Entry] = []
+        for entry, before in self._before.items():
+            now = self._count.get(entry, 0)
+            if before == 0 and now > 0:
+                adds.append(entry)
+            elif before > 0 and now == 0:
+                dels.append(entry)
+        self._before.clear()
+        vx_first = lambda e: (isinstance(e, BridgeFdb), e)  # noqa: E731
+        br_first = lambda e: (isinstance(e, VxlanFdb), e)  # noqa: E731
+        return [Op("add", e) for e in sorted(adds, key=vx_first)] + [Op("del", e) for e in sorted(dels, key=br_first)]
+
+    def want(self) -> KernelState:
+        """The whole wanted state (what `fastdp.plan` would compute)."""
+        live = [e for e, c in self._count.items() if c > 0]
+        return KernelState(
+            frozenset(e for e in live if isinstance(e, VxlanFdb)),
+            frozenset(e for e in live if isinstance(e, BridgeFdb)),
+        )
+
+    def owners(self) -> dict[str, int]:
+        """{MAC: the peer whose claim holds it}."""
+        return {mac: pids[0] for mac, pids in self._claims.items() if pids}
+
+    def peers(self) -> dict[int, tuple[str, Mode]]:
+        return dict(self._via)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _via_of(self, info: PeerInfo) -> tuple[str, Mode]:
+        try:
+            ip = ipaddress.ip_address(info.underlay_ip)
+        except ValueError:
+            return "", SLEEVE
+        if ip.version != self._family:
+            return "", SLEEVE
+        return str(ip), info.mode
+
+    def _owned(self, pid: int) -> list[str]:
+        return [mac for mac in self._eps.get(pid, ()) if self._claims.get(mac, [None])[0] == pid]
+
+    def _claim(self, mac: str, pid: int) -> None:
+        claimants = self._claims.setdefault(mac, [])
+        if pid in claimants:
+            return
+        claimants.append(pid)
+        if claimants[0] == pid:
+            self._mac_entries(mac, self._via[pid], +1)
+
+    def _release(self, mac: str, pid: int, via: tuple[str, Mode]) -> None:
+        claimants = self._claims.get(mac)
+        if not claimants or pid not in claimants:
+            return
+        was_owner = claimants[0] == pid
+        claimants.remove(pid)
+        if was_owner:
+            self._mac_entries(mac, via, -1)
+            if claimants:
+                self._mac_entries(mac, self._via[claimants[0]], +1)
+        if not claimants:
+            del self._claims[mac]
+
+    def _peer_entries(self, pid: int, via: tuple[str, Mode], sign: int) -> None:
+        ip, mode = via
+        if self.local.vxlan is None or not ip:
+            return
+        self._bump(VxlanFdb(probe_mac(pid), ip), sign)
+        if mode == FASTDP:
+            self._bump(VxlanFdb(ZERO_MAC, ip), sign)
+
+    def _mac_entries(self, mac: str, via: tuple[str, Mode], sign: int) -> None:
+        ip, mode = via
+        if mode == FASTDP:
+            self._bump(VxlanFdb(mac, ip), sign)
+            self._bump(BridgeFdb(mac, self.local.vxlan), sign)  # type: ignore[arg-type]  # fastdp implies vxlan
+        else:
+            self._bump(BridgeFdb(mac, self.local.tap), sign)
+
+    def _add(self, entry: Entry) -> None:
+        self._bump(entry, +1)
+
+    def _bump(self, entry: Entry, sign: int) -> None:
+        if entry not in self._before:
+            self._before[entry] = self._count.get(entry, 0)
+        count = self._count[entry] + sign
+        if count:
+            self._count[entry] = count
+        else:
+            del self._count[entry]
