@@ -100,3 +100,29 @@ def test_the_simulation_shape_that_found_it() -> None:
     run(net, [(("partition", 70), "flush"), (("alloc", 5, 0, None), "hold"), (("reset", 5), "flush")])
     finish(net)
 
+
+def test_a_split_mesh_never_gives_a_removed_peers_range_to_both_sides() -> None:
+    """Why nothing reclaims on its own when it sees a removed peer's range: here the lowest
+    peer of each side would, and both sides would confirm it (two owners of 10.32.0.192/26).
+    Only the round rmpeer began, which waits for both sides, may take it."""
+    net = donated_to_a_peer_that_left()
+    net.inflight.clear()  # P0 has still not seen the donation ...
+    assert net.rmpeer(P0, P5) == 0
+    net.inflight.clear()
+    state = net.peers[P0].alloc.full_state()
+    net.send(P0, [("unicast", P1, state), ("unicast", P3, state)])  # ... but P1 and P3 learn P5 is removed
+    net.deliver()
+    for name in (P1, P3):
+        net.group[name] = 1  # P2, which knows of the donation, stays with P0
+    net.topology_changed()
+    for _ in range(20):
+        net.deliver()
+        net.gossip()
+        net.deliver()
+        net.advance(1.0)
+        net.check_safety()
+    assert P5 in owners(net, P0) and P5 in owners(net, P1)  # undecided on both sides
+    net.settle()
+    net.check_safety()
+    net.check_converged()
+    assert owners(net, P0) == {P0, P1}
