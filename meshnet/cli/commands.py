@@ -146,7 +146,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def cmd_rmpeer(args: argparse.Namespace) -> int:
     result = _client(args).post("/ipam/rmpeer", {"peer": args.peer})
-    print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}")
+    # The count is what this router saw; the confirmation may find more (docs/ipam.md).
+    print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}; "
+          "confirming with the other peers, which may add ranges of it not seen here yet (meshnet status ipam)")
     return 0
 
 
