@@ -156,7 +156,9 @@ def cmd_rmpeer(args: argparse.Namespace) -> int:
     if result.get("already_removed"):
         print(f"peer {result['peer']} was removed already; nothing left to reclaim")
     else:
-        print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}")
+        # The count is what this router saw; the confirmation may find more (docs/ipam.md).
+        print(f"reclaimed {result['reclaimed']} addresses of {result['peer']}; "
+              "confirming with the other peers, which may add ranges of it not seen here yet (meshnet status ipam)")
     return 0
 
 

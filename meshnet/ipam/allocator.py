@@ -324,9 +324,14 @@ class Allocator(Engine):
         return heir
 
     def rmpeer(self, peer: bytes, *, now: float) -> tuple[int, list[Outgoing]]:
-        """Take over the ranges of a peer that is gone; returns how many addresses we took.
+        """Take over the ranges of a peer that is gone; returns how many addresses we took at
+        once (what it owns in our ring).
 
-        Idempotent: a peer that owns nothing (any more) yields 0. Safe on two peers at once.
+        The confirmation round runs even when that is 0: a donation to the peer that has not
+        reached us yet (it asked for space, then died or reset) comes back in the other
+        peers' answers and is taken then (`reclaim.py`), so no range stays with a removed
+        peer. Without a ring yet, the round begins once one arrives. Idempotent: a peer
+        that owns nothing (any more) yields 0. Safe on two peers at once.
 
         Raises:
             IpamBadRequest: not a peer name, or our own.
@@ -343,11 +348,15 @@ class Allocator(Engine):
             raise PeerReachable(
                 f"peer {peer.hex()} is reachable; rmpeer only reclaims the space of peers that are gone"
             )
+        if self.ring is None:
+            self.reclaim.defer(peer, self.reachable)  # persisted by _forget
         self._forget([peer])
         taken = 0
-        if self.ring is not None and self.ring.owned(peer):
-            step = self.reclaim.begin(self.ring, [peer], self.reachable, now, self._new_id())
+        if self.ring is not None:
+            # Always a round, even if we see nothing of the peer: a change that has not
+            # reached us may have given it space, and the answers bring that change here.
             taken = sum(end - start for start, end, _ in self.ring.owned(peer))
+            step = self.reclaim.begin(self.ring, [peer], self.reachable, now, self._new_id())
             self._apply_ring(step.changes)
             self._ask(step.ask)
         self._progress(now)

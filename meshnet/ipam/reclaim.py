@@ -8,7 +8,9 @@ owners, and the peers then dropped each other's connections. Here:
    (a change the dead peer made that we had not seen) and, between two reclaims, the lowest
    owner name wins (`ring.py`). Flagged ranges are never used. Then we send our ring to
    every reachable peer with `ask`, and wait for each to answer with its own ring (`re`),
-   re-asking every `ASK_RESEND` seconds.
+   re-asking every `ASK_RESEND` seconds. The round runs even when the peer owns nothing in
+   our ring: another peer may have donated to it in a change that has not reached us (it
+   asked for space, then died or reset), and the answers are what bring that change here.
 2. A peer that becomes unreachable meanwhile is still waited for: it may be a second
    reclaimer cut off by a partition, and confirming without its answer is how two owners
    would arise. If it is gone for good, `rmpeer` it too (on any peer): removed peers are
@@ -16,15 +18,29 @@ owners, and the peers then dropped each other's connections. Here:
 3. `advance`, once all have answered: every answer was a ring that had merged our claim, so
    a better claim (another rmpeer by a lower-named peer, or the dead peer's own newer entry)
    has reached us and won, or none of those peers believes anything but ours. Tokens the
-   dead peer still owns (its newer entries) are taken again (back to 1); otherwise the
-   flagged tokens that are still ours are confirmed: version + 1 again, flag cleared, usable.
+   dead peer still owns (its newer entries, or a donation to it we had not seen) are taken
+   again (back to 1); otherwise the flagged tokens that are still ours are confirmed:
+   version + 1 again, flag cleared, usable.
 
 Targets and the peers waited for are persisted and the flags live in the ring, so a restart
-resumes at 1. Removed peers (`Removed`) are persisted and gossiped too, bounded to the most
-recent `MAX_GONE`. What this cannot fix: rmpeer run while the mesh is partitioned, of a peer
-alive on the other side (an operator error, reported as a conflict when the sides meet) or
-concurrently with a reclaimer on the other side; or of a peer whose last donation reached
-only peers that are gone too.
+resumes at 1; so does an rmpeer run before we had a ring, once one arrives (`defer`).
+Removed peers (`Removed`) are persisted and gossiped too, bounded to the most recent
+`MAX_GONE`.
+
+No range stays with a removed peer, if every live peer was reachable when rmpeer ran: each
+answer in 3 is a ring that already holds every donation its sender made to the dead peer,
+and none comes later, because the ask carried the removal (`gone`), merged before the
+answer, and a donor denies a removed peer's `want`. A round is only ever begun by rmpeer
+(or resumed), never by the allocator on its own when it sees a removed peer's range: only
+the operator can tell gone from cut off, and a reclaim begun inside one side of a split
+mesh waits only for that side, so both sides could confirm it, or take a range the removed
+peer handed on to a peer over there before it died.
+
+What this cannot fix: rmpeer run while the mesh is partitioned, of a peer alive on the other
+side (an operator error, reported as a conflict when the sides meet) or concurrently with a
+reclaimer on the other side; or of a peer whose last donation reached only peers that are
+gone too. A range of the removed peer that only a peer unreachable during the whole round
+knew of stays the removed peer's (status: `unreachable_owners`) until rmpeer runs again.
 """
 
 from __future__ import annotations
@@ -80,15 +96,21 @@ class Reclaimer:
         """
         step = Step()
         for peer in peers:
+            self.targets.add(peer)  # even owning nothing here: the answers may show more
             for start, end, e in ring.owned(peer):
                 free = host_count(start, end, ring.universe)
                 step.changes.ring[start] = Entry(self.me, next_version(e.version), free, reclaim=True)
-                self.targets.add(peer)
         members = (set(reachable) | self._members | (self.round.members if self.round else set())) - self.targets
         self.round = Round(round_id, members, set(members), now + ASK_RESEND)
         step.changes.meta["rmpeer"] = self.meta()
         step.ask = sorted(members & reachable)
         return step
+
+    def defer(self, peer: bytes, reachable: set[bytes]) -> None:
+        """rmpeer before we have a ring: `begin` once one arrives (`advance`), waiting then
+        for everyone reachable now too. The caller persists `meta()`."""
+        self.targets.add(peer)
+        self._members |= set(reachable) - self.targets
 
     def answered(self, src: bytes, re: int) -> None:
         if self.round is not None and re == self.round.id:
@@ -123,11 +145,10 @@ class Reclaimer:
 
     def _advance(self, ring: Ring, reachable: set[bytes], now: float, new_id: Callable[[], int]) -> Step:
         if self.round is None:
-            if self.unconfirmed(ring):  # we restarted while confirming
-                return self.begin(ring, [t for t in self.targets if ring.owned(t)], reachable, now, new_id())
+            if self.targets or self.unconfirmed(ring):  # we restarted while confirming, or deferred
+                return self.begin(ring, sorted(self.targets), reachable, now, new_id())
             step = Step()
-            if self.targets or self._members:  # confirmed just before a crash, or the target came back
-                self.targets.clear()
+            if self._members:  # the targets came back before the round began again
                 self._members.clear()
                 step.changes.meta["rmpeer"] = None
             return step
