@@ -366,6 +366,11 @@ class Router:
         await self.fastdp.leave()  # peers stop forwarding to this host's kernel at once
         return {"handed_off": True, "detached": detached, "released": sum(len(a) for a in in_use.values())}
 
+    def _rekey(self, now: float) -> None:
+        """A sleeve key near its datagram limit: reconnect, and the new handshake rekeys.
+        Checked every REKEY_CHECK seconds: between the pump's rekey and reject marks there
+        are 2^34 - 2^30 datagrams, hours at any rate."""
+        self._next_rekey_check = now + REKEY_CHECK
         due = self.sleeve.rekey_due()
         peers = {c.peer for c in self.core.conns.values() if layout.peer_id(c.peer) in due}
         if peers:
