@@ -66,11 +66,11 @@ class HostilePeer:
 
     def handshake(self, timeout: float = 10.0) -> HostilePeer:
         """Complete the real handshake, and wait until the router has admitted us (its
-        DIGEST arrives), so what we send next reaches an established connection; then
+        SUMMARY or DIGEST arrives), so what we send next reaches an established connection; then
         read and heartbeat in the background."""
         self._flush()
         deadline = time.monotonic() + timeout
-        while not any(m.kind is Msg.DIGEST for m in self.received):
+        while not any(m.kind in (Msg.DIGEST, Msg.SUMMARY) for m in self.received):
             if time.monotonic() > deadline:
                 raise TimeoutError("handshake did not complete")
             try:
