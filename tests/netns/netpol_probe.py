@@ -18,6 +18,7 @@ packet got through the policy); "blocked" if nothing came within the timeout.
 
 from __future__ import annotations
 
+import itertools
 import random
 import selectors
 import socket
@@ -75,6 +76,18 @@ def parse_sctp(data: bytes) -> tuple[str, int, int, int, int, int] | None:
     ctype = data[ihl + 12]
     init_tag = struct.unpack_from("!I", data, ihl + 16)[0] if ctype in (1, 2) else 0
     return socket.inet_ntoa(data[12:16]), sport, dport, vtag, ctype, init_tag
+
+
+_PORTS = itertools.count()
+_PORTS_LOCK = threading.Lock()
+
+
+def _source_port() -> int:
+    """A source port no recent probe used (20000-32767, below the kernel's ephemeral range):
+    a datagram whose 5-tuple matched a conntrack entry left by an earlier case (UDP entries
+    live 30 s) would pass as a reply of an allowed flow, whatever the new policy says."""
+    with _PORTS_LOCK:
+        return 20000 + next(_PORTS) % 12768
 
 
 def _socket(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -173,6 +186,7 @@ def _probe_once(netns: str, dst: str, protocol: str, port: int, timeout: float) 
         s = _socket(netns, socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(timeout)
         try:
+            s.bind(("", _source_port()))
             s.connect((dst, port))
             token = random.randbytes(8)
             s.send(token)
@@ -186,7 +200,7 @@ def _probe_once(netns: str, dst: str, protocol: str, port: int, timeout: float) 
     if protocol == "SCTP":
         s = _socket(netns, socket.AF_INET, socket.SOCK_RAW, IPPROTO_SCTP)
         s.settimeout(timeout)
-        sport, tag = random.randint(20000, 60000), random.getrandbits(31) | 1
+        sport, tag = _source_port(), random.getrandbits(31) | 1
         try:
             s.sendto(sctp_init(sport, port, tag), (dst, 0))
             while True:
