@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     def out_of_time(_signum: int, _frame: Any) -> None:
         raise Deadline(f"the run took more than --budget {args.budget:.0f}s")
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started ignoring it (a background job)
+        signal.signal(signum, stop)
     signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(int(args.budget))
     bench = Bench(args)
