@@ -34,28 +34,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import pathlib
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 from typing import Any, Callable
 
-from meshnet.api.client import ApiClient
-from meshnet.dataplane.layout import peer_id
-from meshnet.errors import MeshnetError
-from meshnet.lab import Lab, ping
-from meshnet.mesh.quota import Limits
-from meshnet.testing.probe_answer import answer_probes
-from meshnet.testing.scripted_peer import ScriptedPeer, endpoints, fake_peer
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a file: `bench` is importable
+
+from bench.kernel_fdb import FdbWatch, fdb_counts  # noqa: E402
+from bench.procstat import HZ, box_ticks, pid_cpu_seconds  # noqa: E402
+from meshnet.api.client import ApiClient  # noqa: E402
+from meshnet.dataplane.layout import peer_id  # noqa: E402
+from meshnet.errors import MeshnetError  # noqa: E402
+from meshnet.lab import Lab, ping  # noqa: E402
+from meshnet.mesh.quota import Limits  # noqa: E402
+from meshnet.testing.probe_answer import answer_probes  # noqa: E402
+from meshnet.testing.scripted_peer import ScriptedPeer, endpoints, fake_peer  # noqa: E402
 
 MAC_PREFIX = "02:6e"  # the announced endpoints' MACs: 02:6e + a 32-bit index
 EP_NETWORK = "10.64.0.0/12"  # their addresses: outside the lab's IPAM range, so attach never conflicts
 SCRIPTED_NICK = "mnes-scripted"
-CLK = os.sysconf("SC_CLK_TCK")
-QUIET = 1.0  # seconds of no FDB events that end one update's window
 
 
 class Deadline(Exception):
@@ -82,7 +83,7 @@ def until(what: str, seconds: float, check: Callable[[], Any], interval: float =
         time.sleep(interval)
 
 
-# -- the processes, from /proc -----------------------------------------------------------------
+# -- the routers, from /proc -------------------------------------------------------------------
 
 
 def router_pid(lab: Lab, i: int) -> int:
@@ -95,96 +96,16 @@ def rss_mib(pid: int) -> float:
         return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def box_busy_seconds() -> float:
-    """CPU seconds the whole box has been busy (all CPUs, everything but idle/iowait/steal)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK
-
-
 def idle_cpu(pids: dict[int, int], seconds: float) -> dict[str, Any]:
     """% of a core each router used over `seconds` of doing nothing, and how many cores the
     rest of the box kept busy meanwhile (the bench itself only sleeps)."""
-    c0, b0, t0 = {i: cpu_seconds(p) for i, p in pids.items()}, box_busy_seconds(), time.monotonic()
+    c0, b0, t0 = {i: pid_cpu_seconds(p) for i, p in pids.items()}, box_ticks().busy, time.monotonic()
     time.sleep(seconds)
-    c1, b1, wall = {i: cpu_seconds(p) for i, p in pids.items()}, box_busy_seconds(), time.monotonic() - t0
+    c1, b1, wall = {i: pid_cpu_seconds(p) for i, p in pids.items()}, box_ticks().busy, time.monotonic() - t0
+    if None in (*c0.values(), *c1.values()):
+        raise RuntimeError("a router exited while idle")
     used = {i: c1[i] - c0[i] for i in pids}
-    return {"pct": {i: round(100 * used[i] / wall, 2) for i in pids}, "others_cores": round((b1 - b0 - sum(used.values())) / wall, 2)}
-
-
-# -- the kernel FDB --------------------------------------------------------------------------------
-
-
-def classify_fdb(text: str, prefix: str) -> Counter:
-    """`bridge fdb show` rows of MACs starting with `prefix`, by kind: "vxlan" (the VXLAN
-    device's own entries, with a dst) and "bridge:<port>" (the bridge's)."""
-    kinds: Counter = Counter()
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        f = line.split()
-        dev = f[f.index("dev") + 1] if "dev" in f else "?"
-        kinds["bridge:" + dev if "master" in f else "vxlan" if "dst" in f else dev] += 1
-    return kinds
-
-
-def fdb_counts(ns: str, prefix: str = MAC_PREFIX) -> Counter:
-    out = subprocess.run(["bridge", "-n", ns, "fdb", "show"], capture_output=True, text=True, timeout=120, check=True).stdout
-    return classify_fdb(out, prefix)
-
-
-class FdbWatch:
-    """`bridge monitor fdb` in a namespace: each kernel FDB change as it happens."""
-
-    def __init__(self, ns: str):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "bridge", "monitor", "fdb"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self._buf = b""
-
-    def read(self, until_t: float) -> list[tuple[float, str]]:
-        """Lines that arrive before monotonic time `until_t`, each with its arrival time."""
-        out = []
-        fd = self.proc.stdout.fileno()
-        while (left := until_t - time.monotonic()) > 0:
-            if not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise RuntimeError("bridge monitor ended")
-            now = time.monotonic()
-            self._buf += chunk
-            *lines, self._buf = self._buf.split(b"\n")
-            out += [(now, line.decode(errors="replace")) for line in lines]
-        return out
-
-    def update(self, send: Callable[[], None], mac: str, timeout: float) -> tuple[float, int]:
-        """Run `send`; seconds until the bridge has `mac` (its last FDB entry: VXLAN first),
-        and the FDB events from `send` until QUIET seconds pass without one."""
-        self.read(time.monotonic() + 0.2)  # what came before is not ours
-        t0 = time.monotonic()
-        send()
-        events, took, end = 0, None, t0 + timeout
-        while True:
-            lines = self.read(min(end, time.monotonic() + QUIET))
-            events += len(lines)
-            for at, line in lines:
-                if took is None and line.startswith(mac) and " master " in line and not line.startswith("Deleted"):
-                    took = at - t0
-            if took is not None and (not lines or time.monotonic() - t0 > took + 5 * QUIET):
-                return took, events
-            if time.monotonic() >= end:
-                raise Deadline(f"the kernel FDB did not get {mac} within {timeout:.0f}s")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
+    return {"pct": {i: round(100 * used[i] / wall, 2) for i in pids}, "others_cores": round(((b1 - b0) / HZ - sum(used.values())) / wall, 2)}
 
 
 # -- the bench ---------------------------------------------------------------------------------------
@@ -310,7 +231,7 @@ class Bench:
 
         def in_kernel() -> bool:
             stored()
-            counts = fdb_counts(lab.host_ns(1))
+            counts = fdb_counts(lab.host_ns(1), MAC_PREFIX)
             return all(counts[k] == a.endpoints for k in kinds) and sum(counts.values()) == len(kinds) * a.endpoints
 
         until("h1's kernel FDB holding every endpoint", a.load_timeout, in_kernel, interval=2.0)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from bench.endpoint_scale import arguments, classify_fdb, plan_entries, table
+from bench.endpoint_scale import arguments, plan_entries, table
+from bench.kernel_fdb import classify_fdb
 from meshnet.kernel import responder
 from meshnet.mesh import bounds
 from meshnet.testing.scripted_peer import batches, endpoints, fake_peer
