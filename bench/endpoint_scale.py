@@ -229,16 +229,17 @@ class Bench:
         in_status = time.monotonic() - self.loaded_at
         kinds = ("vxlan", "bridge:vxmesh") if want == "fastdp" else ("bridge:mntap",)
 
-        def in_kernel() -> bool:
+        def in_kernel() -> dict | None:
             stored()
             counts = fdb_counts(lab.host_ns(1), MAC_PREFIX)
-            return all(counts[k] == a.endpoints for k in kinds) and sum(counts.values()) == len(kinds) * a.endpoints
+            return dict(counts) if all(counts[k] == a.endpoints for k in kinds) and sum(counts.values()) == len(kinds) * a.endpoints else None
 
-        until("h1's kernel FDB holding every endpoint", a.load_timeout, in_kernel, interval=2.0)
+        rows = until("h1's kernel FDB holding every endpoint", a.load_timeout, in_kernel, interval=2.0)
         self.figures["load"] = {
             "in_status_s": round(in_status, 1),
             "in_kernel_s": round(time.monotonic() - self.loaded_at, 1),
             "max_status_answer_s": round(slowest[0], 3),
+            "kernel_rows": rows,  # of the announced MACs, by kind
             "sync": self.status(1)["dataplane"]["fastdp"]["sync"],
         }
 
