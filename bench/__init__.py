@@ -17,6 +17,7 @@ round-robin in one run on simulated hosts (network namespaces, `meshnet.lab`).
     report        the markdown table; charts: the PNGs; render: docs/benchmarks.md
     progress      one line per measurement, with an ETA
 
-Also here, run separately: test_micro.py (pytest-benchmark, the pump per frame, no root)
-and gossip_scale.py (the control plane at scale).
+Also here, run separately: test_micro.py (pytest-benchmark, the pump per frame, no root),
+gossip_scale.py (the control plane at scale), router_scale.py (100 real routers) and
+endpoint_scale.py (100,000 gossiped endpoints on real routers, with kernel_fdb.py; docs/scaling.md).
 """

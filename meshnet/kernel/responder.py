@@ -31,22 +31,29 @@ TABLE = "meshnet_probe"
 NFT_TIMEOUT = 10.0  # seconds
 
 
-def script(device: str, peer_id: int) -> str:
-    """The nft transaction that (re)defines the responder for `device` and our `peer_id`."""
+def rule(device: str, peer_id: int) -> str:
+    """The nft rule that answers probes to `peer_id` arriving on `device`, in the kernel."""
     me = probe_mac(peer_id)
     header = int.from_bytes(PROBE_MAGIC + bytes([PROBE_VERSION, PROBE_REQUEST]), "big")
     # Offsets in bits from the Ethernet header: src MAC 48, magic 112 (6 bytes with version
     # and kind), kind 152, sender id 176 (meshnet/dataplane/fastdp.py, "Probe frame").
-    rule = (
+    return (
         f"ether type {PROBE_ETHERTYPE:#06x} ether daddr {me} @ll,48,16 0x4e50 @ll,112,48 {header:#014x} "
         f"ether daddr set ether saddr ether saddr set {me} @ll,152,8 set {PROBE_REPLY} @ll,176,32 set {peer_id:#x} "
         f'fwd to "{device}"'
     )
+
+
+def script(device: str, peer_ids: list[int] | int, table: str = TABLE) -> str:
+    """The nft transaction that (re)defines the responder for `device` and our peer id (a
+    scripted peer in a test, meshnet/testing/probe_answer.py, answers for several)."""
+    ids = [peer_ids] if isinstance(peer_ids, int) else peer_ids
+    rules = "".join(f"    {rule(device, pid)}\n" for pid in ids)
     return (
-        f"table netdev {TABLE}\ndelete table netdev {TABLE}\n"
-        f"table netdev {TABLE} {{\n  chain probe {{\n"
+        f"table netdev {table}\ndelete table netdev {table}\n"
+        f"table netdev {table} {{\n  chain probe {{\n"
         f'    type filter hook ingress device "{device}" priority 0; policy accept;\n'
-        f"    {rule}\n  }}\n}}\n"
+        f"{rules}  }}\n}}\n"
     )
 
 

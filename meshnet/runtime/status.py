@@ -166,7 +166,8 @@ def status(router: Router) -> dict[str, Any]:
         },
         "health": health(router),
         "dataplane": {
-            "fastdp": {"enabled": router.fastdp.disabled is None, "reason": router.fastdp.disabled},
+            # sync: the kernel FDB following the mesh (runs, netlink ops applied, last run's seconds)
+            "fastdp": {"enabled": router.fastdp.disabled is None, "reason": router.fastdp.disabled, "sync": router.fastdp.sync_stats()},
             "pump": {"compiled": sleeve.compiled, "features": sleeve.features()},
             "rekey_due": [f"{pid:08x}" for pid in sorted(sleeve.rekey_due())],
             "refused": dict(sleeve.refused),
