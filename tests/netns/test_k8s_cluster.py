@@ -22,6 +22,8 @@ import pytest
 from k8s_cluster import OUT_IP, OUT_NS, PASSWORD, Cluster, conflist_of, sh
 from test_cni_support import missing_tools
 
+from meshnet.lab import wait_for
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
@@ -102,9 +104,12 @@ def test_the_daemonset_starts_as_written(cluster):
         assert "pod network ready: gateway" in logs
         status = node.api("GET", "/status")
         assert status["router"]["encrypted"] == bool(cluster.password) and status["router"]["nick"] == node.name
-        modes = {p["nick"]: p.get("mode") for p in status["peers"] if p["nick"] != node.name}
         want = "sleeve+encrypted" if cluster.password else "fastdp"
-        assert set(modes.values()) == {want}, modes
+
+        def modes() -> dict:  # fastdp once two probes in a row were answered: a second or two after connecting
+            return {p["nick"]: p.get("mode") for p in node.api("GET", "/status")["peers"] if p["nick"] != node.name}
+
+        assert wait_for(lambda: set(modes().values()) == {want}, 20) is not None, modes()
 
         def condition():
             return [c for c in cluster.api.get("nodes", node.name)["status"]["conditions"] if c["type"] == "NetworkUnavailable"]
