@@ -42,6 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "k8s"))
 
 from fakeapi import FakeApi, node_object  # noqa: E402
+from test_cni_support import write_containerd_config  # noqa: E402
 
 from meshnet.api.client import ApiClient  # noqa: E402
 from meshnet.kernel.netns import in_netns  # noqa: E402
@@ -386,32 +387,7 @@ class Node:
         d, r = f"{self.run}/ctd", f"{self.root}/ctd"
         os.makedirs(d, exist_ok=True)
         os.makedirs(r, exist_ok=True)
-        with open(f"{d}/config.toml", "w") as f:
-            f.write(f"""version = 2
-root = "{r}"
-state = "{d}/state"
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-""")
+        write_containerd_config(d, r, sandbox_image=PAUSE, bin_dir="/opt/cni/bin", conf_dir="/etc/cni/net.d")
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
         self.containerd = self.spawn(["containerd", "--config", f"{d}/config.toml"], env=env, binds=[], log=f"{d}/containerd.log",
                                      host_paths=True)

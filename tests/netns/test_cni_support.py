@@ -94,6 +94,37 @@ def busybox_rootfs() -> str:
     return ROOTFS
 
 
+def write_containerd_config(d: str, root: str, *, sandbox_image: str, bin_dir: str, conf_dir: str) -> None:
+    """containerd's config.toml in `d` (its sockets and state there, images under `root`):
+    CRI with one CNI conflist from `conf_dir` and plugins from `bin_dir`, runc without systemd."""
+    with open(f"{d}/config.toml", "w") as f:
+        f.write(f"""version = 2
+root = "{root}"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{bin_dir}"
+    conf_dir = "{conf_dir}"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+""")
+
+
 class CniLab:
     def __init__(self, hosts: int, tag: str, gateway: bool = False, copy_runtime: bool = False):
         self.hosts = hosts
@@ -252,32 +283,7 @@ class CniLab:
             os.makedirs(p, exist_ok=True)
         for plugin in os.listdir(self.bin):  # CRI 1.6: ONE bin dir, loopback included
             os.symlink(os.path.realpath(f"{self.bin}/{plugin}") if plugin != "meshnet-cni" else f"{self.bin}/meshnet-cni", f"{d}/bin/{plugin}")
-        with open(f"{d}/config.toml", "w") as f:
-            f.write(f"""version = 2
-root = "{r}"
-state = "{d}/state"
-[grpc]
-  address = "{d}/containerd.sock"
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/pause:mnk8s"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/bin"
-    conf_dir = "{d}/net.d"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-""")
+        write_containerd_config(d, r, sandbox_image="localhost/pause:mnk8s", bin_dir=f"{d}/bin", conf_dir=f"{d}/net.d")
         conflist = self.conflist(i)
         conflist["plugins"][0]["capabilities"] = {"portMappings": True}
         with open(f"{d}/net.d/10-meshnet.conflist", "w") as f:
