@@ -123,9 +123,15 @@ cdef struct peer_t:
     bint has_rx[2]
     uint8_t rx_key[2 * KEY_LEN]
     EVP_CIPHER_CTX *rx_ctx[2 * MAX_WORKERS]  # [2 * worker + KEY_ID]
-    int replay_lock  # [atomic] spin lock around rx_top and rx_seen
-    uint64_t rx_top[2]  # highest counter opened + 1
-    uint64_t rx_seen[2 * REPLAY_WORDS]  # ring of REPLAY_WINDOW bits per KEY_ID
+    # Replay windows, one per KEY_ID and lane, [2 * lane + KEY_ID]. A datagram's lane is its
+    # flow hint % n_workers, the socket the kernel steers it to (kernel/steering.py), so each
+    # lane fills in the order one socket delivers; a window shared by the workers dropped
+    # fresh datagrams as replays whenever one worker fell REPLAY_WINDOW counters behind
+    # another. The hint is authenticated (the header is the AEAD's associated data), so a
+    # datagram cannot be replayed into another lane.
+    int replay_lock  # [atomic] spin lock around rx_top and rx_seen (lanes rarely contend)
+    uint64_t rx_top[2 * MAX_WORKERS]  # highest counter opened + 1
+    uint64_t rx_seen[2 * MAX_WORKERS * REPLAY_WORDS]  # ring of REPLAY_WINDOW bits
 
 
 # -- tap.pxi: reading the TAP -------------------------------------------------------

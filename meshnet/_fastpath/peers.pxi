@@ -20,6 +20,7 @@ cdef void peer_free_keys(peer_t *peer) noexcept nogil:
 
 
 cdef inline bint replay_ok(const peer_t *p, int k, uint64_t c) noexcept nogil:
+    """k: the window, 2 * lane + KEY_ID."""
     cdef uint64_t bit
     if c >= p.rx_top[k]:
         return True
@@ -165,8 +166,9 @@ cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uin
             rx_ctx[i] = NULL
         memcpy(p.rx_key + k * KEY_LEN, rx, KEY_LEN)
         p.has_rx[k] = True
-        p.rx_top[k] = 0
-        memset(&p.rx_seen[k * REPLAY_WORDS], 0, REPLAY_WORDS * sizeof(uint64_t))
+        for i in range(pump.n_workers):  # lanes beyond n_workers are never used
+            p.rx_top[2 * i + k] = 0
+            memset(&p.rx_seen[(2 * i + k) * REPLAY_WORDS], 0, REPLAY_WORDS * sizeof(uint64_t))
     if p.has_addr:
         peer_recompute_owner(pump, &p.addr)
     return True
@@ -213,23 +215,25 @@ cdef bint peer_seal(pump_t *pump, worker_t *w, peer_t *hop, uint8_t *out, const 
 
 cdef int peer_open(pump_t *pump, worker_t *w, peer_t *p, int k, uint8_t *d, size_t n) noexcept nogil:
     """Open a sealed datagram from p with its KEY_ID k receive key (the caller checked
-    it exists): -1, or the counter of the reason it is dropped. The replay window is
-    checked before opening (a replayed datagram costs no AEAD) and updated only once the
-    tag verified, both under the peer's lock: of two copies opened at once, one passes."""
+    it exists): -1, or the counter of the reason it is dropped. The replay window (of the
+    datagram's lane) is checked before opening (a replayed datagram costs no AEAD) and
+    updated only once the tag verified, both under the peer's lock: of two copies opened
+    at once, one passes."""
     cdef uint64_t counter = load_be64(d + HEADER_LEN)
+    cdef int window = 2 * (((d[2] >> HINT_SHIFT) & HINT_MASK) % pump.n_workers) + k
     cdef bint fresh
     if counter >= REJECT_AFTER_MESSAGES:
         return DROP_REPLAY
     mn_spin_lock(&p.replay_lock)
-    fresh = replay_ok(p, k, counter)
+    fresh = replay_ok(p, window, counter)
     mn_spin_unlock(&p.replay_lock)
     if not fresh:
         return DROP_REPLAY
     if not aead_open(p.rx_ctx[2 * w.index + k], d, n):
         return DROP_AUTH
     mn_spin_lock(&p.replay_lock)
-    fresh = replay_ok(p, k, counter)
+    fresh = replay_ok(p, window, counter)
     if fresh:
-        replay_accept(p, k, counter)
+        replay_accept(p, window, counter)
     mn_spin_unlock(&p.replay_lock)
     return -1 if fresh else DROP_REPLAY
