@@ -257,11 +257,12 @@ class EndpointService:
         except OSError as exc:
             raise NotFound(exc.strerror or str(exc)) from None
         found = await self.plumbing.attachment(netns, ifname=ifname)
-        if found is not None:
-            if self._completed_earlier(ep_id, found, cidrs):
-                self.add(Endpoint(ep_id, found.mac, found.cidrs, name, found.host_if))
-                return self._attached(ep_id, netns, ifname, found.mac, found.cidrs, "completed earlier")
-            await self.plumbing.delete_link(found.host_if)  # a half-made or foreign one: start afresh
+        if found is not None and self._completed_earlier(ep_id, found, cidrs):
+            self.add(Endpoint(ep_id, found.mac, found.cidrs, name, found.host_if))
+            return self._attached(ep_id, netns, ifname, found.mac, found.cidrs, "completed earlier")
+        # Our veth for this namespace, half-made (a router killed before it was on the
+        # bridge, or named inside) or foreign to what IPAM holds: start afresh.
+        await self.plumbing.detach_netns(netns)
         self.check_room(ep_id)
         claimed = await self.claim(ep_id, cidrs)
         try:

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from meshnet.api.client import ApiClient
+from meshnet.kernel.links import veth_name
 from meshnet.lab import Lab
 from meshnet.lab.procs import alive
 
@@ -181,3 +182,20 @@ def test_attach_again_says_it_is_already_attached(lab):
     assert json.loads(again.stdout)["cidrs"] == first["cidrs"] and first["state"] == "attached"
     other = subprocess.run(lab.meshnet(2, "attach", ns, "10.32.9.9/12"), capture_output=True, text=True)
     assert other.returncode == 1 and "already attached" in other.stderr
+
+
+def test_an_attach_cut_short_before_its_veth_was_on_the_bridge_is_made_afresh(lab):
+    """Deterministic: what a kill -9 right after the veth pair was created leaves (our veth
+    for the namespace, off the bridge, its inner end not yet named). The next attach of the
+    namespace replaces it instead of refusing ("already attached")."""
+    ns = "mnrl-h1-half"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    lab.containers[ns] = ""
+    host = veth_name(f"/run/netns/{ns}")
+    subprocess.run(["ip", "-n", lab.host_ns(1), "link", "add", host, "type", "veth", "peer", "name", "tmp0", "netns", ns], check=True)
+    result = subprocess.run(lab.meshnet(1, "attach", ns), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["state"] == "attached"
+    inside, held = attached(lab, 1, ns)
+    assert inside == out["cidrs"] and [c.split("/")[0] for c in inside] == held
