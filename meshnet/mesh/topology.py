@@ -144,14 +144,14 @@ class Topology:
             cached = self._bfs_cache[root] = self._compute_bfs(root)
         return cached
 
-    def _compute_bfs(self, root: bytes) -> dict[bytes, bytes | None]:
+    def _compute_bfs(self, root: bytes, avoid: frozenset[bytes] = frozenset()) -> dict[bytes, bytes | None]:
         graph = self.graph()
         parent: dict[bytes, bytes | None] = {root: None}
         queue = deque([root])
         while queue:
             node = queue.popleft()
             for nxt in graph.get(node, ()):
-                if nxt not in parent:
+                if nxt not in parent and nxt not in avoid:
                     parent[nxt] = node
                     queue.append(nxt)
         return parent
@@ -160,9 +160,10 @@ class Topology:
         """Peers reachable from us over symmetric links (not including us)."""
         return set(self._bfs(self.local_name)) - {self.local_name}
 
-    def routes(self) -> dict[bytes, bytes]:
-        """Next hop towards every reachable peer, over shortest paths."""
-        parent = self._bfs(self.local_name)
+    def routes(self, avoid: frozenset[bytes] = frozenset()) -> dict[bytes, bytes]:
+        """Next hop towards every reachable peer, over shortest paths; paths through the
+        peers in `avoid` are not taken (nor are they destinations)."""
+        parent = self._bfs(self.local_name) if not avoid else self._compute_bfs(self.local_name, avoid)
         hops = {}
         for dst in parent:
             if dst == self.local_name:

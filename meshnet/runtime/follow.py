@@ -16,6 +16,7 @@ MACs never go to another peer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterable
@@ -28,6 +29,8 @@ from meshnet.runtime.coalesce import Coalescer
 
 if TYPE_CHECKING:
     from meshnet.runtime.router import Router
+
+log = logging.getLogger("meshnet.router")
 
 REPLAN_GAP = 0.1  # seconds between two runs of the re-planning, at the least
 SLEEVE_SLICE = 2048  # pump table operations applied per turn of the loop
@@ -56,6 +59,8 @@ class MeshFollower:
         self._router = router
         self.policy = ConnectionPolicy(full_mesh_limit=full_mesh_limit, degree=degree)
         self.removed: frozenset[bytes] = frozenset()  # peers removed with rmpeer (IPAM)
+        self.neighbour_limit: int | None = None  # the kernel's ARP table size, when known
+        self._neighbour_warned = False
         self._planning = ThreadPoolExecutor(1, thread_name_prefix="meshnet-plan")  # pure planning off the loop
         self.coalescer = Coalescer("data path re-planning", self._replan, spawn=router.spawn, min_gap=REPLAN_GAP)
 
@@ -76,6 +81,7 @@ class MeshFollower:
         reachable = topo.reachable()
         r.ipam.peers_changed(reachable, set(core.by_peer()))
         served = reachable - self.removed
+        self._check_neighbour_room(len(served))
         departed = self.departed()
         last = {d.entry.name: [ep[0] for ep in d.entry.data.get("eps", [])] for d in departed}
         by_peer, by_mac = await loop.run_in_executor(self._planning, endpoint_tables, core.claims.frozen_owners("mac"), served, last)
@@ -90,12 +96,26 @@ class MeshFollower:
         plan = self.policy.plan(topo, connected=connected, now=time.monotonic(), failing=r.control.targets.failing())
         r.control.follow(plan)
         r.dial_book.remember(plan)
-        routes = {p: hop for p, hop in topo.routes().items() if p not in self.removed}
+        routes = topo.routes(avoid=self.removed)  # not served, so no relay either
         inputs = (core.name, routes, r.control.direct(), r.fastdp.fastdp_peers(), by_mac)
         ops = await loop.run_in_executor(self._planning, self._plan_sleeve, *inputs)
         for start in range(0, len(ops), SLEEVE_SLICE):
             r.sleeve.apply_ops(ops[start : start + SLEEVE_SLICE])
             await asyncio.sleep(0)
+
+    def _check_neighbour_room(self, peers: int) -> None:
+        """Peers on our link each hold an ARP entry that traffic keeps fresh, and a fresh entry
+        is never reclaimed: a full table leaves new peers unresolvable. Warn once, early."""
+        limit = self.neighbour_limit
+        if limit is None or self._neighbour_warned or peers < limit // 2:
+            return
+        self._neighbour_warned = True
+        log.warning(
+            "%d peers and the kernel keeps at most %d neighbour entries (net.ipv4.neigh.default.gc_thresh3): "
+            "if the peers share this host's link, raise gc_thresh2/gc_thresh3 (docs/scaling.md)",
+            peers,
+            limit,
+        )
 
     def _plan_sleeve(self, local: bytes, routes: Any, direct: Any, fastdp: set[int], endpoints: dict[str, int]) -> list[Any]:
         """The pump's tables for this mesh, as operations (runs on the planning thread)."""

@@ -17,8 +17,8 @@ Invariants, after every step:
 2. no acknowledged allocation is lost: IPAM on its host still holds every address an
    attach acknowledged, while that host's router runs and was neither reset nor removed;
 3. every live endpoint answers (ARP and ping) from every host whose router runs and that
-   reaches it: over the underlay graph of running routers (a cut pair relays through a
-   third), and, while its own router is down within the grace period, directly.
+   reaches it: over the underlay graph of serving routers (a cut pair relays through a
+   third, never through a removed peer), and, while its own router is down within the grace period, directly.
 
 Docker container start/stop is not part of this lab (see tests/netns/test_docker_*.py).
 
@@ -96,8 +96,9 @@ class Chaos:
         return ApiClient(f"{self.lab.run_dir(i)}/meshnet.sock", timeout=60)
 
     def components(self) -> list[set[int]]:
-        """Running routers connected over uncut underlay pairs (relays included)."""
-        left, out = set(self.running()), []
+        """Serving routers connected over uncut underlay pairs, relays included (the others no
+        longer serve a peer removed with rmpeer, so none sends through it)."""
+        left, out = set(self.serving()), []
         while left:
             todo, comp = [left.pop()], set()
             while todo:

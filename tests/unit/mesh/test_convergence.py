@@ -87,6 +87,20 @@ def test_routes_follow_shortest_paths_and_relay_through_a_line():
     assert net.cores[1].counters["relayed"] == 1
 
 
+def test_routes_avoid_peers_they_are_told_to_and_take_the_next_shortest_path():
+    """0 - 1 - 3 and 0 - 2 - 4 - 3: with 1 avoided (a peer removed with rmpeer), 3 is
+    reached through 2, and 1 is no destination."""
+    net = GossipNet(5, seed=2)
+    for a, b in ((0, 1), (1, 3), (0, 2), (2, 4), (4, 3)):
+        net.connect(a, b)
+    net.settle()
+    n = [c.name for c in net.cores]
+    topo = net.cores[0].topology
+    assert topo.routes()[n[3]] == n[1]
+    assert topo.routes(avoid=frozenset({n[1]})) == {n[2]: n[2], n[4]: n[2], n[3]: n[2]}
+    assert topo.routes()[n[3]] == n[1]  # the cached view is untouched
+
+
 def test_broadcast_reaches_everyone_once():
     net = GossipNet(8, seed=3)
     for a, b in random_graph(8, 6, random.Random(3)):
