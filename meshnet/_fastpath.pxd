@@ -128,10 +128,11 @@ cdef struct peer_t:
     # lane fills in the order one socket delivers; a window shared by the workers dropped
     # fresh datagrams as replays whenever one worker fell REPLAY_WINDOW counters behind
     # another. The hint is authenticated (the header is the AEAD's associated data), so a
-    # datagram cannot be replayed into another lane.
+    # datagram cannot be replayed into another lane. The bitmaps are allocated with the
+    # first receive key (n_workers x 4 KiB): an unencrypted pump's peers carry none.
     int replay_lock  # [atomic] spin lock around rx_top and rx_seen (lanes rarely contend)
     uint64_t rx_top[2 * MAX_WORKERS]  # highest counter opened + 1
-    uint64_t rx_seen[2 * MAX_WORKERS * REPLAY_WORDS]  # ring of REPLAY_WINDOW bits
+    uint64_t *rx_seen  # 2 * n_workers rings of REPLAY_WINDOW bits, or NULL
 
 
 # -- tap.pxi: reading the TAP -------------------------------------------------------
@@ -283,7 +284,7 @@ cdef bint peer_put(pump_t *pump, uint32_t pid, uint32_t via, bint has_addr, bint
 cdef void peer_drop(pump_t *pump, uint32_t pid) noexcept nogil
 cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uint8_t *rx,
                         uint32_t epoch, EVP_CIPHER_CTX **tx_ctx,
-                        EVP_CIPHER_CTX **rx_ctx) noexcept nogil
+                        EVP_CIPHER_CTX **rx_ctx, uint64_t **windows) noexcept nogil
 cdef void peer_release_addr(pump_t *pump, const sockaddr_in *sa) noexcept nogil
 cdef void peer_recompute_owner(pump_t *pump, const sockaddr_in *sa) noexcept nogil
 cdef peer_t *peer_hop(pump_t *pump, peer_t *peer) noexcept nogil

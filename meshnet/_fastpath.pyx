@@ -319,10 +319,13 @@ cdef class Pump:
         cdef unsigned int i, n = self.pump.n_workers
         cdef EVP_CIPHER_CTX *tx_ctx[MAX_WORKERS]
         cdef EVP_CIPHER_CTX *rx_ctx[MAX_WORKERS]
+        cdef uint64_t *windows
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         ep = epoch & 0xFFFFFFFF
-        # A context per worker, made outside the lock; unused ones are freed.
+        # A context per worker and the replay bitmaps, made outside the lock; unused ones are freed.
+        windows = <uint64_t *>calloc(2 * n * REPLAY_WORDS, sizeof(uint64_t))
+        failed = windows == NULL
         for i in range(n):
             tx_ctx[i] = aead_new(txp, True)
             rx_ctx[i] = aead_new(rxp, False)
@@ -330,11 +333,12 @@ cdef class Pump:
         if not failed:
             with nogil:
                 pthread_rwlock_wrlock(&self.pump.lock)
-                known = peer_set_keys(&self.pump, pid, txp, rxp, ep, tx_ctx, rx_ctx)
+                known = peer_set_keys(&self.pump, pid, txp, rxp, ep, tx_ctx, rx_ctx, &windows)
                 pthread_rwlock_unlock(&self.pump.lock)
         for i in range(n):
             EVP_CIPHER_CTX_free(tx_ctx[i])
             EVP_CIPHER_CTX_free(rx_ctx[i])
+        free(windows)
         if failed:
             raise MemoryError("libcrypto could not set up AES-256-GCM")
         if not known:

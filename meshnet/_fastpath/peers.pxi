@@ -17,6 +17,8 @@ cdef void peer_free_keys(peer_t *peer) noexcept nogil:
     peer.has_tx = False
     peer.has_rx[0] = False
     peer.has_rx[1] = False
+    free(peer.rx_seen)
+    peer.rx_seen = NULL
 
 
 cdef inline bint replay_ok(const peer_t *p, int k, uint64_t c) noexcept nogil:
@@ -139,10 +141,10 @@ cdef void peer_drop(pump_t *pump, uint32_t pid) noexcept nogil:
 
 cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uint8_t *rx,
                         uint32_t epoch, EVP_CIPHER_CTX **tx_ctx,
-                        EVP_CIPHER_CTX **rx_ctx) noexcept nogil:
+                        EVP_CIPHER_CTX **rx_ctx, uint64_t **windows) noexcept nogil:
     """Install a peer's link keys (rules: the twin's set_peer_keys); False if the peer is
-    unknown. tx_ctx and rx_ctx hold a context per worker; it takes the ones it uses (sets
-    them to NULL), the caller frees the rest."""
+    unknown. tx_ctx and rx_ctx hold a context per worker, windows zeroed replay bitmaps
+    for all lanes; it takes what it uses (sets it to NULL), the caller frees the rest."""
     cdef int64_t slot = table_find(&pump.peer_index, pid)
     cdef int k = epoch & 1
     cdef unsigned int i
@@ -166,6 +168,9 @@ cdef bint peer_set_keys(pump_t *pump, uint32_t pid, const uint8_t *tx, const uin
             rx_ctx[i] = NULL
         memcpy(p.rx_key + k * KEY_LEN, rx, KEY_LEN)
         p.has_rx[k] = True
+        if p.rx_seen == NULL:
+            p.rx_seen = windows[0]
+            windows[0] = NULL
         for i in range(pump.n_workers):  # lanes beyond n_workers are never used
             p.rx_top[2 * i + k] = 0
             memset(&p.rx_seen[(2 * i + k) * REPLAY_WORDS], 0, REPLAY_WORDS * sizeof(uint64_t))
