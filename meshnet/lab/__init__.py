@@ -2,6 +2,7 @@
 
     hosts    `Lab`: namespaces, the underlay, a router per host, containers as namespaces
     dockerd  `DockerLab`: a `Lab` plus one real dockerd per host; `running_lab` for tests
+    neigh    room in the kernel's neighbour table, one for all namespaces, for large labs
     procs    the PIDs, mounts and cgroups a Docker lab may stop or remove
     checks   ping, TCP transfers, waits and firewalls between namespaces (e2e tests)
     cli      `meshnet lab up / down / demo`

@@ -29,11 +29,13 @@ from typing import Iterable
 
 from meshnet.api.client import ApiClient
 from meshnet.errors import MeshnetError
+from meshnet.lab import neigh
 from meshnet.lab.procs import alive
 
 UNDERLAY = "192.168.90"
 LAB_RUN = "/run/meshnet-lab"
 LAB_STATE = "/var/lib/meshnet-lab"
+NEIGH_RECORD = f"{LAB_RUN}/neigh.json"  # the labs holding room in the kernel's neighbour table
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 60, capture: bool = True) -> subprocess.CompletedProcess:
@@ -84,6 +86,7 @@ class Lab:
                 raise RuntimeError(f"namespace {name} already exists: run `meshnet lab down --prefix {self.prefix}` first")
         self._save()
         try:
+            neigh.reserve(self.prefix, self.hosts, record=NEIGH_RECORD)  # one ARP table for all hosts
             run(["ip", "netns", "add", self.underlay_ns])
             ul = ["ip", "-n", self.underlay_ns]
             run([*ul, "link", "add", "ulbr", "type", "bridge"])
@@ -183,6 +186,7 @@ class Lab:
         for ns in list(self.containers) + [self.host_ns(i) for i in range(1, self.hosts + 1)] + [self.underlay_ns]:
             if netns_exists(ns):
                 run(["ip", "netns", "del", ns], check=False)
+        neigh.release(self.prefix, record=NEIGH_RECORD)
         shutil.rmtree(f"{LAB_RUN}/{self.prefix}", ignore_errors=True)
         shutil.rmtree(f"{LAB_STATE}/{self.prefix}", ignore_errors=True)
 

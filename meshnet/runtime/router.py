@@ -44,6 +44,7 @@ from meshnet.dataplane import layout
 from meshnet.errors import Conflict, UsageError
 from meshnet.kernel.links import Links
 from meshnet.kernel.netns_lock import NetnsLock
+from meshnet.kernel.nft import sysctl_get
 from meshnet.mesh.core import Deliver, MeshCore
 from meshnet.mesh.quota import Limits
 from meshnet.mesh.targets import Targets
@@ -132,6 +133,8 @@ class Router:
         self._links = await self.kernel.call(Links)
         underlay = await self.kernel.call(self._links.underlay_mtu)
         self.mtu = cfg.mtu or layout.overlay_mtu(underlay)
+        limit = await self.kernel.call(sysctl_get, "net.ipv4.neigh.default.gc_thresh3")  # initial namespace only
+        self.follower.neighbour_limit = int(limit) if limit and limit.isdigit() else None
         if self.mtu > layout.overlay_mtu(underlay):
             log.warning("MTU %d exceeds what the underlay (MTU %d) carries in every mode", self.mtu, underlay)
         await self.kernel.call(self._links.ensure_bridge, cfg.bridge, self.mtu)
