@@ -17,6 +17,7 @@ one side has already dropped is not used for routing.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -61,6 +62,11 @@ class PeerEntry:
         }
 
     @cached_property
+    def peers(self) -> frozenset[bytes]:
+        """The names this entry lists as connected (computed once: entries never change)."""
+        return frozenset(link.peer for link in self.links)
+
+    @cached_property
     def wire_size(self) -> int:
         """Bytes of the encoded entry (msgpack), computed once: TOPOLOGY messages are cut
         by it so that a frame never exceeds its limit."""
@@ -86,14 +92,42 @@ class Topology:
         (2^63 - 1): past it our entry would be refused everywhere."""
         entry = self.local
         version = min(max(entry.version + 1, now_ms), MAX_U63)
-        self.entries[self.local_name] = replace(entry, version=version, **changes)
+        new = self.entries[self.local_name] = replace(entry, version=version, **changes)
         self.generation += 1
-        self._invalidate()
-        return self.entries[self.local_name]
+        if new.links != entry.links:
+            self._links_changed(self.local_name, entry, new)
+        return new
 
-    def _invalidate(self) -> None:
-        self._graph_cache = None
+    def _links_changed(self, name: bytes, old: PeerEntry | None, new: PeerEntry | None) -> None:
+        """Entry `name` went from old to new (None: absent): patch the graph, drop the trees.
+
+        Only edges between `name` and the peers either version lists can change, so the
+        graph is patched in O(degree), not rebuilt in O(peers x degree): in a full mesh
+        that forms, nearly every TOPOLOGY message changes some entry's links."""
         self._bfs_cache.clear()
+        graph = self._graph_cache
+        if graph is None:
+            return
+        before = old.peers if old is not None else frozenset()
+        after = new.peers if new is not None else frozenset()
+        mine = []
+        for peer in before | after:
+            other = self.entries.get(peer)
+            linked = peer in after and other is not None and name in other.peers
+            row = graph.get(peer)
+            if row is not None:
+                at = bisect.bisect_left(row, name)
+                present = at < len(row) and row[at] == name
+                if linked and not present:
+                    row.insert(at, name)
+                elif present and not linked:
+                    del row[at]
+            if linked:
+                mine.append(peer)
+        if new is None:
+            graph.pop(name, None)
+        else:
+            graph[name] = sorted(mine)
 
     def merge(self, entries: Iterable[PeerEntry]) -> list[PeerEntry]:
         """Keep the newer of ours and theirs per peer; return the entries that were news.
@@ -103,7 +137,6 @@ class Topology:
         outrank it with our next update (the caller does that).
         """
         news = []
-        graph_changed = False
         for entry in entries:
             if entry.name == self.local_name:
                 continue
@@ -111,17 +144,17 @@ class Topology:
             if known is None or entry.version > known.version:
                 self.entries[entry.name] = entry
                 news.append(entry)
-                graph_changed = graph_changed or known is None or known.links != entry.links
+                if known is None or known.links != entry.links:
+                    self._links_changed(entry.name, known, entry)
         if news:
             self.generation += 1
-        if graph_changed:
-            self._invalidate()
         return news
 
     def remove(self, name: bytes) -> None:
-        if name != self.local_name and self.entries.pop(name, None) is not None:
+        old = self.entries.pop(name, None) if name != self.local_name else None
+        if old is not None:
             self.generation += 1
-            self._invalidate()
+            self._links_changed(name, old, None)
 
     def digest(self) -> list[list[Any]]:
         return [[name, entry.version] for name, entry in sorted(self.entries.items())]
@@ -129,9 +162,9 @@ class Topology:
     def graph(self) -> dict[bytes, list[bytes]]:
         """Symmetric adjacency, neighbours sorted so every peer computes the same trees."""
         if self._graph_cache is None:
-            listed = {name: {link.peer for link in e.links} for name, e in self.entries.items()}
+            entries = self.entries
             self._graph_cache = {
-                name: sorted(p for p in peers if name in listed.get(p, ())) for name, peers in listed.items()
+                name: sorted(p for p in e.peers if p in entries and name in entries[p].peers) for name, e in entries.items()
             }
         return self._graph_cache
 

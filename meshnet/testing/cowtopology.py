@@ -78,6 +78,10 @@ class CowTopology(Topology):
             self.vfp ^= version_hash(old.name, old.version)
         super().remove(name)
 
+    def _links_changed(self, name: bytes, old: PeerEntry | None, new: PeerEntry | None) -> None:
+        self._graph_cache = None  # shared by content (never patched in place): looked up anew
+        self._bfs_cache.clear()
+
     def graph(self) -> dict[bytes, list[bytes]]:
         graphs = self._shared.graphs
         graph = graphs.get(self._fp)
