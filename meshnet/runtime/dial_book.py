@@ -9,6 +9,7 @@ them). `Targets` (sans-IO, in mesh/) decides when to dial; this keeps the lists.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from meshnet.errors import NotFound, UsageError
@@ -17,6 +18,8 @@ from meshnet.mesh.core import MeshCore
 from meshnet.mesh.policy import Plan
 from meshnet.mesh.targets import Targets
 from meshnet.state.statedir import StateDir
+
+KNOWN_PEERS_EVERY = 10.0  # seconds between writes of known_peers while the mesh changes
 
 
 def normalize(address: str) -> str:
@@ -34,6 +37,8 @@ class DialBook:
         self.core: MeshCore | None = None  # set once the core exists
         self._wanted: set[str] = set()  # addresses the connection policy last wanted
         self._written: dict[str, Any] = {}  # what the state dir holds: write only changes
+        self._known_pending: list[str] | None = None  # known_peers not yet written
+        self._known_next = 0.0  # when known_peers may be written again
 
     def load(self, launch_peers: list[str]) -> None:
         """Dial the direct peers and the launch peers; the known peers once."""
@@ -43,15 +48,32 @@ class DialBook:
         self.targets.add_known([a for a in self._state.get("known_peers", []) if a not in forgotten])
         self.persist()
 
-    def persist(self) -> None:
-        """Keep direct peers, and the peer addresses we connect to, for the next start."""
+    def persist(self, *, now: float | None = None) -> None:
+        """Keep direct peers, and the peer addresses we connect to, for the next start.
+
+        With `now` (the mesh changed), known_peers is written at most every
+        KNOWN_PEERS_EVERY s: a forming mesh changes it at every join, and each write is a
+        synchronous disk write on the event loop (15 ms each, measured). It is a rejoin
+        hint; the last version is written by the timer (`flush`) and at stop."""
         forgotten = set(self._state.get("forgotten_peers", []))
         known = set(self._wanted)
         if self.core is not None:
             known |= {targets_mod.normalize(f"{c.ip}:{c.port}") for c in self.core.conns.values()}
         self._put("direct_peers", self.targets.direct())
         if known - forgotten:
-            self._put("known_peers", sorted(known - forgotten))
+            self._known_pending = sorted(known - forgotten)
+            self.flush(time.monotonic() if now is None else now, force=now is None)
+
+    def flush(self, now: float, *, force: bool = False) -> None:
+        """Write known_peers if it changed and is due (or forced)."""
+        if self._known_pending is None or (now < self._known_next and not force):
+            return
+        self._put("known_peers", self._known_pending)
+        self._known_pending = None
+        self._known_next = now + KNOWN_PEERS_EVERY
+
+    def next_deadline(self) -> float | None:
+        return self._known_next if self._known_pending is not None else None
 
     def _put(self, key: str, value: Any) -> None:
         """Write only what changed: the topology changes often, the state dir is a disk."""
@@ -62,7 +84,7 @@ class DialBook:
     def remember(self, plan: Plan) -> None:
         """The connection policy's latest plan: remember whom it dials, for the next start."""
         self._wanted = set(plan.dial)
-        self.persist()
+        self.persist(now=time.monotonic())
 
     def connect(self, address: str) -> list[str]:
         address = normalize(address)

@@ -234,6 +234,7 @@ class Router:
         self.timer.add(Job("ipam", lambda now: self.ipam.tick(), self.ipam.next_deadline))
         self.timer.add(Job("policy", lambda now: self.follower.request(), lambda: self.control.plan.recheck if self.control.plan else None))
         self.timer.add(Job("rekey", lambda now: self._rekey(now), lambda: self._next_rekey_check))
+        self.timer.add(Job("dial-book", self.dial_book.flush, self.dial_book.next_deadline))
         self.supervisor.keep("timer", self.timer.run)
         log.info(
             "router %s (%s) up: TCP %d, UDP %d, bridge %s, MTU %d, %s, pump %s",
@@ -278,6 +279,8 @@ class Router:
         self.kernel.close()
         self.follower.close()
         if self.state is not None:
+            if getattr(self, "dial_book", None) is not None:
+                self.dial_book.flush(time.monotonic(), force=True)
             self.state.close()
             self.state = None
         self.netns_lock.release()

@@ -1,0 +1,35 @@
+"""known_peers, a rejoin hint, is written at most every KNOWN_PEERS_EVERY s while the mesh
+changes (each write is a disk sync on the event loop); the last version is never lost."""
+
+from meshnet.mesh.policy import Plan
+from meshnet.mesh.targets import Targets
+from meshnet.runtime.dial_book import KNOWN_PEERS_EVERY, DialBook
+from meshnet.state.statedir import StateDir
+
+
+def plan(*addresses: str) -> Plan:
+    return Plan(dial={a: bytes(16) for a in addresses}, prune=[], wanted=frozenset(), full_mesh=True)
+
+
+def test_a_forming_mesh_writes_known_peers_at_a_bounded_rate_and_the_last_one_at_the_end(tmp_path, monkeypatch):
+    state = StateDir(str(tmp_path))
+    writes = []
+    real_put = state.put
+    monkeypatch.setattr(state, "put", lambda key, value: (writes.append((key, value)), real_put(key, value)))
+    book = DialBook(state, Targets(), wake=lambda: None)
+    book.load([])
+    clock = [1000.0]
+    monkeypatch.setattr("meshnet.runtime.dial_book.time.monotonic", lambda: clock[0])
+    for i in range(1, 21):  # twenty joins in two seconds
+        book.remember(plan(*(f"10.0.0.{k}:6783" for k in range(1, i + 1))))
+        clock[0] += 0.1
+    known = [v for k, v in writes if k == "known_peers"]
+    assert len(known) == 1  # the first; the rest waits
+    assert book.next_deadline() == 1000.0 + KNOWN_PEERS_EVERY
+    book.flush(book.next_deadline())  # the timer's turn
+    assert state.get("known_peers") == sorted(f"10.0.0.{k}:6783" for k in range(1, 21))
+    assert book.next_deadline() is None
+    book.remember(plan("10.0.0.99:6783"))
+    book.flush(clock[0], force=True)  # what stop does
+    assert state.get("known_peers") == ["10.0.0.99:6783"]
+    state.close()
