@@ -1,4 +1,4 @@
-"""Scale on real routers: a bounded control graph keeps direct data paths (the 30-router
+"""Scale on real routers: a bounded control graph keeps direct data paths (the 40-router
 test is in test_mesh.py; bench/router_scale.py goes to 100 and saturation)."""
 
 import pytest
