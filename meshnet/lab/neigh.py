@@ -77,8 +77,12 @@ def _locked(record: str) -> Iterator[dict]:
     with open(record, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        text = f.read()
-        state = json.loads(text) if text.strip() else {"saved": {}, "labs": {}}
+        try:
+            state = json.loads(f.read())
+            if not (isinstance(state, dict) and isinstance(state.get("saved"), dict) and isinstance(state.get("labs"), dict)):
+                raise ValueError("not a record")
+        except ValueError:  # empty (first use) or damaged: start a new record
+            state = {"saved": {}, "labs": {}}
         yield state
         f.seek(0)
         f.truncate()

@@ -54,3 +54,11 @@ def test_values_changed_by_the_admin_between_labs_are_kept(sysctl, tmp_path):
 def test_a_machine_that_cannot_raise_it_gets_a_warning_not_an_error(tmp_path, capsys):
     neigh.reserve("a", 40, record=str(tmp_path / "neigh.json"), sysctl=str(tmp_path / "absent"))
     assert "cannot raise the kernel's neighbour table" in capsys.readouterr().err
+
+
+def test_a_damaged_record_is_started_afresh(sysctl, tmp_path):
+    record = tmp_path / "neigh.json"
+    record.write_text("{not json")
+    neigh.reserve("a", 40, record=str(record), sysctl=str(sysctl))
+    neigh.release("a", record=str(record), sysctl=str(sysctl))
+    assert values(sysctl) == (512, 1024)
