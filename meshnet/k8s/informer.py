@@ -90,8 +90,9 @@ class Informer:
 
     async def wait_synced(self, timeout: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._synced_event.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._synced_event.wait()
+        except TimeoutError:
             return False
         return True
 

@@ -80,9 +80,10 @@ class NodeAgent:
 
     async def _rounds(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that lands as the event is set
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

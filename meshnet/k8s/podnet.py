@@ -84,8 +84,9 @@ class PodNetwork:
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
             return False
         return True
 

@@ -78,9 +78,10 @@ class TimerLoop:
                     await self._run_job(job, now)
             self.last_run = self._clock()
             self._sleep_until = self.last_run + min(self._delay(), IDLE_WAKE)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._sleep_until - self.last_run)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that lands as the event is set
+                async with asyncio.timeout(self._sleep_until - self.last_run):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._sleep_until = None
 

@@ -131,7 +131,8 @@ def run(coro_fn, fake, kernel, **kw):
             await coro_fn(ag)
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            done, _ = await asyncio.wait([task], timeout=10)
+            assert done, "the agent did not stop when cancelled"
 
     asyncio.run(go())
 
@@ -172,7 +173,8 @@ def test_nothing_is_applied_before_every_list_is_in(fake):
             assert kernel.scripts == [] and not ag.status()["synced"]
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            done, _ = await asyncio.wait([task], timeout=10)
+            assert done, "the agent did not stop when cancelled"
 
     asyncio.run(go())
 

@@ -159,9 +159,10 @@ class PolicyAgent:
             self._open_log()
             last = self.clock()
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.tick)
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that lands as the event is set
+                    async with asyncio.timeout(self.tick):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
                 self._wake.clear()
                 local = self._local_now()

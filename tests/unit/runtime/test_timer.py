@@ -74,3 +74,21 @@ def test_watchdog_measures_lateness_not_sleep():
     timer._sleep_until = None
     timer._round_started = clock.t - 2  # a round running for two seconds
     assert timer.age() == 2.0
+
+
+def test_a_cancel_that_lands_as_the_timer_is_woken_stops_it():
+    """Python 3.11's asyncio.wait_for returns instead of raising when the event it waits for
+    is set in the same turn as the cancel; a timer built on it never stopped (a router
+    whose stop hung, a NetworkPolicy agent that hung its test run for 20 minutes)."""
+
+    async def main() -> bool:
+        timer = TimerLoop([Job("idle", lambda now: None)])
+        task = asyncio.ensure_future(timer.run())
+        await asyncio.sleep(0.01)  # asleep on its wake event
+        timer.wake()
+        await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1)
+        return bool(done)
+
+    assert asyncio.run(main())
