@@ -79,10 +79,11 @@ class ApiServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            status, reply = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):
+                status, reply = await self._read(reader)
             if status == 200:
                 status, reply = await self._dispatch(*reply)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ValueError, UnicodeError):
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, ValueError, UnicodeError):
             status, reply = 400, {"error": "malformed request", "kind": "usage"}
         body = json.dumps(reply).encode()
         head = f"HTTP/1.1 {status} {http.client.responses.get(status, '')}\r\n"

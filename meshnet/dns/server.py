@@ -112,11 +112,12 @@ class DnsServer:
             try:
                 transport, _ = await loop.create_datagram_endpoint(lambda: _Upstream(done), remote_addr=(host, port))
                 transport.sendto(data)
-                result = await asyncio.wait_for(done, UPSTREAM_TIMEOUT)
+                async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                    result = await done
                 if len(result) >= 2 and result[:2] == data[:2]:
                     reply(result)
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, TimeoutError):
                 continue
             finally:
                 if transport is not None:
@@ -151,9 +152,11 @@ class DnsServer:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                async with asyncio.timeout(TCP_IDLE):
+                    head = await reader.readexactly(2)
                 (length,) = struct.unpack("!H", head)
-                data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+                async with asyncio.timeout(TCP_IDLE):
+                    data = await reader.readexactly(length)
                 reply = self.respond(data, tcp=True)
                 if reply is FORWARD:
                     done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -163,7 +166,7 @@ class DnsServer:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)  # type: ignore[arg-type]
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
             pass
         finally:
             writer.close()

@@ -237,11 +237,11 @@ class KubeClient:
 
     async def _open(self, method: str, target: str, body: bytes | None, content_type: str) -> _Reply:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port, ssl=self._tls, server_hostname=self._host if self._tls else None, limit=MAX_EVENT_BYTES),
-                self.timeout,
-            )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, ssl=self._tls, server_hostname=self._host if self._tls else None, limit=MAX_EVENT_BYTES
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise KubeUnreachable(f"cannot reach the API server at {self.config.server}: {exc or type(exc).__name__}") from None
         try:
             host = f"[{self._host}]" if ":" in self._host else self._host
@@ -253,12 +253,14 @@ class KubeClient:
             if body is not None:
                 lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
-            await asyncio.wait_for(writer.drain(), self.timeout)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await writer.drain()
+            async with asyncio.timeout(self.timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             writer.close()
             raise KubeProtocolError("reply headers over the bound") from None
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             writer.close()
             raise KubeUnreachable(f"the API server at {self.config.server} did not answer: {exc or type(exc).__name__}") from None
         if len(head) > MAX_HEADER_BYTES:
@@ -287,8 +289,9 @@ class KubeClient:
         payload = json.dumps(body).encode() if body is not None else None
         reply = await self._open(method, target, payload, content_type)
         try:
-            data = await asyncio.wait_for(reply.body(), self.timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            async with asyncio.timeout(self.timeout):
+                data = await reply.body()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise KubeUnreachable(f"the API server broke off its reply: {exc or type(exc).__name__}") from None
         finally:
             reply.close()
@@ -331,16 +334,19 @@ class KubeClient:
         reply = await self._open("GET", target, None, "application/json")
         try:
             if reply.status >= 300:
-                raise _status_error(reply.status, await asyncio.wait_for(reply.body(), self.timeout))
+                async with asyncio.timeout(self.timeout):
+                    data = await reply.body()
+                raise _status_error(reply.status, data)
             buffer = bytearray()
             stream = reply.chunks().__aiter__()
             idle = timeout_seconds + WATCH_IDLE_SLACK
             while True:
                 try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), idle)
+                    async with asyncio.timeout(idle):
+                        chunk = await stream.__anext__()
                 except StopAsyncIteration:
                     return
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                     raise KubeUnreachable(f"the {resource.plural} watch broke off: {exc or type(exc).__name__}") from None
                 buffer += chunk
                 if len(buffer) > MAX_EVENT_BYTES:

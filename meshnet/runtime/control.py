@@ -140,8 +140,9 @@ class ControlPlane:
         host, _, port = address.rpartition(":")
         self.targets.dialling(address)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), HANDSHAKE_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, int(port))
+        except (OSError, TimeoutError) as exc:
             self.targets.failed(address, f"connect: {exc.__class__.__name__} {exc}", now=time.monotonic())
             self._wake()
             return
@@ -167,7 +168,8 @@ class ControlPlane:
         retry = True
         try:
             link.flush()
-            early = await asyncio.wait_for(self._handshake(link, reader), HANDSHAKE_TIMEOUT)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                early = await self._handshake(link, reader)
             refused, events = self.core.add_connection(
                 link.id, remote=proto.remote, ip=peer_ip, outbound=address is not None, now=time.monotonic()
             )
@@ -230,7 +232,7 @@ class ControlPlane:
             else:
                 self.counters["handshake_failures"] += 1
                 self.warn.warning("handshake-error", "closing connection with %s during the handshake: %s", peer_ip, error)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = "handshake timed out"
             self.counters["handshake_failures"] += 1
         except (ConnectionError, OSError) as exc:

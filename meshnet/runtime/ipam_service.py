@@ -176,8 +176,9 @@ class IpamService:
             future = self._waiting[outcome.request_id] = asyncio.get_running_loop().create_future()
         self._flush(out)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), wait)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(wait):  # shielded: a caller that gives up must not cancel a request others may wait on
+                return await asyncio.shield(future)
+        except TimeoutError:
             if self.allocator.cancel(outcome.request_id):
                 self._waiting.pop(outcome.request_id, None)
             raise Unavailable(f"no address available yet: {outcome.reason}") from None

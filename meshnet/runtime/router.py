@@ -397,7 +397,8 @@ class Router:
         snap["vxlan_stats"] = await self.fastdp.stats()
         for name, fn in self._metric_sections.items():
             try:
-                snap[name] = await asyncio.wait_for(fn(), SECTION_TIMEOUT)
+                async with asyncio.timeout(SECTION_TIMEOUT):
+                    snap[name] = await fn()
             except Exception as exc:  # noqa: BLE001 - a section that fails is left out, the rest is served
                 log.warning("metrics section %s: %s", name, exc)
         return snap
