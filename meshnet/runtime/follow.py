@@ -70,6 +70,12 @@ class MeshFollower:
     def close(self) -> None:
         self._planning.shutdown(wait=False)
 
+    def routes(self) -> dict[bytes, bytes]:
+        """The next hop towards every served peer: paths never run through (nor end at) a
+        peer removed with rmpeer; it is not served, so it relays nothing either. The pump's
+        tables and `status` both read this."""
+        return self._router.core.topology.routes(avoid=self.removed)
+
     def departed(self) -> list[Departed]:
         """Peers that left within the grace period (not removed): their kernel may forward."""
         return [d for d in self._router.core.departed if d.entry.name not in self.removed]
@@ -96,7 +102,7 @@ class MeshFollower:
         plan = self.policy.plan(topo, connected=connected, now=time.monotonic(), failing=r.control.targets.failing())
         r.control.follow(plan)
         r.dial_book.remember(plan)
-        routes = topo.routes(avoid=self.removed)  # not served, so no relay either
+        routes = self.routes()
         inputs = (core.name, routes, r.control.direct(), r.fastdp.fastdp_peers(), by_mac)
         ops = await loop.run_in_executor(self._planning, self._plan_sleeve, *inputs)
         for start in range(0, len(ops), SLEEVE_SLICE):

@@ -108,11 +108,32 @@ def departed(router: Router, now: float) -> list[dict[str, Any]]:
     ]
 
 
-def status(router: Router) -> dict[str, Any]:
+def peers(router: Router) -> list[dict[str, Any]]:
+    """Every peer we know. `via`: the next hop when it is not the peer itself, as the data
+    path takes it (`MeshFollower.routes`): never a peer removed with rmpeer."""
     core = router.core
     topo = core.topology
     reachable = topo.reachable()
-    routes = topo.routes()
+    routes = router.follower.routes()
+    return [
+        {
+            "name": e.name.hex(),
+            "nick": e.nick,
+            "id": layout.peer_id(e.name),
+            "reachable": e.name == core.name or e.name in reachable,
+            "via": None if e.name == core.name or routes.get(e.name) in (None, e.name) else routes[e.name].hex(),
+            "connections": len(e.links),
+            "endpoints": len(e.data.get("eps", [])),
+            "endpoints_dropped": core.quota.dropped.get(e.name, 0),
+            **(path_mode(router, e.name) if e.name in reachable else {}),
+        }
+        for e in sorted(topo.entries.values(), key=lambda e: e.nick)
+    ]
+
+
+def status(router: Router) -> dict[str, Any]:
+    core = router.core
+    topo = core.topology
     now = time.monotonic()
     conns = [
         {
@@ -132,20 +153,6 @@ def status(router: Router) -> dict[str, Any]:
         {"address": t["address"], "state": "retrying" if t["failures"] else "connecting", "last_error": t["last_error"]}
         for t in targets
         if t["failures"] or t["last_error"]
-    ]
-    peers = [
-        {
-            "name": e.name.hex(),
-            "nick": e.nick,
-            "id": layout.peer_id(e.name),
-            "reachable": e.name == core.name or e.name in reachable,
-            "via": None if e.name == core.name or routes.get(e.name) in (None, e.name) else routes[e.name].hex(),
-            "connections": len(e.links),
-            "endpoints": len(e.data.get("eps", [])),
-            "endpoints_dropped": core.quota.dropped.get(e.name, 0),
-            **(path_mode(router, e.name) if e.name in reachable else {}),
-        }
-        for e in sorted(topo.entries.values(), key=lambda e: e.nick)
     ]
     local = topo.local
     sleeve = router.sleeve
@@ -174,7 +181,7 @@ def status(router: Router) -> dict[str, Any]:
             "tables": sleeve.table_sizes(),
             "stats": sleeve.stats(),
         },
-        "peers": peers,
+        "peers": peers(router),
         "departed": departed(router, now),
         "connections": conns + pending,
         "targets": targets,

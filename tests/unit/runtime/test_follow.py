@@ -40,3 +40,30 @@ def test_no_warning_where_the_table_cannot_be_read(caplog):
         f._check_neighbour_room(100_000)
     assert not caplog.records
     f.close()
+
+
+def test_status_names_no_removed_peer_as_a_next_hop():
+    """`status` says `via` as the pump routes: never through a peer removed with rmpeer."""
+    from meshnet.mesh.topology import Link, PeerEntry, Topology
+    from meshnet.runtime import status
+
+    names = {n: n.encode() * 16 for n in "abcde"}  # a - b - c, and the long way a - d - e - c
+    edges = {("a", "b"), ("b", "c"), ("a", "d"), ("d", "e"), ("e", "c")}
+
+    def entry(n):
+        peers = sorted(names[y] for x, y in edges | {(y, x) for x, y in edges} if x == n)
+        return PeerEntry(names[n], n, 1, 1, 6783, 6783, tuple(Link(p, "10.0.0.1", True) for p in peers))
+
+    topo = Topology(entry("a"))
+    topo.merge([entry(n) for n in "bcde"])
+    core = SimpleNamespace(name=names["a"], topology=topo, quota=SimpleNamespace(dropped={}))
+    router = SimpleNamespace(core=core, spawn=lambda coro: coro.close(), fastdp=SimpleNamespace(mode=lambda pid: ("sleeve", "")), encrypted=False)
+    router.follower = MeshFollower(router, full_mesh_limit=64, degree=4)
+    try:
+        via = {p["nick"]: p["via"] for p in status.peers(router)}
+        assert via["c"] == names["b"].hex() and via["e"] == names["d"].hex()
+        router.follower.removed = frozenset({names["b"]})
+        via = {p["nick"]: p["via"] for p in status.peers(router)}
+        assert via == {"a": None, "b": None, "c": names["d"].hex(), "d": None, "e": names["d"].hex()}  # the long way
+    finally:
+        router.follower.close()
