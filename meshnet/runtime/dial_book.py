@@ -48,21 +48,32 @@ class DialBook:
         self.targets.add_known([a for a in self._state.get("known_peers", []) if a not in forgotten])
         self.persist()
 
-    def persist(self, *, now: float | None = None) -> None:
-        """Keep direct peers, and the peer addresses we connect to, for the next start.
+    def persist(self) -> None:
+        """Keep direct peers, and the peer addresses we connect to, for the next start:
+        both written now (at start, and when a user connects or forgets an address)."""
+        if self._stage():
+            self.flush(time.monotonic(), force=True)
 
-        With `now` (the mesh changed), known_peers is written at most every
+    def persist_soon(self, *, now: float) -> None:
+        """The mesh changed: direct peers are written now, known_peers at most every
         KNOWN_PEERS_EVERY s: a forming mesh changes it at every join, and each write is a
         synchronous disk write on the event loop (15 ms each, measured). It is a rejoin
         hint; the last version is written by the timer (`flush`) and at stop."""
+        if self._stage():
+            self.flush(now)
+
+    def _stage(self) -> bool:
+        """Write direct_peers (if it changed); known_peers becomes pending. False: no known
+        peer to keep (what was pending stays pending)."""
         forgotten = set(self._state.get("forgotten_peers", []))
         known = set(self._wanted)
         if self.core is not None:
             known |= {targets_mod.normalize(f"{c.ip}:{c.port}") for c in self.core.conns.values()}
         self._put("direct_peers", self.targets.direct())
-        if known - forgotten:
-            self._known_pending = sorted(known - forgotten)
-            self.flush(time.monotonic() if now is None else now, force=now is None)
+        if not known - forgotten:
+            return False
+        self._known_pending = sorted(known - forgotten)
+        return True
 
     def flush(self, now: float, *, force: bool = False) -> None:
         """Write known_peers if it changed and is due (or forced)."""
@@ -84,7 +95,7 @@ class DialBook:
     def remember(self, plan: Plan) -> None:
         """The connection policy's latest plan: remember whom it dials, for the next start."""
         self._wanted = set(plan.dial)
-        self.persist(now=time.monotonic())
+        self.persist_soon(now=time.monotonic())
 
     def connect(self, address: str) -> list[str]:
         address = normalize(address)

@@ -33,3 +33,22 @@ def test_a_forming_mesh_writes_known_peers_at_a_bounded_rate_and_the_last_one_at
     book.flush(clock[0], force=True)  # what stop does
     assert state.get("known_peers") == ["10.0.0.99:6783"]
     state.close()
+
+
+def test_persist_writes_at_once_and_persist_soon_waits_its_turn(tmp_path, monkeypatch):
+    state = StateDir(str(tmp_path))
+    book = DialBook(state, Targets(), wake=lambda: None)
+    book.load([])
+    book._wanted = {"10.0.0.1:6783"}
+    book.persist_soon(now=1000.0)  # the first write of a while
+    assert state.get("known_peers") == ["10.0.0.1:6783"]
+    book._wanted = {"10.0.0.2:6783"}
+    book.persist_soon(now=1001.0)  # within KNOWN_PEERS_EVERY: pending
+    assert state.get("known_peers") == ["10.0.0.1:6783"]
+    assert book.next_deadline() == 1000.0 + KNOWN_PEERS_EVERY
+    monkeypatch.setattr("meshnet.runtime.dial_book.time.monotonic", lambda: 1002.0)
+    book.connect("10.0.0.3:6783")  # a user's change: written now, whatever the rate
+    assert state.get("direct_peers") == ["10.0.0.3:6783"]
+    assert state.get("known_peers") == ["10.0.0.2:6783"]
+    assert book.next_deadline() is None
+    state.close()
