@@ -39,6 +39,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -57,6 +58,36 @@ from meshnet.testing.scripted_peer import ScriptedPeer, endpoints, fake_peer  # 
 MAC_PREFIX = "02:6e"  # the announced endpoints' MACs: 02:6e + a 32-bit index
 EP_NETWORK = "10.64.0.0/12"  # their addresses: outside the lab's IPAM range, so attach never conflicts
 SCRIPTED_NICK = "mnes-scripted"
+
+
+class HealthProbe:
+    """Asks the router's `/health` (a few microseconds of work) every 20 ms on a thread:
+    its answer times are how long the loop kept requests waiting (plus the request itself)."""
+
+    def __init__(self, client: ApiClient, every: float = 0.02):
+        self.client, self.every = client, every
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            t = time.monotonic()
+            try:
+                self.client.get("/health")
+            except MeshnetError:
+                pass  # an unhealthy answer took as long
+            self.times.append(time.monotonic() - t)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(10)
+        ms = sorted(t * 1000 for t in self.times) or [0.0]
+        return {"n": len(self.times), "median_ms": round(statistics.median(ms), 1),
+                "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1), "max_ms": round(ms[-1], 1)}
 
 
 class Deadline(Exception):
@@ -224,6 +255,8 @@ class Bench:
             mine = [p for p in s["peers"] if p["name"] in ours]
             return sum(p["endpoints"] for p in mine) == a.endpoints and len(mine) == len(ours) and all(p.get("mode") == want for p in mine)
 
+        probe = HealthProbe(ApiClient(f"{self.lab.run_dir(1)}/meshnet.sock"))
+        probe.start()
         peer.announce(eps=self.own, ghosts=ghosts, ghost_ip=peer.ip)
         until("h1 storing every endpoint, its peers on " + want, a.load_timeout, stored, interval=1.0)
         in_status = time.monotonic() - self.loaded_at
@@ -234,11 +267,15 @@ class Bench:
             counts = fdb_counts(lab.host_ns(1), MAC_PREFIX)
             return dict(counts) if all(counts[k] == a.endpoints for k in kinds) and sum(counts.values()) == len(kinds) * a.endpoints else None
 
-        rows = until("h1's kernel FDB holding every endpoint", a.load_timeout, in_kernel, interval=2.0)
+        try:
+            rows = until("h1's kernel FDB holding every endpoint", a.load_timeout, in_kernel, interval=2.0)
+        finally:
+            health = probe.stop()
         self.figures["load"] = {
             "in_status_s": round(in_status, 1),
             "in_kernel_s": round(time.monotonic() - self.loaded_at, 1),
             "max_status_answer_s": round(slowest[0], 3),
+            "health": health,
             "kernel_rows": rows,  # of the announced MACs, by kind
             "sync": self.status(1)["dataplane"]["fastdp"]["sync"],
         }
@@ -331,6 +368,8 @@ def table(f: dict[str, Any]) -> str:
         ("loading: h1's FDB syncs / netlink ops / longest sync", "-",
          f"{load['sync']['syncs']} / {load['sync']['ops']:,} / {load['sync']['coalesce_max_run_s']:.2f} s"),
         ("loading: longest `status` answer (polled every second or two)", "-", f"{load['max_status_answer_s']:.3f} s"),
+        ("loading: `/health` answer, asked every 20 ms (median / 99th percentile / max, of n)", "-",
+         "{median_ms} / {p99_ms} / {max_ms} ms, of {n}".format(**load["health"])),
         ("h1's kernel FDB rows (all MACs)", f"{sum(f['before_fdb'].values()):,}", f"{sum(kernel.values()):,}"),
         (f"peers announcing the endpoints (path from h1)", "-", f"{f['peers_announcing']} ({f['mode_wanted']})"),
         ("control connections dropped (h1-h2, h2-h1, h1-scripted peer)", "-",

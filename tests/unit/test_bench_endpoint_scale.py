@@ -51,7 +51,7 @@ def test_the_table_has_a_row_per_figure_and_both_phases():
         "update": {"kernel_s": [0.1, 0.2, 0.15], "fdb_events": [2, 2, 3], "syncs": [1, 1, 1], "ops": [2, 2, 2]},
         "before_rss_mib": rest, "loaded_rss_mib": {1: 250.0, 2: 251.5},
         "before_idle": {"pct": {1: 0.3, 2: 0.4}, "others_cores": 0.01}, "loaded_idle": {"pct": {1: 0.5, 2: 0.6}, "others_cores": 0.02},
-        "load": {"in_status_s": 20.1, "in_kernel_s": 31.5, "max_status_answer_s": 0.5,
+        "load": {"in_status_s": 20.1, "in_kernel_s": 31.5, "max_status_answer_s": 0.5, "health": {"n": 1500, "median_ms": 1.0, "p99_ms": 40.0, "max_ms": 90.0},
                  "sync": {"syncs": 40, "ops": 400_011, "coalesce_max_run_s": 3.2}},
         "before_fdb": {"eth0": 3}, "loaded_fdb": {"vxlan": 100_000, "bridge:vxmesh": 100_000},
         "connections": {"since_load_s": 120.0, "dropped": []},
