@@ -37,8 +37,9 @@ class Endpoint:
     name: str = ""  # DNS label, "" for none
     host_if: str = ""  # our end of its veth, when we made it
 
-    def gossip(self) -> list[Any]:
-        return [self.mac, list(self.ips), self.name]
+    def gossip(self) -> tuple[Any, ...]:
+        """As gossiped: the shape `mesh/schema.py` gives every decoded endpoint (tuples)."""
+        return (self.mac, tuple(self.ips), self.name)
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Endpoint:
@@ -102,5 +103,5 @@ class EndpointRegistry:
             self._save()
         return gone
 
-    def gossip(self) -> list[list[Any]]:
+    def gossip(self) -> list[tuple[Any, ...]]:
         return [e.gossip() for e in self.all()]

@@ -2,11 +2,15 @@
 (docs/protocol.md, "Bounds"): a value just inside passes, one just outside is a
 RemoteProtocolError naming the field, and nothing reaches the core."""
 
+import ipaddress
+
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnet.errors import RemoteProtocolError
-from meshnet.mesh import bounds, wire
+from meshnet.mesh import bounds, schema, wire
 from meshnet.mesh.core import MeshCore
 from meshnet.mesh.topology import PeerEntry
 from meshnet.mesh.wire import Msg
@@ -231,3 +235,28 @@ def test_our_own_entry_never_grows_past_what_peers_accept():
     assert core.set_data("dns", [[f"n{i}", ["10.32.0.1"] * 32] for i in range(1024)], now=101.0) == []
     assert core.topology.local.version == version and core.counters["oversize_entries"] == 1
     assert core.topology.local.wire_size <= bounds.MAX_ENTRY_BYTES
+
+
+_CIDRS = st.one_of(
+    st.builds(
+        lambda parts, sep, prefix: ".".join(parts) + sep + prefix,
+        st.lists(st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "0x1", " 1", "", "٣"])), min_size=3, max_size=5),
+        st.sampled_from(["/", "", "//"]),
+        st.one_of(st.integers(-1, 40).map(str), st.sampled_from(["024", "+8", " 8", "", "255.255.0.0", "٢"])),
+    ),
+    st.text(max_size=20),
+    st.ip_addresses().map(str).map(lambda a: a + "/64"),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_CIDRS)
+def test_endpoint_cidrs_are_checked_exactly_as_ipaddress_does(text):
+    """The fast canonical-IPv4 path of the endpoint check accepts nothing `ip_interface`
+    refuses and refuses nothing it accepts."""
+    try:
+        ipaddress.ip_interface(text)
+        expected = True
+    except ValueError:
+        expected = False
+    assert schema._is_cidr(text) is expected

@@ -6,7 +6,7 @@ from meshnet.mesh.departed import DepartedPeers
 from meshnet.mesh.topology import PeerEntry
 from meshnet.testing.gossipnet import GossipNet
 
-EPS = [["02:00:00:00:00:01", ["10.32.0.5/12"], "web"]]
+EPS = [("02:00:00:00:00:01", ("10.32.0.5/12",), "web")]  # as decoded: tuples (mesh/schema.py)
 
 
 def mesh(grace: float = 60.0) -> GossipNet:

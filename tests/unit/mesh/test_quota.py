@@ -7,7 +7,7 @@ from meshnet.testing.gossipnet import GossipNet
 
 
 def eps(n, start=0):
-    return [[f"02:00:00:00:{(i >> 8) & 255:02x}:{i & 255:02x}", [], ""] for i in range(start, start + n)]
+    return [(f"02:00:00:00:{(i >> 8) & 255:02x}:{i & 255:02x}", (), "") for i in range(start, start + n)]  # as decoded: tuples
 
 
 def peer(i, n_eps=0, version=1, start=0):
