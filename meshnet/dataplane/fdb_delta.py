@@ -10,6 +10,7 @@ entry, and is told only what changed:
     planner.set_endpoints(pid, macs)               # a peer's gossiped endpoint MACs
     planner.remove_peer(pid)                       # a peer is gone (its claims with it)
     ops = planner.take_ops()                       # the FDB ops since the last take_ops
+                                                   # (take_changes: the same as plain tuples)
 
 `take_ops` lists the entries whose count went from 0 to more (add) or back to 0 (del), in
 `fastdp.diff`'s order (adds before deletes, VXLAN before bridge on add, the reverse on
@@ -48,10 +49,15 @@ Entry = VxlanFdb | BridgeFdb
 # dataclass entries per MAC on every full collection (a fifth of a million objects at
 # 100,000 endpoints). They become VxlanFdb/BridgeFdb only on the way out.
 Key = tuple[str, str, str]
+Change = tuple[str, Key]  # ("add" | "del", key)
 
 
 def _entry(key: Key) -> Entry:
     return VxlanFdb(key[1], key[2]) if key[0] == "v" else BridgeFdb(key[1], key[2])
+
+
+def as_ops(changes: Iterable[Change]) -> list[Op]:
+    return [Op(action, _entry(key)) for action, key in changes]  # type: ignore[arg-type]
 
 
 class FdbPlanner:
@@ -125,8 +131,10 @@ class FdbPlanner:
 
     # -- outputs -----------------------------------------------------------------------
 
-    def take_ops(self) -> list[Op]:
-        """The ops since the last call, in the order the kernel must see them."""
+    def take_changes(self) -> list[Change]:
+        """The changes since the last call, in the order the kernel must see them, as plain
+        tuples: a big list of them (400,000 while 100,000 endpoints load) is nothing for
+        the cycle collector to walk. `as_ops` makes kernel ops of a slice."""
         adds: list[Key] = []
         dels: list[Key] = []
         for key, before in self._before.items():
@@ -138,7 +146,11 @@ class FdbPlanner:
         self._before.clear()
         adds.sort(key=lambda k: (k[0] == "b", k[1], k[2]))  # VXLAN first, then by (mac, dst|port)
         dels.sort(key=lambda k: (k[0] == "v", k[1], k[2]))  # bridge first
-        return [Op("add", _entry(k)) for k in adds] + [Op("del", _entry(k)) for k in dels]
+        return [("add", k) for k in adds] + [("del", k) for k in dels]
+
+    def take_ops(self) -> list[Op]:
+        """`take_changes` as kernel ops."""
+        return as_ops(self.take_changes())
 
     def want(self) -> KernelState:
         """The whole wanted state (what `fastdp.plan` would compute)."""

@@ -33,8 +33,8 @@ import random
 import time
 from typing import Any, Awaitable, Callable
 
-from meshnet.dataplane import fastdp, grace
-from meshnet.dataplane.fastdp import LocalConfig, Op, PeerInfo
+from meshnet.dataplane import fastdp, fdb_delta, grace
+from meshnet.dataplane.fastdp import LocalConfig, PeerInfo
 from meshnet.dataplane.fdb_delta import FdbPlanner
 from meshnet.dataplane.path_health import PathHealth
 from meshnet.kernel import responder
@@ -198,12 +198,12 @@ class FastdpDriver:
         infos, endpoints = grace.plan_inputs(
             live=self._peers, departed=self._departed, adopted=self.adopted, endpoints=self._endpoints, mode=lambda pid: self.health.mode(pid)[0]
         )
-        ops: list[Op] = await self._kernel(self._plan, infos, endpoints)
+        ops: list[fdb_delta.Change] = await self._kernel(self._plan, infos, endpoints)
         self.sync_counts["syncs"] += 1
         failed = False
-        for start in range(0, len(ops), CHUNK):
+        for start in range(0, len(ops), CHUNK):  # made kernel ops a chunk at a time: see take_changes
             try:
-                await self._kernel(self._vx.apply, self.local, ops[start : start + CHUNK])
+                await self._kernel(self._apply_changes, ops[start : start + CHUNK])
             except KernelError as exc:
                 failed = True
                 self.sync_counts["failures"] += 1
@@ -238,8 +238,12 @@ class FastdpDriver:
             log.debug("fastdp: reading VXLAN counters failed: %s", exc)
             return {}
 
-    def _plan(self, infos: dict[int, PeerInfo], endpoints: dict[int, frozenset[str]]) -> list[Op]:
-        """Tell the planner what changed; return the ops (runs on the kernel thread)."""
+    def _apply_changes(self, changes: list[fdb_delta.Change]) -> None:
+        assert self._vx is not None and self.local is not None
+        self._vx.apply(self.local, fdb_delta.as_ops(changes))
+
+    def _plan(self, infos: dict[int, PeerInfo], endpoints: dict[int, frozenset[str]]) -> list[fdb_delta.Change]:
+        """Tell the planner what changed; return the changes (runs on the kernel thread)."""
         planner = self._planner
         assert planner is not None
         for pid in set(planner.peers()) - infos.keys():
@@ -252,7 +256,7 @@ class FastdpDriver:
             if self._seen_eps.get(pid) != macs:
                 planner.set_endpoints(pid, macs)
                 self._seen_eps[pid] = macs
-        return planner.take_ops()
+        return planner.take_changes()
 
     async def _reconcile(self) -> None:
         """Dump our entries, apply what differs from the planner's whole state."""
