@@ -71,6 +71,8 @@ class DialBook:
             known |= {targets_mod.normalize(f"{c.ip}:{c.port}") for c in self.core.conns.values()}
         self._put("direct_peers", self.targets.direct())
         if not known - forgotten:
+            if self._known_pending is not None:  # never write back an address just forgotten
+                self._known_pending = [a for a in self._known_pending if a not in forgotten] or None
             return False
         self._known_pending = sorted(known - forgotten)
         return True

@@ -52,3 +52,18 @@ def test_persist_writes_at_once_and_persist_soon_waits_its_turn(tmp_path, monkey
     assert state.get("known_peers") == ["10.0.0.2:6783"]
     assert book.next_deadline() is None
     state.close()
+
+
+def test_an_address_forgotten_while_known_peers_waits_is_never_written_back(tmp_path):
+    state = StateDir(str(tmp_path))
+    book = DialBook(state, Targets(), wake=lambda: None)
+    book.load(["10.0.0.1:6783"])
+    book._wanted = {"10.0.0.1:6783", "10.0.0.2:6783"}
+    book.persist_soon(now=1000.0)
+    book._wanted = {"10.0.0.1:6783"}
+    book.persist_soon(now=1001.0)  # pending: ["10.0.0.1:6783"]
+    book._wanted = set()  # the policy wants nobody now, and nothing is connected
+    book.forget("10.0.0.1:6783")
+    book.flush(1000.0 + 60, force=True)  # the timer's turn, or stop
+    assert "10.0.0.1:6783" not in (state.get("known_peers") or [])
+    state.close()
