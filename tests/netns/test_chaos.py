@@ -262,6 +262,9 @@ class Chaos:
         ips = sorted({e.ip for e in self.eps.values()})
         seen: dict[int, dict[str, set[str]]] = {}
 
+        if not probes:  # every router is down or removed: nothing can answer, nothing to check
+            return
+
         def holds() -> bool:
             with ThreadPoolExecutor(len(probes)) as pool:
                 seen.update(zip(probes, pool.map(lambda j: arp_table(self.probe[j], ips), probes)))
