@@ -154,10 +154,10 @@ class FdbPlanner:
 
     def want(self) -> KernelState:
         """The whole wanted state (what `fastdp.plan` would compute)."""
-        live = [k for k, c in self._count.items() if c > 0]
+        live = [_entry(k) for k, c in self._count.items() if c > 0]
         return KernelState(
-            frozenset(VxlanFdb(k[1], k[2]) for k in live if k[0] == "v"),
-            frozenset(BridgeFdb(k[1], k[2]) for k in live if k[0] == "b"),
+            frozenset(e for e in live if isinstance(e, VxlanFdb)),
+            frozenset(e for e in live if isinstance(e, BridgeFdb)),
         )
 
     def owners(self) -> dict[str, int]:

@@ -4,7 +4,7 @@
 underlay 192.168.90.0/24) plus, per test, a CNI bin dir with `meshnet-cni` installed by
 `cni/install.sh` next to the reference `portmap`/`bandwidth`/`loopback`, and per host a
 conflist aimed at that host's router. It drives podman (CNI backend) and containerd's CRI
-plugin the way `shared/testbed` verified: `nsenter --net` (never `ip netns exec`) for the
+plugin the way they were verified to work on this kind of machine: `nsenter --net` (never `ip netns exec`) for the
 runtimes, podman's ulimit flags, `restrict_oom_score_adj` for containerd.
 
 Everything it makes is named mnk8s-* or lives under /run/mnk8s and /var/lib/mnk8s, and

@@ -1,5 +1,5 @@
 """The libnetwork remote driver + IPAM driver, call by call, as dockerd 20.10 makes them
-(/work/shared/testbed/cnm/calls-observed.txt), against a fake router and kernel."""
+(the sequence recorded from a real dockerd 20.10), against a fake router and kernel."""
 
 from __future__ import annotations
 
